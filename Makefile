@@ -1,0 +1,45 @@
+# Sift. `make run` serves the demo (examples/bootstrap.yaml); `make test` is what CI runs.
+GO       ?= go
+BIN      := bin
+FUZZTIME ?= 30s
+
+.PHONY: all build test run fuzz bench lint proto clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/... ./examples/demo-backends
+
+# vet, then every test with the race detector (the bench harness has its own module).
+test:
+	$(GO) vet ./...
+	$(GO) test -race ./...
+	@if [ -f bench/go.mod ]; then cd bench && $(GO) vet ./... && $(GO) test -race ./...; fi
+
+# The demo: the backends in the background, sift-proxy in the foreground (Ctrl-C stops both).
+run: build
+	@$(BIN)/demo-backends & pid=$$!; trap "kill $$pid 2>/dev/null" EXIT INT TERM; \
+	$(BIN)/sift-proxy -c examples/bootstrap.yaml -l info
+
+# Every fuzz target in the module, FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$target"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+bench:
+	bash bench/run.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Regenerate Go code for Sift's own protos (needs protoc and protoc-gen-go; the output is committed).
+proto:
+	protoc -I api --go_out=api --go_opt=paths=source_relative $$(cd api && find . -name '*.proto' | sed 's|^\./||')
+
+clean:
+	rm -rf $(BIN)

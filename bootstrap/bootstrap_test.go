@@ -1,0 +1,156 @@
+package bootstrap
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	// Typed configs in the test bootstraps must resolve.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+)
+
+const minimal = `
+node: {id: n1, cluster: c1}
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 9901}}}
+static_resources:
+  listeners:
+  - name: l1
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c}
+  clusters:
+  - name: c
+    type: STATIC
+    load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}
+`
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoad(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, file, content, yaml string
+		wantErr                   string // substring; "" means success
+	}{
+		{name: "yaml file", file: "b.yaml", content: minimal},
+		{name: "json file", file: "b.json", content: `{"node": {"id": "n"}, "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}`},
+		{name: "only --config-yaml", yaml: minimal},
+		{name: "nothing", wantErr: "no configuration"},
+		{name: "missing file", file: "", content: "", yaml: "", wantErr: "no configuration"},
+		{name: "unknown field", file: "b.yaml", content: "node: {id: n}\nstatic_resources: {listenrs: []}\n",
+			wantErr: `b.yaml: unknown field "listenrs"`},
+		{name: "unknown top-level field", file: "b.yaml", content: "nodes: {}\n", wantErr: `unknown field "nodes"`},
+		{name: "unsupported field", file: "b.yaml", content: "node: {id: n}\nstats_flush_interval: 5s\n",
+			wantErr: "b.yaml: stats_flush_interval: not supported by Sift"},
+		{name: "unsupported nested field", file: "b.yaml", content: "static_resources: {secrets: [{name: s}]}\n",
+			wantErr: "static_resources.secrets: not supported by Sift"},
+		{name: "dynamic resources not yet", file: "b.yaml", content: "dynamic_resources: {ads_config: {api_type: GRPC}}\n",
+			wantErr: "dynamic_resources: not supported by Sift"},
+		{name: "admin access log to a file", file: "b.yaml", content: "admin: {access_log_path: /tmp/x, address: {socket_address: {address: 127.0.0.1, port_value: 1}}}\n",
+			wantErr: "admin.access_log_path"},
+		{name: "admin access log to /dev/null", file: "b.yaml", content: "admin: {access_log_path: /dev/null, address: {socket_address: {address: 127.0.0.1, port_value: 1}}}\n"},
+		{name: "bad yaml", file: "b.yaml", content: "node: [unclosed\n", wantErr: "b.yaml: "},
+		{name: "unknown typed config", file: "b.yaml",
+			content: "static_resources: {listeners: [{name: l, filter_chains: [{filters: [{name: x, typed_config: {\"@type\": type.googleapis.com/no.such.Type}}]}]}]}\n",
+			wantErr: "no.such.Type"},
+		{name: "duplicate listener", file: "b.yaml", content: "static_resources: {listeners: [{name: a}, {name: a}]}\n",
+			wantErr: `static_resources.listeners[1].name: "a" already used by listeners[0]`},
+		{name: "unnamed cluster", file: "b.yaml", content: "static_resources: {clusters: [{type: STATIC}]}\n",
+			wantErr: "static_resources.clusters[0].name: must be set"},
+		{name: "wrong type", file: "b.yaml", content: "node: {id: [1, 2]}\n", wantErr: "b.yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			path := ""
+			if tt.file != "" {
+				path = writeFile(t, tt.file, tt.content)
+			}
+			b, err := Load(path, tt.yaml)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Load() error = %v", err)
+				}
+				if b == nil {
+					t.Fatal("Load() = nil")
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Load() error = %v, want it to contain %q", err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "(line ") {
+				t.Errorf("error %q points into converted JSON, not the user's file", err)
+			}
+		})
+	}
+}
+
+func TestLoadMergesConfigYAML(t *testing.T) {
+	t.Parallel()
+	path := writeFile(t, "b.yaml", minimal)
+	b, err := Load(path, `
+node: {id: override}
+static_resources:
+  clusters:
+  - name: extra
+    type: STATIC
+    load_assignment: {cluster_name: extra}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.GetNode().GetId(); got != "override" {
+		t.Errorf("node.id = %q, want override (singular fields replace)", got)
+	}
+	if got := b.GetNode().GetCluster(); got != "c1" {
+		t.Errorf("node.cluster = %q, want c1 (kept from the file)", got)
+	}
+	if got := len(b.GetStaticResources().GetClusters()); got != 2 {
+		t.Errorf("clusters = %d, want 2 (repeated fields append)", got)
+	}
+}
+
+func TestOverrideNode(t *testing.T) {
+	t.Parallel()
+	b, err := Parse([]byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := proto.Clone(b.GetNode())
+	OverrideNode(b, "", "")
+	if !proto.Equal(b.GetNode(), want) {
+		t.Errorf("empty overrides changed the node: %v", b.GetNode())
+	}
+	OverrideNode(b, "id2", "cluster2")
+	if b.GetNode().GetId() != "id2" || b.GetNode().GetCluster() != "cluster2" {
+		t.Errorf("node = %v, want id2/cluster2", b.GetNode())
+	}
+}
+
+// FuzzParse: a bootstrap is untrusted input at startup; parsing and
+// validation must return an error, never panic.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(minimal))
+	f.Add([]byte(`{"node": {"id": "n"}}`))
+	f.Add([]byte("static_resources: {listeners: [{name: a}, {name: a}]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b, err := Parse(data)
+		if err != nil {
+			return
+		}
+		_ = Validate(b)
+	})
+}
