@@ -1,0 +1,108 @@
+// Package admin is sift-proxy's admin server, at the bootstrap's
+// admin.address, with Envoy's endpoints where Sift has them: /ready (200
+// "LIVE" while serving, 503 while starting or draining) and /listeners.
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync/atomic"
+	"time"
+)
+
+// State is the server's lifecycle state as /ready reports it.
+type State int32
+
+const (
+	StateInitializing State = iota
+	StateLive
+	StateDraining
+)
+
+func (s State) String() string {
+	switch s {
+	case StateLive:
+		return "LIVE"
+	case StateDraining:
+		return "DRAINING"
+	}
+	return "PRE_INITIALIZING"
+}
+
+// Source supplies what the admin pages show. Its methods are called
+// concurrently from request goroutines.
+type Source interface {
+	// ListenerAddrs returns each listener's name and bound address.
+	ListenerAddrs() map[string]string
+}
+
+// Server is the admin HTTP server.
+type Server struct {
+	state  atomic.Int32
+	src    Source
+	http   *http.Server
+	ln     net.Listener
+	served chan struct{}
+}
+
+// Listen binds addr ("ip:port") and starts serving.
+func Listen(addr string, src Source, log *slog.Logger) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	s := &Server{src: src, ln: ln, served: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", s.ready)
+	mux.HandleFunc("GET /listeners", s.listeners)
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	go func() {
+		defer close(s.served)
+		if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin server stopped", "err", err)
+		}
+	}()
+	log.Info("admin listening", "address", ln.Addr().String())
+	return s, nil
+}
+
+// Addr returns the bound address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// SetState changes what /ready reports.
+func (s *Server) SetState(st State) { s.state.Store(int32(st)) }
+
+// Close stops the server.
+func (s *Server) Close(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	<-s.served
+	return err
+}
+
+func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
+	st := State(s.state.Load())
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if st != StateLive {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, st)
+}
+
+func (s *Server) listeners(w http.ResponseWriter, _ *http.Request) {
+	addrs := s.src.ListenerAddrs()
+	names := make([]string, 0, len(addrs))
+	for n := range addrs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	for _, n := range names {
+		fmt.Fprintf(w, "%s::%s\n", n, addrs[n])
+	}
+}

@@ -1,0 +1,155 @@
+package detect
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/siftmesh/sift/filters"
+)
+
+// Protocols named by this package (the HTTP ones are filters.Protocol*).
+const (
+	// ProtocolTLS is the tls sniffer's Result.Protocol.
+	ProtocolTLS = "tls"
+	// ProtocolOpaque is Detection.Protocol when no sniffer matched.
+	ProtocolOpaque = "opaque"
+)
+
+// Outcome is what Run found.
+type Outcome struct {
+	// Reason says why detection ended: filters.ReasonMatch, ReasonNoMatch
+	// (every sniffer declined), ReasonEOF (the stream ended before a verdict),
+	// ReasonTimeout (the deadline passed) or ReasonByteCap (the undecided
+	// sniffers need more than maxBytes, or the Peeker's own cap was reached).
+	Reason string
+	// Sniffer names the matching sniffer when Reason is ReasonMatch.
+	Sniffer string
+	// Result is the matching sniffer's result when Reason is ReasonMatch.
+	Result Result
+	// Bytes is how many bytes had been peeked when Run returned.
+	Bytes int
+}
+
+// Protocol is the detected protocol: the match's protocol, or ProtocolOpaque.
+func (o Outcome) Protocol() string {
+	if o.Reason == filters.ReasonMatch {
+		return o.Result.Protocol
+	}
+	return ProtocolOpaque
+}
+
+// Run is the detection loop: it asks every sniffer about the bytes peeked so
+// far and peeks for more only while some sniffer needs more, until one
+// matches (the first to match in slice order wins), all decline, the stream
+// ends, the deadline passes, or the byte cap is reached.
+//
+// Each round it shows p.Peeked() to every sniffer that has not declined yet.
+// If none matches and some still need more, it calls p.Peek for the smallest
+// length at which any of them could decide (the least of their Need, or one
+// more byte), so a sniffer that can decide early is never kept waiting for
+// bytes another one wants. Peek reads whatever has arrived, so this costs no
+// extra round trips. When the stream ends, sniffers still undecided are asked
+// once more with atEOF set; a sniffer that still answers NeedMore then is
+// taken to decline.
+//
+// maxBytes caps the bytes sniffed (≤ 0: only the Peeker's own cap applies):
+// sniffers are shown at most maxBytes bytes even when a read brought more, so
+// the verdict does not depend on how the stream was segmented, and when every
+// undecided sniffer needs more than maxBytes, Run stops at once with
+// ReasonByteCap instead of reading up to the cap. deadline is passed to
+// Peek (zero: the listener filters' deadline only).
+//
+// Run returns an error only for a read error other than end of stream,
+// timeout or cap (a reset connection, say); the error is prefixed "detect: ".
+// It blocks only inside p.Peek, never past the deadline.
+//
+// Run keeps no state between calls — the Peeker holds the bytes and sniffers
+// are pure — so detection can be run in steps. That is the seam for the coming
+// server-speaks-first race: run with a short deadline first; on ReasonTimeout
+// with Bytes == 0, start the opaque chain's upstream connection, and run
+// again with the rest of the budget while watching that upstream; whichever
+// side speaks first decides. Plugin sniffers are simply appended to sniffers,
+// after the built-ins (see Builtins).
+func Run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time) (Outcome, error) {
+	o, err := run(p, sniffers, maxBytes, deadline)
+	if err != nil {
+		return o, fmt.Errorf("detect: peek: %w", err)
+	}
+	return o, nil
+}
+
+// run is Run, returning the Peeker's error as is.
+func run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time) (Outcome, error) {
+	var declinedBuf [8]bool // no allocation for the usual few sniffers
+	declined := declinedBuf[:]
+	if len(sniffers) > len(declinedBuf) {
+		declined = make([]bool, len(sniffers))
+	}
+	var (
+		b     = p.Peeked()
+		atEOF bool
+		stop  string // the reason to stop once this round's sniffing is done
+	)
+	for {
+		// Sniffers see at most maxBytes, whatever the reads brought in, so
+		// the verdict does not depend on how the bytes were segmented.
+		view, viewEOF := b, atEOF
+		if maxBytes > 0 && len(view) > maxBytes {
+			view, viewEOF = view[:maxBytes], false
+		}
+		next := -1          // the next length worth peeking for
+		eofDecided := false // some sniffer decided only because the stream ended
+		for i, s := range sniffers {
+			if declined[i] {
+				continue
+			}
+			r := s.Sniff(view, false)
+			if r.Verdict == NeedMore && viewEOF {
+				eofDecided = true
+				r = s.Sniff(view, true)
+			}
+			switch r.Verdict {
+			case Match:
+				return Outcome{Reason: filters.ReasonMatch, Sniffer: s.Name(), Result: r, Bytes: len(b)}, nil
+			case NeedMore:
+				if !viewEOF {
+					n := r.Need
+					if n <= len(view) {
+						n = len(view) + 1
+					}
+					if next < 0 || n < next {
+						next = n
+					}
+					continue
+				}
+			}
+			declined[i] = true
+		}
+		switch {
+		case next < 0 && eofDecided:
+			return Outcome{Reason: filters.ReasonEOF, Bytes: len(b)}, nil
+		case next < 0:
+			return Outcome{Reason: filters.ReasonNoMatch, Bytes: len(b)}, nil
+		case stop != "":
+			return Outcome{Reason: stop, Bytes: len(b)}, nil
+		case maxBytes > 0 && next > maxBytes:
+			return Outcome{Reason: filters.ReasonByteCap, Bytes: len(b)}, nil
+		}
+		var err error
+		b, err = p.Peek(next, deadline)
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			atEOF = true
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			stop = filters.ReasonTimeout
+		case errors.Is(err, filters.ErrPeekCap):
+			stop = filters.ReasonByteCap
+		default:
+			return Outcome{Bytes: len(b)}, err
+		}
+	}
+}

@@ -1,0 +1,194 @@
+// Package filters defines the contracts between the listener and the filters
+// it runs — listener filters that inspect a new connection without consuming
+// it, and network filters that serve it — and the registry that builds them
+// from their xDS typed configs.
+//
+// Everything here is data-path API: implementations are built once per
+// listener generation (offline, from validated config) and then called
+// concurrently for every connection of that generation.
+package filters
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Transport protocols, as Envoy's FilterChainMatch.transport_protocol names them.
+const (
+	TransportRawBuffer = "raw_buffer"
+	TransportTLS       = "tls"
+)
+
+// Application protocols set by Envoy's http_inspector and Sift's detect filter
+// (FilterChainMatch.application_protocols).
+const (
+	ProtocolHTTP10 = "http/1.0"
+	ProtocolHTTP11 = "http/1.1"
+	ProtocolH2C    = "h2c"
+)
+
+// Field is a bit set of the connection facts a listener filter can establish.
+// The listener uses it to skip filters whose findings could not change which
+// filter chain the connection gets (an opaque port costs no detection time).
+type Field uint8
+
+const (
+	// FieldDestination: the local (destination) address, e.g. original_dst.
+	FieldDestination Field = 1 << iota
+	// FieldServerName: FilterChainMatch.server_names (TLS SNI).
+	FieldServerName
+	// FieldTransportProtocol: FilterChainMatch.transport_protocol.
+	FieldTransportProtocol
+	// FieldApplicationProtocols: FilterChainMatch.application_protocols.
+	FieldApplicationProtocols
+)
+
+// FieldsDetected is what protocol detection can establish.
+const FieldsDetected = FieldServerName | FieldTransportProtocol | FieldApplicationProtocols
+
+// ConnInfo is what is known about a downstream connection: its addresses and
+// what listener filters found. Listener filters write it (serially, on the
+// connection's goroutine); filter-chain matching and network filters read it.
+type ConnInfo struct {
+	// LocalAddr is the destination the client connected to. The original_dst
+	// listener filter replaces it with SO_ORIGINAL_DST when traffic was
+	// redirected to the proxy.
+	LocalAddr netip.AddrPort
+	// RemoteAddr is the client's address.
+	RemoteAddr netip.AddrPort
+	// LocalAddrRestored is true when LocalAddr came from original_dst.
+	LocalAddrRestored bool
+	// AcceptedAt is when the listener accepted the connection.
+	AcceptedAt time.Time
+
+	// TransportProtocol is "" until a filter sets it; matching treats "" as
+	// raw_buffer, as Envoy does.
+	TransportProtocol string
+	// ServerName is the TLS SNI, lower-case, or "".
+	ServerName string
+	// ApplicationProtocols is the TLS ALPN list, or the detected plaintext
+	// protocol (http/1.0, http/1.1, h2c, or a plugin's protocol name).
+	ApplicationProtocols []string
+
+	// Detection records protocol detection's outcome for logs and metrics.
+	Detection Detection
+}
+
+// Detection is the outcome of protocol detection on one connection.
+type Detection struct {
+	// Ran is false when detection was skipped (disabled, or no chain depended on it).
+	Ran bool
+	// Protocol is what was found: "tls", "http/1.0", "http/1.1", "h2c", a
+	// plugin's protocol name, or "opaque".
+	Protocol string
+	// Reason says why detection ended: see the Reason* constants.
+	Reason string
+	// Bytes is how many bytes were peeked.
+	Bytes int
+	// Duration is the time from accept (ConnInfo.AcceptedAt) to the verdict.
+	Duration time.Duration
+}
+
+// Reasons detection ended.
+const (
+	ReasonMatch    = "match"    // a sniffer recognised the protocol
+	ReasonNoMatch  = "no_match" // every sniffer declined: opaque
+	ReasonTimeout  = "timeout"  // the client stayed silent: fail open to opaque
+	ReasonEOF      = "eof"      // the client closed (or half-closed) before a verdict
+	ReasonByteCap  = "byte_cap" // the byte cap was reached before a verdict
+	ReasonSkipped  = "skipped"  // detection did not run
+	ReasonDisabled = "disabled" // filter_disabled matched
+	ReasonError    = "error"    // reading the client failed (reset): the connection is closed
+)
+
+// Peeker gives a listener filter read-only access to the start of a
+// connection's byte stream. Bytes it reads are kept and replayed, exactly once,
+// to whatever serves the connection. A Peeker is used by one goroutine.
+type Peeker interface {
+	// Peeked returns the bytes read so far. The slice is owned by the Peeker
+	// and valid until the next call to Peek; callers must not modify it.
+	Peeked() []byte
+	// Peek blocks until at least n bytes have been read, the stream ends, the
+	// deadline passes (the earlier of deadline and the listener filters'
+	// deadline; zero means the latter), or the Peeker's byte cap is reached. It
+	// returns all bytes read so far, possibly fewer than n, with io.EOF at end
+	// of stream, os.ErrDeadlineExceeded on timeout, ErrPeekCap at the cap, or
+	// the connection's read error.
+	Peek(n int, deadline time.Time) ([]byte, error)
+}
+
+// ListenerFilter inspects a new connection before a filter chain is chosen
+// (Envoy's listener filters: tls_inspector, http_inspector, original_dst, and
+// Sift's detect). Implementations are immutable and safe for concurrent use.
+type ListenerFilter interface {
+	// Provides reports which ConnInfo fields the filter may set.
+	Provides() Field
+	// OnAccept inspects one connection, updating info. It must not block
+	// beyond the Peeker's deadline. A non-nil error closes the connection.
+	OnAccept(p Peeker, info *ConnInfo) error
+}
+
+// NetworkFilter serves a connection once its filter chain is chosen (Envoy's
+// terminal network filters: tcp_proxy, http_connection_manager).
+// Implementations are immutable and safe for concurrent use.
+type NetworkFilter interface {
+	// ServeConn serves d until the connection is done and closes it before
+	// returning; it owns d. ctx is cancelled when the connection must end now
+	// (drain time over, process exiting); d.Draining is closed earlier, when
+	// the listener generation starts draining, so protocols that can end
+	// gracefully (HTTP's Connection: close, HTTP/2 GOAWAY) do so.
+	ServeConn(ctx context.Context, d *Downstream)
+}
+
+// Downstream is an accepted connection handed to a network filter, with the
+// bytes listener filters peeked still to be delivered.
+//
+// Use either Conn (a net.Conn that replays the peeked bytes first) or the pair
+// Peeked + Raw (write the peeked bytes yourself, then use the raw connection,
+// which keeps zero-copy paths such as splice available) — never both.
+type Downstream struct {
+	raw    net.Conn
+	peeked []byte
+	// Info is what is known about the connection; read-only here.
+	Info *ConnInfo
+	// Draining is closed when the connection's listener generation drains.
+	Draining <-chan struct{}
+}
+
+// NewDownstream wraps raw, whose first bytes are peeked (not yet delivered).
+func NewDownstream(raw net.Conn, peeked []byte, info *ConnInfo, draining <-chan struct{}) *Downstream {
+	return &Downstream{raw: raw, peeked: peeked, Info: info, Draining: draining}
+}
+
+// Peeked returns the bytes read during inspection, to be delivered first.
+func (d *Downstream) Peeked() []byte { return d.peeked }
+
+// Raw returns the underlying connection, positioned after the peeked bytes.
+// For a plain TCP listener it is a *net.TCPConn.
+func (d *Downstream) Raw() net.Conn { return d.raw }
+
+// Conn returns a net.Conn whose reads deliver the peeked bytes, then the rest
+// of the stream.
+func (d *Downstream) Conn() net.Conn {
+	if len(d.peeked) == 0 {
+		return d.raw
+	}
+	return &replayConn{Conn: d.raw, pending: d.peeked}
+}
+
+// replayConn serves pending before reading from the embedded connection.
+type replayConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}

@@ -1,0 +1,175 @@
+package filters
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+
+	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/siftmesh/sift/upstream"
+)
+
+// BuildContext is what a factory may use to build a filter. It is valid for
+// the life of the listener generation being built.
+type BuildContext struct {
+	// ListenerName names the listener, for errors and logs.
+	ListenerName string
+	// Clusters resolves cluster names at connection time.
+	Clusters *upstream.Manager
+	// Logger is the listener's logger.
+	Logger *slog.Logger
+}
+
+// ListenerFilterFactory builds a listener filter from its typed config, whose
+// concrete type is the one registered. It validates the config fully: an error
+// rejects the whole listener.
+type ListenerFilterFactory func(cfg proto.Message, bc BuildContext) (ListenerFilter, error)
+
+// NetworkFilterFactory builds a terminal network filter from its typed config.
+type NetworkFilterFactory func(cfg proto.Message, bc BuildContext) (NetworkFilter, error)
+
+var registry = struct {
+	sync.RWMutex
+	listener map[string]ListenerFilterFactory
+	network  map[string]NetworkFilterFactory
+}{listener: map[string]ListenerFilterFactory{}, network: map[string]NetworkFilterFactory{}}
+
+// RegisterListenerFilter registers f for configs of type msg (a zero value of
+// the config message). Call it from init; it panics on a duplicate.
+func RegisterListenerFilter(msg proto.Message, f ListenerFilterFactory) {
+	url := TypeURL(msg)
+	registry.Lock()
+	defer registry.Unlock()
+	if _, dup := registry.listener[url]; dup {
+		panic("filters: duplicate listener filter " + url)
+	}
+	registry.listener[url] = f
+}
+
+// RegisterNetworkFilter registers f for configs of type msg. Call it from init;
+// it panics on a duplicate.
+func RegisterNetworkFilter(msg proto.Message, f NetworkFilterFactory) {
+	url := TypeURL(msg)
+	registry.Lock()
+	defer registry.Unlock()
+	if _, dup := registry.network[url]; dup {
+		panic("filters: duplicate network filter " + url)
+	}
+	registry.network[url] = f
+}
+
+// TypeURL returns the xDS type URL of msg's type.
+func TypeURL(msg proto.Message) string {
+	return "type.googleapis.com/" + string(msg.ProtoReflect().Descriptor().FullName())
+}
+
+// BuildListenerFilter builds the listener filter configured by typedConfig.
+func BuildListenerFilter(typedConfig *anypb.Any, bc BuildContext) (ListenerFilter, error) {
+	msg, url, err := UnpackConfig(typedConfig)
+	if err != nil {
+		return nil, err
+	}
+	registry.RLock()
+	f, ok := registry.listener[url]
+	registry.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("unsupported listener filter type %s (supported: %v)", url, ListenerFilterTypes())
+	}
+	return f(msg, bc)
+}
+
+// BuildNetworkFilter builds the network filter configured by typedConfig.
+func BuildNetworkFilter(typedConfig *anypb.Any, bc BuildContext) (NetworkFilter, error) {
+	msg, url, err := UnpackConfig(typedConfig)
+	if err != nil {
+		return nil, err
+	}
+	registry.RLock()
+	f, ok := registry.network[url]
+	registry.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("unsupported network filter type %s (supported: %v)", url, NetworkFilterTypes())
+	}
+	return f(msg, bc)
+}
+
+// ListenerFilterTypes lists the registered listener filter type URLs, sorted.
+func ListenerFilterTypes() []string {
+	registry.RLock()
+	defer registry.RUnlock()
+	return sortedKeys(registry.listener)
+}
+
+// NetworkFilterTypes lists the registered network filter type URLs, sorted.
+func NetworkFilterTypes() []string {
+	registry.RLock()
+	defer registry.RUnlock()
+	return sortedKeys(registry.network)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// UnpackConfig decodes an extension's typed_config into a new message of its
+// type and returns it with its type URL. Besides a plain Any of a registered
+// message, it accepts Envoy's way to configure an extension without compiled
+// protos: an xds.type.v3.TypedStruct (or the older udpa.type.v1.TypedStruct)
+// whose type_url names the message and whose value holds its fields in
+// protobuf JSON form.
+func UnpackConfig(a *anypb.Any) (proto.Message, string, error) {
+	if a == nil {
+		return nil, "", fmt.Errorf("typed_config is missing")
+	}
+	url := a.GetTypeUrl()
+	if url == typedStructURL || url == udpaTypedStructURL {
+		ts := &xdstypev3.TypedStruct{} // udpa's is wire-compatible: type_url = 1, value = 2
+		if err := proto.Unmarshal(a.GetValue(), ts); err != nil {
+			return nil, url, fmt.Errorf("typed_config: decode %s: %w", url, err)
+		}
+		msg, err := newMessage(ts.GetTypeUrl())
+		if err != nil {
+			return nil, ts.GetTypeUrl(), err
+		}
+		js, err := protojson.Marshal(ts.GetValue())
+		if err != nil {
+			return nil, ts.GetTypeUrl(), fmt.Errorf("typed_config: %s: %w", ts.GetTypeUrl(), err)
+		}
+		if err := protojson.Unmarshal(js, msg); err != nil {
+			return nil, ts.GetTypeUrl(), fmt.Errorf("typed_config: %s: %w", ts.GetTypeUrl(), err)
+		}
+		return msg, ts.GetTypeUrl(), nil
+	}
+	msg, err := newMessage(url)
+	if err != nil {
+		return nil, url, err
+	}
+	if err := proto.Unmarshal(a.GetValue(), msg); err != nil {
+		return nil, url, fmt.Errorf("typed_config: decode %s: %w", url, err)
+	}
+	return msg, url, nil
+}
+
+const (
+	typedStructURL     = "type.googleapis.com/xds.type.v3.TypedStruct"
+	udpaTypedStructURL = "type.googleapis.com/udpa.type.v1.TypedStruct"
+)
+
+func newMessage(url string) (proto.Message, error) {
+	mt, err := protoregistry.GlobalTypes.FindMessageByURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("typed_config: unknown type %q: %w", url, err)
+	}
+	return mt.New().Interface(), nil
+}

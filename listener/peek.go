@@ -1,0 +1,116 @@
+package listener
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/siftmesh/sift/filters"
+)
+
+// PeekConn is the filters.Peeker over an accepted connection: it reads into a
+// buffer that is later replayed to the connection's network filter, so no byte
+// is lost. It is used by one goroutine, and only before a network filter takes
+// the connection.
+type PeekConn struct {
+	conn net.Conn
+	buf  []byte
+	// limit is the byte cap; buf never grows past it.
+	limit int
+	// deadline is the listener filters' deadline (listener_filters_timeout);
+	// zero means none.
+	deadline time.Time
+	// readDeadline is the deadline currently set on conn.
+	readDeadline time.Time
+	err          error // sticky read error (EOF, reset); deadlines are not sticky
+	timedOut     bool  // the listener filters' deadline passed
+}
+
+var _ filters.Peeker = (*PeekConn)(nil)
+
+// NewPeekConn returns a Peeker over c that reads at most limit bytes, and
+// never past deadline (zero: no deadline of its own).
+func NewPeekConn(c net.Conn, limit int, deadline time.Time) *PeekConn {
+	return &PeekConn{conn: c, limit: limit, deadline: deadline}
+}
+
+// Peeked implements filters.Peeker.
+func (p *PeekConn) Peeked() []byte { return p.buf }
+
+// Peek implements filters.Peeker.
+func (p *PeekConn) Peek(n int, deadline time.Time) ([]byte, error) {
+	if len(p.buf) >= n {
+		return p.buf, nil
+	}
+	if p.err != nil {
+		return p.buf, p.err
+	}
+	if len(p.buf) >= p.limit {
+		return p.buf, filters.ErrPeekCap
+	}
+	dl, listenerDeadline := p.deadline, true
+	if !deadline.IsZero() && (dl.IsZero() || deadline.Before(dl)) {
+		dl, listenerDeadline = deadline, false
+	}
+	if !dl.Equal(p.readDeadline) {
+		if err := p.conn.SetReadDeadline(dl); err != nil {
+			p.err = err
+			return p.buf, err
+		}
+		p.readDeadline = dl
+	}
+	if cap(p.buf) == 0 {
+		p.buf = make([]byte, 0, min(p.limit, initialPeekBuffer))
+	}
+	for len(p.buf) < n {
+		if len(p.buf) == cap(p.buf) {
+			if len(p.buf) >= p.limit {
+				return p.buf, filters.ErrPeekCap
+			}
+			grown := make([]byte, len(p.buf), min(p.limit, 2*cap(p.buf)))
+			copy(grown, p.buf)
+			p.buf = grown
+		}
+		m, err := p.conn.Read(p.buf[len(p.buf):cap(p.buf)])
+		p.buf = p.buf[:len(p.buf)+m]
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if listenerDeadline {
+					p.timedOut = true
+				}
+				return p.buf, os.ErrDeadlineExceeded
+			}
+			if errors.Is(err, io.EOF) {
+				err = io.EOF
+			}
+			p.err = err
+			return p.buf, err
+		}
+	}
+	return p.buf, nil
+}
+
+// TimedOut reports whether a Peek ended at the listener filters' deadline.
+func (p *PeekConn) TimedOut() bool { return p.timedOut }
+
+// Release clears the read deadline so the connection can be handed on, and
+// returns the peeked bytes (owned by the caller from now on).
+func (p *PeekConn) Release() ([]byte, error) {
+	if !p.readDeadline.IsZero() {
+		if err := p.conn.SetReadDeadline(time.Time{}); err != nil {
+			return p.buf, err
+		}
+		p.readDeadline = time.Time{}
+	}
+	return p.buf, nil
+}
+
+// initialPeekBuffer is the first allocation for peeked bytes: enough for an
+// HTTP request line or a typical TLS ClientHello record header and body.
+const initialPeekBuffer = 2048
+
+// Conn returns the connection being peeked, for listener filters that read
+// socket state (original_dst) rather than bytes.
+func (p *PeekConn) Conn() net.Conn { return p.conn }

@@ -1,0 +1,159 @@
+// Package server assembles a running sift-proxy from a bootstrap: clusters,
+// listeners and the admin server. cmd/sift-proxy adds flags and signals.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+
+	"github.com/siftmesh/sift/admin"
+	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/listener"
+	"github.com/siftmesh/sift/upstream"
+
+	// The filters sift-proxy serves, registered by type URL.
+	_ "github.com/siftmesh/sift/filters/detect"
+	_ "github.com/siftmesh/sift/filters/originaldst"
+	_ "github.com/siftmesh/sift/filters/tcpproxy"
+)
+
+// Options tune a Server.
+type Options struct {
+	// DrainTime bounds how long connections may take to finish when listeners
+	// are replaced or the server shuts down (Envoy's --drain-time-s).
+	DrainTime time.Duration
+	Logger    *slog.Logger
+}
+
+// Server is a configured sift-proxy.
+type Server struct {
+	opts      Options
+	log       *slog.Logger
+	clusters  *upstream.Manager
+	owned     []*upstream.Cluster
+	listeners *listener.Manager
+	configs   []*listener.Config
+	admin     *admin.Server
+	adminAddr string
+}
+
+// Build validates b completely — clusters, listeners, their filters — without
+// binding anything. A Server that Build returns can Start; one that is not
+// started must be Closed.
+func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager()}
+	for i, pb := range b.GetStaticResources().GetClusters() {
+		c, err := upstream.Build(pb, upstream.Options{})
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("static_resources.clusters[%d]: %w", i, err)
+		}
+		s.owned = append(s.owned, c)
+	}
+	if _, err := s.clusters.Replace(s.owned); err != nil {
+		s.Close()
+		return nil, err
+	}
+	for i, pb := range b.GetStaticResources().GetListeners() {
+		cfg, err := s.DecodeListener(pb)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("static_resources.listeners[%d]: %w", i, err)
+		}
+		s.configs = append(s.configs, cfg)
+	}
+	if a := b.GetAdmin(); a.GetAddress() != nil {
+		ap, err := listener.SocketAddress(a.GetAddress())
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("admin.address: %w", err)
+		}
+		s.adminAddr = ap.String()
+	}
+	return s, nil
+}
+
+// DecodeListener validates a Listener resource and builds its filters
+// against this server's clusters, ready for Listeners().Apply.
+func (s *Server) DecodeListener(pb *listenerv3.Listener) (*listener.Config, error) {
+	return listener.Decode(pb, filters.BuildContext{Clusters: s.clusters, Logger: s.log})
+}
+
+// Start binds the admin server and the listeners and starts serving.
+func (s *Server) Start() error {
+	s.listeners = listener.NewManager(s.log, s.opts.DrainTime)
+	if s.adminAddr != "" {
+		a, err := admin.Listen(s.adminAddr, s, s.log)
+		if err != nil {
+			return err
+		}
+		s.admin = a
+	}
+	if err := s.listeners.Apply(s.configs); err != nil {
+		return err
+	}
+	if s.admin != nil {
+		s.admin.SetState(admin.StateLive)
+	}
+	return nil
+}
+
+// Listeners returns the running listeners (after Start).
+func (s *Server) Listeners() *listener.Manager { return s.listeners }
+
+// AdminAddr returns the admin server's bound address, or "" without one.
+func (s *Server) AdminAddr() string {
+	if s.admin == nil {
+		return ""
+	}
+	return s.admin.Addr().String()
+}
+
+// ListenerAddrs implements admin.Source.
+func (s *Server) ListenerAddrs() map[string]string {
+	out := map[string]string{}
+	if s.listeners == nil {
+		return out
+	}
+	for name, l := range s.listeners.Listeners() {
+		out[name] = l.Addr().String()
+	}
+	return out
+}
+
+// Shutdown drains: /ready turns 503, listeners stop accepting, connections
+// get the drain time to finish (or until ctx ends), then everything closes.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.admin != nil {
+		s.admin.SetState(admin.StateDraining)
+	}
+	if s.listeners != nil {
+		s.listeners.Shutdown(ctx)
+	}
+	var err error
+	if s.admin != nil {
+		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if cerr := s.admin.Close(closeCtx); cerr != nil && !errors.Is(cerr, context.DeadlineExceeded) {
+			err = cerr
+		}
+	}
+	s.Close()
+	return err
+}
+
+// Close releases the clusters' background work. Shutdown calls it.
+func (s *Server) Close() {
+	for _, c := range s.owned {
+		c.Close()
+	}
+}

@@ -1,0 +1,327 @@
+package test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/siftmesh/sift/listener"
+)
+
+// greetingOf reads one line: the server's greeting.
+func greetingOf(t *testing.T, c net.Conn) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("waiting for the greeting: %v", err)
+	}
+	return line
+}
+
+// The detection timeout in these tests is an hour: a greeting that arrives
+// proves detection did not run, without any clock in the assertion.
+func TestOpaquePortsSkipDetection(t *testing.T) {
+	t.Parallel()
+	yaml := `
+static_resources:
+  listeners:
+  - name: port-decides
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - {name: sift.detect, typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, timeout: 3600s}}
+    filter_chains:
+    - {filters: {{g}}}
+  - name: disabled
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - name: sift.detect
+      typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, timeout: 3600s}
+      filter_disabled: {destination_port_range: {start: 1, end: 65536}}
+    filter_chains:
+    - {filter_chain_match: {application_protocols: [http/1.1]}, filters: {{g}}}
+    - {filters: {{g}}}
+  clusters:
+` + staticCluster("g", greeter(t, "220 hi\r\n"))
+	p := startProxy(t, yaml, map[string]string{"g": tcpProxy("g")})
+	for _, name := range []string{"port-decides", "disabled"} {
+		t.Run(name, func(t *testing.T) {
+			c := dial(t, p.addr(t, name))
+			if got := greetingOf(t, c); got != "220 hi\r\n" {
+				t.Errorf("greeting = %q", got)
+			}
+			st := p.Listeners().Get(name).Stats()
+			if st.DetectionRan.Load() != 0 {
+				t.Errorf("detection ran %d times", st.DetectionRan.Load())
+			}
+		})
+	}
+}
+
+func TestListenerFiltersTimeout(t *testing.T) {
+	t.Parallel()
+	// Envoy's tls_inspector has no timeout of its own: the listener's decides.
+	yaml := `
+static_resources:
+  listeners:
+  - name: close
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters_timeout: 0.05s
+    listener_filters: [{name: envoy.filters.listener.tls_inspector, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}]
+    filter_chains:
+    - {filter_chain_match: {transport_protocol: tls}, filters: {{g}}}
+    - {filters: {{g}}}
+  - name: continue
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters_timeout: 0.05s
+    continue_on_listener_filters_timeout: true
+    listener_filters: [{name: envoy.filters.listener.tls_inspector, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}]
+    filter_chains:
+    - {filter_chain_match: {transport_protocol: tls}, filters: {{g}}}
+    - {filters: {{g}}}
+  clusters:
+` + staticCluster("g", greeter(t, "220 hi\r\n"))
+	p := startProxy(t, yaml, map[string]string{"g": tcpProxy("g")})
+
+	c := dial(t, p.addr(t, "close"))
+	if got := readAllWithin(t, c, 30*time.Second); got != "" {
+		t.Errorf("closed listener sent %q", got)
+	}
+	if n := p.Listeners().Get("close").Stats().FiltersTimeout.Load(); n != 1 {
+		t.Errorf("FiltersTimeout = %d, want 1", n)
+	}
+	c = dial(t, p.addr(t, "continue"))
+	if got := greetingOf(t, c); got != "220 hi\r\n" {
+		t.Errorf("greeting = %q", got)
+	}
+}
+
+func TestNoFilterChainMatchClosesAndCounts(t *testing.T) {
+	t.Parallel()
+	yaml := `
+static_resources:
+  listeners:
+  - name: tls-only
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - {name: sift.detect, typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, timeout: 3600s}}
+    filter_chains:
+    - {filter_chain_match: {transport_protocol: tls}, filters: {{g}}}
+  clusters:
+` + staticCluster("g", greeter(t, "220 hi\r\n"))
+	p := startProxy(t, yaml, map[string]string{"g": tcpProxy("g")})
+	c := dial(t, p.addr(t, "tls-only"))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if got := readAllWithin(t, c, 30*time.Second); got != "" {
+		t.Errorf("unmatched connection got %q", got)
+	}
+	if n := p.Listeners().Get("tls-only").Stats().NoChain.Load(); n != 1 {
+		t.Errorf("NoChain = %d, want 1", n)
+	}
+}
+
+func TestTCPProxyConnectFailures(t *testing.T) {
+	t.Parallel()
+	dead := func() string { // a port with nothing listening
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}()
+	alive := greeter(t, "220 alive\r\n")
+	yaml := `
+static_resources:
+  listeners:
+  - name: dead
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains: [{filters: {{dead}}}]
+  - name: retry
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: retry
+          cluster: mixed
+          max_connect_attempts: 2
+          backoff_options: {base_interval: 0.001s}
+  - name: missing-cluster
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains: [{filters: {{nope}}}]
+  clusters:
+` + staticCluster("dead", dead) + staticCluster("mixed", dead, alive)
+	p := startProxy(t, yaml, map[string]string{"dead": tcpProxy("dead"), "nope": tcpProxy("nope")})
+
+	for _, name := range []string{"dead", "missing-cluster"} {
+		c := dial(t, p.addr(t, name))
+		if got := readAllWithin(t, c, 30*time.Second); got != "" {
+			t.Errorf("%s: got %q, want a plain close", name, got)
+		}
+	}
+	// Round robin over [dead, alive] with two attempts: every connection lands.
+	for i := 0; i < 4; i++ {
+		c := dial(t, p.addr(t, "retry"))
+		if got := greetingOf(t, c); got != "220 alive\r\n" {
+			t.Fatalf("connection %d: greeting %q", i, got)
+		}
+	}
+}
+
+func TestTCPProxyTimeouts(t *testing.T) {
+	t.Parallel()
+	yaml := `
+static_resources:
+  listeners:
+  - name: idle
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - {name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: idle, cluster: g, idle_timeout: 0.2s}}
+  - name: lifetime
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - {name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: life, cluster: g, idle_timeout: 0s, max_downstream_connection_duration: 0.2s}}
+  clusters:
+` + staticCluster("g", greeter(t, "220 hi\r\n"))
+	p := startProxy(t, yaml, nil)
+	for _, name := range []string{"idle", "lifetime"} {
+		t.Run(name, func(t *testing.T) {
+			c := dial(t, p.addr(t, name))
+			if got := readAllWithin(t, c, 30*time.Second); got != "220 hi\r\n" {
+				t.Errorf("read %q before the close, want the greeting", got)
+			}
+		})
+	}
+	t.Run("traffic keeps an idle_timeout connection open", func(t *testing.T) {
+		c := dial(t, p.addr(t, "idle"))
+		r := bufio.NewReader(c)
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		r.ReadString('\n')
+		// Exchange lines for well over the idle timeout, each gap under it.
+		start := time.Now()
+		for i := 0; time.Since(start) < 600*time.Millisecond; i++ {
+			fmt.Fprintf(c, "ping %d\n", i)
+			if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf("got ping %d\n", i) {
+				t.Fatalf("exchange %d after %v: %q, %v", i, time.Since(start), line, err)
+			}
+			time.Sleep(20 * time.Millisecond) // pacing the client, not synchronising
+		}
+	})
+}
+
+// TestListenerUpdateLosesNothing replaces a listener's configuration many
+// times under load on the same address: no connection is refused or cut,
+// connections keep the generation they started on, and new ones get the
+// new configuration.
+func TestListenerUpdateLosesNothing(t *testing.T) {
+	t.Parallel()
+	yaml := `
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains: [{filters: {{a}}}]
+  clusters:
+` + staticCluster("a", httpBackend(t, "a")) + staticCluster("b", httpBackend(t, "b"))
+	// A long drain: connections of replaced generations run until they end.
+	p := startProxyDraining(t, yaml, map[string]string{"a": tcpProxy("a")}, time.Hour)
+	addr := p.addr(t, "l")
+	base := p.Listeners().Get("l").Config()
+
+	// A connection opened before the updates keeps going to "a".
+	old := dial(t, addr)
+	oldReader := bufio.NewReader(old)
+	roundTrip := func() string {
+		io.WriteString(old, "GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp, err := http.ReadResponse(oldReader, nil)
+		if err != nil {
+			t.Fatalf("old connection: %v", err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if got := roundTrip(); !strings.HasPrefix(got, "a ") {
+		t.Fatalf("before: %q", got)
+	}
+
+	// Configurations differing in cluster, decoded as the xDS path will.
+	cfgB := rebuildWithCluster(t, p, "b")
+	var stop atomic.Bool
+	var failures, requests atomic.Int64
+	var wg sync.WaitGroup
+	defer func() { stop.Store(true); wg.Wait() }()
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			for !stop.Load() {
+				requests.Add(1)
+				resp, err := client.Get("http://" + addr + "/")
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("request during updates: %v", err)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	for i := 0; i < 50; i++ {
+		next := base
+		if i%2 == 0 {
+			next = cfgB
+		}
+		if err := p.Listeners().Apply([]*listener.Config{next}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Listeners().Apply([]*listener.Config{cfgB}); err != nil {
+		t.Fatal(err)
+	}
+	stop.Store(true)
+	wg.Wait()
+	if failures.Load() != 0 {
+		t.Errorf("%d of %d requests failed during updates", failures.Load(), requests.Load())
+	}
+	// The pre-update connection is still served by its own generation.
+	if got := roundTrip(); !strings.HasPrefix(got, "a ") {
+		t.Errorf("connection from before the updates: %q, want cluster a", got)
+	}
+	old.Close()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	if got := get(t, client, "http://"+addr+"/new"); !strings.HasPrefix(got, "b ") {
+		t.Errorf("after updates: %q, want the new cluster b", got)
+	}
+}
+
+// rebuildWithCluster decodes listener "l" again — same configured address,
+// as an xDS update repeats it — with its tcp_proxy pointed at cluster.
+func rebuildWithCluster(t *testing.T, p *proxy, cluster string) *listener.Config {
+	t.Helper()
+	yaml := `
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains: [{filters: ` + tcpProxy(cluster) + `}]
+`
+	cfg, err := decodeListener(p, yaml)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
