@@ -22,16 +22,23 @@ import (
 	"github.com/siftmesh/sift/internal/yamljson"
 
 	"github.com/siftmesh/sift/internal/pbcheck"
+	"github.com/siftmesh/sift/xds"
 )
 
 // policy lists the bootstrap fields Sift implements (the Envoy v3 subset in
 // DESIGN.md). Node is accepted whole: it only identifies the proxy.
 var policy = pbcheck.Policy{
-	"envoy.config.bootstrap.v3.Bootstrap":                 pbcheck.Fields("node, admin, static_resources"),
+	"envoy.config.bootstrap.v3.Bootstrap":                 pbcheck.Fields("node, admin, static_resources, dynamic_resources"),
 	"envoy.config.bootstrap.v3.Bootstrap.StaticResources": pbcheck.Fields("listeners, clusters"),
 	// access_log_path is accepted only as /dev/null (see validateAdmin): many
 	// Envoy bootstraps carry it.
 	"envoy.config.bootstrap.v3.Admin": pbcheck.Fields("address, access_log_path"),
+}
+
+func init() {
+	for name, fields := range xds.Policy { // dynamic_resources
+		policy[name] = fields
+	}
 }
 
 // Load reads the bootstrap at path (YAML or JSON, by extension; other

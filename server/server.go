@@ -16,6 +16,7 @@ import (
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/listener"
 	"github.com/siftmesh/sift/upstream"
+	"github.com/siftmesh/sift/xds"
 
 	// The filters sift-proxy serves, registered by type URL.
 	_ "github.com/siftmesh/sift/filters/detect"
@@ -41,6 +42,10 @@ type Server struct {
 	configs   []*listener.Config
 	admin     *admin.Server
 	adminAddr string
+
+	xds     *xds.Client // nil without dynamic_resources
+	dyn     *dynamic
+	stopped chan struct{} // closed by Shutdown
 }
 
 // Build validates b completely — clusters, listeners, their filters — without
@@ -50,7 +55,7 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager()}
+	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager(), stopped: make(chan struct{})}
 	for i, pb := range b.GetStaticResources().GetClusters() {
 		c, err := upstream.Build(pb, upstream.Options{})
 		if err != nil {
@@ -70,6 +75,10 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("static_resources.listeners[%d]: %w", i, err)
 		}
 		s.configs = append(s.configs, cfg)
+	}
+	if err := s.buildXDS(b); err != nil {
+		s.Close()
+		return nil, err
 	}
 	if a := b.GetAdmin(); a.GetAddress() != nil {
 		ap, err := listener.SocketAddress(a.GetAddress())
@@ -101,9 +110,58 @@ func (s *Server) Start() error {
 	if err := s.listeners.Apply(s.configs); err != nil {
 		return err
 	}
-	if s.admin != nil {
-		s.admin.SetState(admin.StateLive)
+	if s.xds == nil {
+		if s.admin != nil {
+			s.admin.SetState(admin.StateLive)
+		}
+		return nil
 	}
+	if err := s.dyn.subscribeEndpoints(); err != nil { // static EDS clusters
+		return err
+	}
+	s.xds.Start()
+	go func() { // Envoy's /ready says LIVE once the initial fetch is done
+		select {
+		case <-s.xds.Initialized():
+			if s.admin != nil {
+				s.admin.SetState(admin.StateLive)
+			}
+			s.log.Info("xds initial fetch done")
+		case <-s.stopped:
+		}
+	}()
+	return nil
+}
+
+// buildXDS prepares the xDS client of a bootstrap with dynamic_resources.
+func (s *Server) buildXDS(b *bootstrapv3.Bootstrap) error {
+	dr := b.GetDynamicResources()
+	for _, c := range s.owned {
+		if c.EDSServiceName() == "" {
+			continue
+		}
+		if dr == nil {
+			return fmt.Errorf("cluster %q: type EDS needs dynamic_resources to fetch its endpoints", c.Name())
+		}
+		if err := xds.ConfigSourceServes(c.EDSConfig(), dr, dr.GetCdsConfig()); err != nil {
+			return fmt.Errorf("cluster %q: eds_cluster_config.eds_config.%w", c.Name(), err)
+		}
+	}
+	if dr == nil {
+		return nil
+	}
+	sources, timeouts, err := xds.Sources(dr, s.dialXDS)
+	if err != nil {
+		return err
+	}
+	s.dyn = newDynamic(s, dr)
+	client, err := xds.New(xds.Config{
+		Node: b.GetNode(), Handler: s.dyn, Sources: sources, InitialFetchTimeout: timeouts, Logger: s.log,
+	})
+	if err != nil {
+		return err
+	}
+	s.xds = client
 	return nil
 }
 
@@ -133,6 +191,11 @@ func (s *Server) ListenerAddrs() map[string]string {
 // Shutdown drains: /ready turns 503, listeners stop accepting, connections
 // get the drain time to finish (or until ctx ends), then everything closes.
 func (s *Server) Shutdown(ctx context.Context) error {
+	close(s.stopped)
+	if s.xds != nil {
+		// Stop taking updates first: the drain works on the last configuration.
+		s.xds.Close()
+	}
 	if s.admin != nil {
 		s.admin.SetState(admin.StateDraining)
 	}
@@ -151,9 +214,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Close releases the clusters' background work. Shutdown calls it.
+// Close releases the clusters' background work and, for a server that was
+// never started, the xDS connections. Shutdown calls it.
 func (s *Server) Close() {
+	for _, c := range s.clusters.Clusters() {
+		c.Close()
+	}
 	for _, c := range s.owned {
 		c.Close()
+	}
+	if s.xds != nil && s.listeners == nil {
+		s.xds.Close()
 	}
 }

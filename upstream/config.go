@@ -28,6 +28,8 @@ type discovery uint8
 const (
 	discoveryStatic discovery = iota
 	discoveryStrictDNS
+	// discoveryEDS: endpoints arrive over xDS (Cluster.UpdateLoadAssignment).
+	discoveryEDS
 )
 
 type lbPolicy uint8
@@ -50,6 +52,10 @@ type config struct {
 	endpoints []endpointSpec
 	dns       dnsConfig
 	keepalive *net.KeepAliveConfig // nil: the dialer's own setting
+	// edsServiceName is the ClusterLoadAssignment name an EDS cluster
+	// subscribes to: eds_cluster_config.service_name, else the cluster's name.
+	edsServiceName string
+	edsConfig      *corev3.ConfigSource
 }
 
 type endpointSpec struct {
@@ -89,9 +95,9 @@ func parse(pb *clusterv3.Cluster) (*config, error) {
 		case clusterv3.Cluster_STRICT_DNS:
 			c.discovery = discoveryStrictDNS
 		case clusterv3.Cluster_EDS:
-			return nil, errors.New("type EDS needs xDS (dynamic_resources), not supported in static_resources yet")
+			c.discovery = discoveryEDS
 		default:
-			return nil, fmt.Errorf("type: %s is not supported by Sift (supported: STATIC, STRICT_DNS)", t.Type)
+			return nil, fmt.Errorf("type: %s is not supported by Sift (supported: STATIC, STRICT_DNS, EDS)", t.Type)
 		}
 	case *clusterv3.Cluster_ClusterType:
 		return nil, fmt.Errorf("cluster_type: custom cluster type %q is not supported by Sift", t.ClusterType.GetName())
@@ -137,6 +143,9 @@ func parse(pb *clusterv3.Cluster) (*config, error) {
 		if v := ka.GetKeepaliveProbes(); v != nil {
 			c.keepalive.Count = int(v.GetValue())
 		}
+	}
+	if c.discovery == discoveryEDS {
+		return c, c.parseEDS(pb)
 	}
 	if c.endpoints, err = parseAssignment(pb.GetLoadAssignment(), c.discovery); err != nil {
 		return nil, err

@@ -57,7 +57,7 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 		"name":                        use(),
 		"type":                        use(),
 		"cluster_type":                reject("custom cluster types are not supported"),
-		"eds_cluster_config":          reject("EDS needs xDS (dynamic_resources), not supported yet"),
+		"eds_cluster_config":          use(),
 		"connect_timeout":             use(),
 		"lb_policy":                   use(),
 		"load_assignment":             walk(),
