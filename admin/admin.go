@@ -1,6 +1,7 @@
 // Package admin is sift-proxy's admin server, at the bootstrap's
 // admin.address, with Envoy's endpoints where Sift has them: /ready (200
-// "LIVE" while serving, 503 while starting or draining) and /listeners.
+// "LIVE" while serving, 503 while starting or draining), /listeners and
+// /config_dump.
 package admin
 
 import (
@@ -39,6 +40,8 @@ func (s State) String() string {
 type Source interface {
 	// ListenerAddrs returns each listener's name and bound address.
 	ListenerAddrs() map[string]string
+	// ConfigDump returns Envoy's /config_dump JSON.
+	ConfigDump() ([]byte, error)
 }
 
 // Server is the admin HTTP server.
@@ -60,6 +63,7 @@ func Listen(addr string, src Source, log *slog.Logger) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", s.ready)
 	mux.HandleFunc("GET /listeners", s.listeners)
+	mux.HandleFunc("GET /config_dump", s.configDump)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go func() {
@@ -105,4 +109,14 @@ func (s *Server) listeners(w http.ResponseWriter, _ *http.Request) {
 	for _, n := range names {
 		fmt.Fprintf(w, "%s::%s\n", n, addrs[n])
 	}
+}
+
+func (s *Server) configDump(w http.ResponseWriter, _ *http.Request) {
+	js, err := s.src.ConfigDump()
+	if err != nil {
+		http.Error(w, "config_dump: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(js)
 }

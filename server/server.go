@@ -43,6 +43,9 @@ type Server struct {
 	admin     *admin.Server
 	adminAddr string
 
+	bootstrap *bootstrapv3.Bootstrap
+	started   time.Time
+
 	xds     *xds.Client // nil without dynamic_resources
 	dyn     *dynamic
 	stopped chan struct{} // closed by Shutdown
@@ -55,7 +58,8 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager(), stopped: make(chan struct{})}
+	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager(), stopped: make(chan struct{}),
+		bootstrap: b, started: time.Now()}
 	for i, pb := range b.GetStaticResources().GetClusters() {
 		c, err := upstream.Build(pb, upstream.Options{})
 		if err != nil {

@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -338,5 +339,48 @@ func TestXDSControlPlaneRestart(t *testing.T) {
 	// On reconnecting, the proxy told the server the versions it had.
 	if !cp.sawVersion(resourcev3.ListenerType, "1") {
 		t.Error("no request after the restart carried the known listener version 1")
+	}
+}
+
+func TestXDSConfigDumpShowsVersions(t *testing.T) {
+	t.Parallel()
+	cp := startControlPlane(t, true)
+	cp.set("v7", snapshotFor(tcpListener("ingress", "web"), edsCluster("web"), loadAssignment("web", httpBackend(t, "x"))))
+	bootstrap := xdsBootstrap(cp.addr, false, true) + "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\n"
+	p := startProxy(t, bootstrap, nil)
+	eventually(t, "the config", func() bool { return strings.HasPrefix(bodyVia(p, "ingress"), "x ") })
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	var dump struct {
+		Configs []map[string]any `json:"configs"`
+	}
+	resp, err := client.Get("http://" + p.AdminAddr() + "/config_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&dump); err != nil {
+		t.Fatal(err)
+	}
+	byType := map[string]map[string]any{}
+	for _, c := range dump.Configs {
+		byType[c["@type"].(string)] = c
+	}
+	listeners := byType["type.googleapis.com/envoy.admin.v3.ListenersConfigDump"]
+	if listeners["version_info"] != "v7" {
+		t.Errorf("listeners version_info = %v, want v7", listeners["version_info"])
+	}
+	dl, _ := listeners["dynamic_listeners"].([]any)
+	if len(dl) != 1 || dl[0].(map[string]any)["name"] != "ingress" {
+		t.Errorf("dynamic_listeners = %v", dl)
+	}
+	clusters := byType["type.googleapis.com/envoy.admin.v3.ClustersConfigDump"]
+	if dc, _ := clusters["dynamic_active_clusters"].([]any); len(dc) != 1 || dc[0].(map[string]any)["version_info"] != "v7" {
+		t.Errorf("dynamic_active_clusters = %v", clusters["dynamic_active_clusters"])
+	}
+	for _, typ := range []string{"BootstrapConfigDump", "EndpointsConfigDump"} {
+		if byType["type.googleapis.com/envoy.admin.v3."+typ] == nil {
+			t.Errorf("no %s in /config_dump", typ)
+		}
 	}
 }
