@@ -186,7 +186,7 @@ static_resources:
     address: {socket_address: {address: 127.0.0.1, port_value: 0}}
     filter_chains:
     - filters:
-      - {name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: idle, cluster: g, idle_timeout: 0.2s}}
+      - {name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: idle, cluster: g, idle_timeout: 1s}}
   - name: lifetime
     address: {socket_address: {address: 127.0.0.1, port_value: 0}}
     filter_chains:
@@ -208,9 +208,11 @@ static_resources:
 		r := bufio.NewReader(c)
 		c.SetReadDeadline(time.Now().Add(30 * time.Second))
 		r.ReadString('\n')
-		// Exchange lines for well over the idle timeout, each gap under it.
+		// Exchange lines for well over the idle timeout, each gap far under
+		// it (a loaded machine running the race detector can stall for a
+		// while: the margin is 50 times the pacing).
 		start := time.Now()
-		for i := 0; time.Since(start) < 600*time.Millisecond; i++ {
+		for i := 0; time.Since(start) < 2500*time.Millisecond; i++ {
 			fmt.Fprintf(c, "ping %d\n", i)
 			if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf("got ping %d\n", i) {
 				t.Fatalf("exchange %d after %v: %q, %v", i, time.Since(start), line, err)
