@@ -1,0 +1,182 @@
+// Command sift-control is Sift's control plane: it reads the mesh file,
+// turns it into per-proxy xDS snapshots and serves them over gRPC (ADS and
+// per-type LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta).
+//
+//	sift-control --mesh mesh.yaml [--xds-address :18000] [--admin-address :9902]
+//	             [--node-id-fallback none|prefix|istio] [--http-connection-manager]
+//	             [--outbound-address 127.0.0.1:4140] [--inbound-address 0.0.0.0:4143]
+//	             [-l debug|info|warn|error]
+//
+// The admin address serves /metrics (Prometheus) and /ready. SIGTERM or
+// SIGINT stops it gracefully.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/siftmesh/sift/controlplane"
+	"github.com/siftmesh/sift/mesh/file"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// stopGrace bounds the graceful gRPC stop: xDS streams never end on their
+// own, so after this they are cut.
+const stopGrace = 2 * time.Second
+
+func run(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sift-control", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		meshPath   = fs.String("mesh", "", "the mesh file (YAML; see mesh/file/README.md) (required)")
+		xdsAddr    = fs.String("xds-address", ":18000", "gRPC address of the xDS server")
+		adminAddr  = fs.String("admin-address", ":9902", "HTTP address of /metrics and /ready; empty: off")
+		fallback   = fs.String("node-id-fallback", controlplane.FallbackNone, "how node ids that are no workload's node_id map to workloads: "+strings.Join(controlplane.Fallbacks, ", "))
+		hcm        = fs.Bool("http-connection-manager", false, "serve HTTP chains with http_connection_manager and RDS instead of tcp_proxy")
+		outbound   = fs.String("outbound-address", "127.0.0.1:4140", "address of the proxies' outbound listener")
+		inbound    = fs.String("inbound-address", "0.0.0.0:4143", "address of the proxies' inbound listener")
+		connectTO  = fs.Duration("connect-timeout", time.Second, "connect_timeout of generated clusters")
+		level      = fs.String("l", "info", "log level: debug, info, warn, error")
+		pollPeriod = fs.Duration("mesh-poll-interval", file.DefaultInterval, "how often the mesh file is checked for edits")
+	)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "sift-control: -l: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	if err := serve(log, config{
+		meshPath: *meshPath, xdsAddr: *xdsAddr, adminAddr: *adminAddr, fallback: *fallback, hcm: *hcm,
+		outbound: *outbound, inbound: *inbound, connectTimeout: *connectTO, poll: *pollPeriod,
+	}); err != nil {
+		log.Error("sift-control: " + err.Error())
+		return 1
+	}
+	return 0
+}
+
+type config struct {
+	meshPath, xdsAddr, adminAddr, fallback, outbound, inbound string
+	hcm                                                       bool
+	connectTimeout, poll                                      time.Duration
+}
+
+func serve(log *slog.Logger, cfg config) error {
+	if cfg.meshPath == "" {
+		return errors.New("--mesh is required")
+	}
+	opts := controlplane.DefaultOptions()
+	var err error
+	if opts.OutboundAddress, err = netip.ParseAddrPort(cfg.outbound); err != nil {
+		return fmt.Errorf("--outbound-address: %w", err)
+	}
+	if opts.InboundAddress, err = netip.ParseAddrPort(cfg.inbound); err != nil {
+		return fmt.Errorf("--inbound-address: %w", err)
+	}
+	opts.HTTPConnectionManager = cfg.hcm
+	opts.ConnectTimeout = cfg.connectTimeout
+	matcher, err := controlplane.ParseFallback(cfg.fallback)
+	if err != nil {
+		return fmt.Errorf("--node-id-fallback: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var ctl *controlplane.Controller
+	src, err := file.Open(cfg.meshPath, file.Options{
+		Interval: cfg.poll,
+		Logger:   log,
+		OnReload: func(err error) { ctl.MeshReloaded(err) }, // Run starts after ctl is set
+	})
+	if err != nil {
+		return err
+	}
+	ctl, err = controlplane.New(controlplane.Config{Source: src, Options: opts, Fallback: matcher, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+
+	xdsLis, err := net.Listen("tcp", cfg.xdsAddr)
+	if err != nil {
+		return fmt.Errorf("xds: %w", err)
+	}
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(1000000),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+	)
+	controlplane.Register(gs, ctl.NewServer(ctx))
+
+	var admin *http.Server
+	if cfg.adminAddr != "" {
+		adminLis, err := net.Listen("tcp", cfg.adminAddr)
+		if err != nil {
+			xdsLis.Close()
+			return fmt.Errorf("admin: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ready\n") })
+		admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go admin.Serve(adminLis)
+		log.Info("admin serving", "address", adminLis.Addr().String())
+	}
+
+	done := make(chan struct{})
+	go func() { defer close(done); src.Run(ctx) }()
+	go ctl.Run(ctx)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- gs.Serve(xdsLis) }()
+	log.Info("xds serving", "address", xdsLis.Addr().String(), "mesh", cfg.meshPath)
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case err = <-serveErr:
+	}
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(stopGrace):
+		gs.Stop()
+	}
+	if admin != nil {
+		shutCtx, cancel := context.WithTimeout(context.Background(), stopGrace)
+		admin.Shutdown(shutCtx)
+		cancel()
+	}
+	stop()
+	<-done
+	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("xds: %w", err)
+	}
+	return nil
+}

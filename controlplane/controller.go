@@ -1,0 +1,348 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/siftmesh/sift/mesh"
+)
+
+// Config configures a Controller.
+type Config struct {
+	Source  mesh.Source
+	Options Options
+	// Fallback matches node ids that are no workload's node_id; nil: none.
+	Fallback NodeMatcher
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the metrics (see metrics.go); nil: not exported.
+	Registerer prometheus.Registerer
+}
+
+// Controller keeps a snapshot cache in step with a mesh source: one snapshot
+// per proxy node id, for every workload's node_id and for every connected
+// node id that the fallback matches to a workload. It is also the xDS
+// server's callbacks (metrics, logs, and learning node ids as proxies
+// connect). Safe for concurrent use.
+//
+// A node whose workload leaves the mesh keeps its last snapshot (its proxy
+// keeps its last configuration, as when the control plane is unreachable);
+// a proxy whose node id matches no workload gets nothing until one does.
+type Controller struct {
+	cfg     Config
+	log     *slog.Logger
+	cache   cache.SnapshotCache
+	metrics *metrics
+
+	mu        sync.Mutex
+	mesh      *mesh.Mesh
+	snapshots map[string]*cache.Snapshot // workload key -> snapshot of the current mesh
+	nodes     map[string]*nodeState      // node id -> state, for connected nodes
+	streams   map[streamKey]*streamState
+}
+
+type nodeState struct {
+	streams  int
+	workload string // "" while unmatched
+}
+
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+type streamState struct {
+	flavor string // sotw_ads, sotw, delta_ads, delta
+	node   string
+}
+
+var _ serverv3.Callbacks = (*Controller)(nil)
+
+// New builds a controller and the snapshots of the source's current mesh.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Source == nil {
+		return nil, fmt.Errorf("controlplane: a mesh source is required")
+	}
+	c := &Controller{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		nodes:   map[string]*nodeState{},
+		streams: map[streamKey]*streamState{},
+	}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	c.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{c.log})
+	var err error
+	if c.metrics, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
+	c.apply(cfg.Source.Snapshot())
+	return c, nil
+}
+
+// Cache is the snapshot cache to serve.
+func (c *Controller) Cache() cache.SnapshotCache { return c.cache }
+
+// Run applies each new mesh of the source until ctx ends.
+func (c *Controller) Run(ctx context.Context) {
+	updates := c.cfg.Source.Watch(ctx)
+	for range updates {
+		c.apply(c.cfg.Source.Snapshot())
+	}
+}
+
+// MeshReloaded records a source's reload attempt (file.Options.OnReload).
+func (c *Controller) MeshReloaded(err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	c.metrics.reloads.WithLabelValues(result).Inc()
+}
+
+// apply makes m current: it generates every workload's snapshot and sets
+// the changed ones.
+func (c *Controller) apply(m *mesh.Mesh) {
+	snaps := map[string]*cache.Snapshot{}
+	for _, w := range m.Workloads() {
+		snap, err := Generate(m, w, c.cfg.Options).Snapshot()
+		if err == nil {
+			err = snap.Consistent()
+		}
+		if err != nil {
+			// Generate's output is consistent by construction; this is a bug.
+			c.log.Error("controlplane: generated an invalid snapshot; workload skipped", "workload", w.Key(), "error", err)
+			continue
+		}
+		snaps[w.Key()] = snap
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mesh, c.snapshots = m, snaps
+	c.metrics.meshUpdates.Inc()
+	for _, w := range m.Workloads() {
+		c.sync(w.NodeID)
+	}
+	for id := range c.nodes {
+		if m.WorkloadByNodeID(id) == nil {
+			c.sync(id)
+		}
+	}
+}
+
+// sync sets node id's snapshot from the current mesh if it changed. c.mu held.
+func (c *Controller) sync(id string) {
+	w := Resolve(c.mesh, c.cfg.Fallback, id)
+	st := c.nodes[id]
+	if w == nil {
+		if st != nil && st.workload != "" {
+			c.log.Warn("node's workload left the mesh; its proxy keeps its last configuration", "node", id, "workload", st.workload)
+			st.workload = ""
+		} else if st != nil {
+			c.log.Warn("connected node matches no workload; it gets no configuration until one does", "node", id)
+		}
+		c.metrics.setUnmatched(c.nodes)
+		return
+	}
+	if st != nil {
+		st.workload = w.Key()
+	}
+	c.metrics.setUnmatched(c.nodes)
+	snap := c.snapshots[w.Key()]
+	if snap == nil {
+		return
+	}
+	version := snap.GetVersion(resource.ListenerType)
+	if cur, err := c.cache.GetSnapshot(id); err == nil && cur.GetVersion(resource.ListenerType) == version {
+		return // unchanged: nothing to push
+	}
+	if err := c.cache.SetSnapshot(context.Background(), id, snap); err != nil {
+		c.log.Error("controlplane: set snapshot", "node", id, "error", err)
+		return
+	}
+	c.metrics.snapshotsSet.Inc()
+	c.metrics.snapshotVersion.DeletePartialMatch(prometheus.Labels{"node": id})
+	c.metrics.snapshotVersion.WithLabelValues(id, w.Key(), version).Set(1)
+	c.log.Info("snapshot set", "node", id, "workload", w.Key(), "version", version)
+}
+
+// attach records the node of a stream on its first request naming one.
+func (c *Controller) attach(k streamKey, node *corev3.Node) {
+	if node.GetId() == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.streams[k]
+	if s == nil || s.node != "" {
+		return
+	}
+	s.node = node.GetId()
+	st := c.nodes[s.node]
+	if st == nil {
+		st = &nodeState{}
+		c.nodes[s.node] = st
+		c.log.Info("proxy connected", "node", s.node, "stream", s.flavor)
+	}
+	st.streams++
+	c.metrics.proxies.Set(float64(len(c.nodes)))
+	// Before the server creates the stream's first watch: a node matched by
+	// the fallback has its snapshot by the time the cache looks.
+	c.sync(s.node)
+}
+
+func (c *Controller) open(k streamKey, typeURL string) {
+	flavor := "sotw"
+	if k.delta {
+		flavor = "delta"
+	}
+	if typeURL == resource.AnyType {
+		flavor += "_ads"
+	}
+	c.mu.Lock()
+	c.streams[k] = &streamState{flavor: flavor}
+	c.mu.Unlock()
+	c.metrics.streams.WithLabelValues(flavor).Inc()
+}
+
+func (c *Controller) close(k streamKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.streams[k]
+	if s == nil {
+		return
+	}
+	delete(c.streams, k)
+	c.metrics.streams.WithLabelValues(s.flavor).Dec()
+	st := c.nodes[s.node]
+	if st == nil {
+		return
+	}
+	if st.streams--; st.streams > 0 {
+		return
+	}
+	delete(c.nodes, s.node)
+	c.metrics.proxies.Set(float64(len(c.nodes)))
+	c.metrics.setUnmatched(c.nodes)
+	c.log.Info("proxy disconnected", "node", s.node)
+	if c.mesh.WorkloadByNodeID(s.node) == nil {
+		// Matched by the fallback (or not at all): forget it; it is
+		// matched again if it reconnects.
+		c.cache.ClearSnapshot(s.node)
+		c.metrics.snapshotVersion.DeletePartialMatch(prometheus.Labels{"node": s.node})
+	}
+}
+
+func (c *Controller) flavor(k streamKey) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.streams[k]; s != nil {
+		return s.flavor
+	}
+	return "unknown"
+}
+
+// request counts a request and logs NACKs with the proxy's reason.
+func (c *Controller) request(k streamKey, node *corev3.Node, typeURL, nonce, version string, nack *statusDetail) {
+	c.attach(k, node)
+	result := "ack"
+	switch {
+	case nack != nil:
+		result = "nack"
+		c.log.Warn("proxy rejected configuration (NACK)", "node", c.nodeOf(k), "type", typeURL, "version", version, "error", nack.msg)
+	case nonce == "":
+		result = "request"
+	}
+	c.metrics.requests.WithLabelValues(c.flavor(k), shortType(typeURL), result).Inc()
+}
+
+type statusDetail struct{ msg string }
+
+func (c *Controller) nodeOf(k streamKey) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.streams[k]; s != nil {
+		return s.node
+	}
+	return ""
+}
+
+// OnStreamOpen implements serverv3.Callbacks.
+func (c *Controller) OnStreamOpen(_ context.Context, id int64, typeURL string) error {
+	c.open(streamKey{id: id}, typeURL)
+	return nil
+}
+
+// OnStreamClosed implements serverv3.Callbacks.
+func (c *Controller) OnStreamClosed(id int64, _ *corev3.Node) { c.close(streamKey{id: id}) }
+
+// OnDeltaStreamOpen implements serverv3.Callbacks.
+func (c *Controller) OnDeltaStreamOpen(_ context.Context, id int64, typeURL string) error {
+	c.open(streamKey{delta: true, id: id}, typeURL)
+	return nil
+}
+
+// OnDeltaStreamClosed implements serverv3.Callbacks.
+func (c *Controller) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
+	c.close(streamKey{delta: true, id: id})
+}
+
+// OnStreamRequest implements serverv3.Callbacks.
+func (c *Controller) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	var nack *statusDetail
+	if d := req.GetErrorDetail(); d != nil {
+		nack = &statusDetail{msg: d.GetMessage()}
+	}
+	c.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), nack)
+	return nil
+}
+
+// OnStreamResponse implements serverv3.Callbacks.
+func (c *Controller) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	k := streamKey{id: id}
+	c.metrics.responses.WithLabelValues(c.flavor(k), shortType(resp.GetTypeUrl())).Inc()
+	c.log.Debug("pushed", "node", c.nodeOf(k), "type", resp.GetTypeUrl(), "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))
+}
+
+// OnStreamDeltaRequest implements serverv3.Callbacks.
+func (c *Controller) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	var nack *statusDetail
+	if d := req.GetErrorDetail(); d != nil {
+		nack = &statusDetail{msg: d.GetMessage()}
+	}
+	c.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", nack)
+	return nil
+}
+
+// OnStreamDeltaResponse implements serverv3.Callbacks.
+func (c *Controller) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	k := streamKey{delta: true, id: id}
+	c.metrics.responses.WithLabelValues(c.flavor(k), shortType(resp.GetTypeUrl())).Inc()
+	c.log.Debug("pushed", "node", c.nodeOf(k), "type", resp.GetTypeUrl(), "system_version", resp.GetSystemVersionInfo(),
+		"resources", len(resp.GetResources()), "removed", len(resp.GetRemovedResources()))
+}
+
+// OnFetchRequest implements serverv3.Callbacks (REST is not served).
+func (c *Controller) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error { return nil }
+
+// OnFetchResponse implements serverv3.Callbacks.
+func (c *Controller) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
+
+// cacheLogger adapts slog to go-control-plane's logger, at debug level
+// except errors.
+type cacheLogger struct{ l *slog.Logger }
+
+func (c cacheLogger) Debugf(f string, a ...any) { c.l.Debug("cache: " + fmt.Sprintf(f, a...)) }
+func (c cacheLogger) Infof(f string, a ...any)  { c.l.Debug("cache: " + fmt.Sprintf(f, a...)) }
+func (c cacheLogger) Warnf(f string, a ...any)  { c.l.Debug("cache: " + fmt.Sprintf(f, a...)) }
+func (c cacheLogger) Errorf(f string, a ...any) { c.l.Error("cache: " + fmt.Sprintf(f, a...)) }

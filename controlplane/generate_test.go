@@ -1,0 +1,349 @@
+package controlplane
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
+	"github.com/siftmesh/sift/filters"
+	_ "github.com/siftmesh/sift/filters/detect"
+	_ "github.com/siftmesh/sift/filters/originaldst"
+	_ "github.com/siftmesh/sift/filters/tcpproxy"
+	"github.com/siftmesh/sift/listener"
+	"github.com/siftmesh/sift/mesh"
+	"github.com/siftmesh/sift/mesh/file"
+	"github.com/siftmesh/sift/upstream"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const testMesh = `detect_timeout: 2s
+namespaces:
+- name: shop
+  services:
+  - name: web
+    cluster_ips: [10.96.0.10]
+    selector: {app: web}
+    ports: [{port: 80, target_port: 8080}]
+  - name: db
+    cluster_ips: [10.96.0.20]
+    selector: {app: db}
+    ports: [{port: 3306}]
+  workloads:
+  - name: web-0
+    addresses: [10.0.0.10]
+    labels: {app: web}
+  - name: web-1
+    addresses: [10.0.0.11]
+    labels: {app: web}
+  - name: db-0
+    addresses: [10.0.0.20]
+    labels: {app: db}
+    node_id: db
+  - name: client
+    skip_outbound_ports: "3306"
+`
+
+func loadMesh(t *testing.T, yaml string) *mesh.Mesh {
+	t.Helper()
+	m, err := file.Parse("mesh.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func mustAnyT(t *testing.T, m proto.Message) *listenerv3.ListenerFilter_TypedConfig {
+	t.Helper()
+	return &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(m)}
+}
+
+func TestOutboundListenerGolden(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, testMesh)
+	r := Generate(m, m.WorkloadByNodeID("web-0.shop"), DefaultOptions())
+	match := func(ip string, port uint32, transport string, alpn ...string) *listenerv3.FilterChainMatch {
+		return &listenerv3.FilterChainMatch{
+			DestinationPort:      wrapperspb.UInt32(port),
+			PrefixRanges:         []*corev3.CidrRange{{AddressPrefix: ip, PrefixLen: wrapperspb.UInt32(32)}},
+			TransportProtocol:    transport,
+			ApplicationProtocols: alpn,
+		}
+	}
+	web, db := "outbound|80||web.shop.svc.cluster.local", "outbound|3306||db.shop.svc.cluster.local"
+	want := &listenerv3.Listener{
+		Name:             "outbound",
+		Address:          socketAddress(netipAddr("127.0.0.1"), 4140),
+		StatPrefix:       "outbound",
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		UseOriginalDst:   wrapperspb.Bool(true),
+		ListenerFilters: []*listenerv3.ListenerFilter{
+			{Name: "envoy.filters.listener.original_dst", ConfigType: mustAnyT(t, &originaldstv3.OriginalDst{})},
+			{Name: "sift.filters.listener.detect", ConfigType: mustAnyT(t, &detectv1.Detect{Timeout: durationpb.New(2 * time.Second)})},
+		},
+		ListenerFiltersTimeout:           durationpb.New(3 * time.Second),
+		ContinueOnListenerFiltersTimeout: true,
+		FilterChains: []*listenerv3.FilterChain{
+			// db:3306 is on the default opaque list: one chain, no detection.
+			chain("opaque|db.shop.svc.cluster.local:3306|10.96.0.20", match("10.96.0.20", 3306, ""), tcpProxy("opaque", db)),
+			// web:80 is undeclared: detected HTTP, TLS, and the rest.
+			chain("http|web.shop.svc.cluster.local:80|10.96.0.10", match("10.96.0.10", 80, "", "http/1.1", "http/1.0", "h2c"), tcpProxy("http", web)),
+			chain("tls|web.shop.svc.cluster.local:80|10.96.0.10", match("10.96.0.10", 80, "tls"), tcpProxy("tls", web)),
+			chain("opaque|web.shop.svc.cluster.local:80|10.96.0.10", match("10.96.0.10", 80, ""), tcpProxy("opaque", web)),
+		},
+	}
+	if len(r.Listeners) != 2 {
+		t.Fatalf("got %d listeners, want inbound and outbound", len(r.Listeners))
+	}
+	if diff := cmp.Diff(want, r.Listeners[1], protocmp.Transform()); diff != "" {
+		t.Errorf("outbound listener (-want +got):\n%s", diff)
+	}
+
+	wantCluster := &clusterv3.Cluster{
+		Name:                 web,
+		AltStatName:          web,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource(), ServiceName: web},
+		ConnectTimeout:       durationpb.New(time.Second),
+		LbPolicy:             clusterv3.Cluster_LEAST_REQUEST,
+	}
+	var names []string
+	for _, c := range r.Clusters {
+		names = append(names, c.GetName())
+	}
+	if diff := cmp.Diff([]string{"inbound|8080||", db, web}, names); diff != "" {
+		t.Errorf("clusters (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(wantCluster, r.Clusters[2], protocmp.Transform()); diff != "" {
+		t.Errorf("web cluster (-want +got):\n%s", diff)
+	}
+	var eps []string
+	for _, lb := range r.Endpoints[1].GetEndpoints()[0].GetLbEndpoints() {
+		sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+		eps = append(eps, sa.GetAddress()+":"+itoa(sa.GetPortValue()))
+	}
+	if diff := cmp.Diff([]string{"10.0.0.10:8080", "10.0.0.11:8080"}, eps); diff != "" {
+		t.Errorf("web endpoints (-want +got):\n%s", diff)
+	}
+}
+
+func TestInboundAndSkipPorts(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, testMesh)
+	// db-0: inbound 3306 is opaque (the default list): one chain, no detection.
+	r := Generate(m, m.WorkloadByNodeID("db"), DefaultOptions())
+	in := r.Listeners[0]
+	if in.GetName() != "inbound" || len(in.GetFilterChains()) != 1 || in.GetFilterChains()[0].GetName() != "opaque|inbound:3306" {
+		t.Fatalf("db-0 inbound listener: %v", in)
+	}
+	// web-0: inbound 8080 detects: an HTTP chain and the rest.
+	r = Generate(m, m.WorkloadByNodeID("web-0.shop"), DefaultOptions())
+	var got []string
+	for _, c := range r.Listeners[0].GetFilterChains() {
+		got = append(got, c.GetName())
+	}
+	if diff := cmp.Diff([]string{"http|inbound:8080", "opaque|inbound:8080"}, got); diff != "" {
+		t.Errorf("web-0 inbound chains (-want +got):\n%s", diff)
+	}
+	// client: no inbound ports, and 3306 is an outbound skip port.
+	r = Generate(m, m.WorkloadByNodeID("client.shop"), DefaultOptions())
+	if len(r.Listeners) != 1 || r.Listeners[0].GetName() != "outbound" {
+		t.Fatalf("client listeners: %v", r.Listeners)
+	}
+	for _, c := range r.Listeners[0].GetFilterChains() {
+		if c.GetFilterChainMatch().GetDestinationPort().GetValue() == 3306 {
+			t.Errorf("chain %s for an outbound skip port", c.GetName())
+		}
+	}
+}
+
+// TestResourcesAreValid: every generated resource passes Envoy's own
+// validation (protoc-gen-validate) and sift-proxy's decoders, and every
+// snapshot is consistent.
+func TestResourcesAreValid(t *testing.T) {
+	t.Parallel()
+	example, err := file.Load("../examples/mesh/mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, hcm := range []bool{false, true} {
+		for _, m := range []*mesh.Mesh{loadMesh(t, testMesh), example} {
+			for _, w := range m.Workloads() {
+				opts := DefaultOptions()
+				opts.HTTPConnectionManager = hcm
+				r := Generate(m, w, opts)
+				snap, err := r.Snapshot()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := snap.Consistent(); err != nil {
+					t.Errorf("%s (hcm %v): %v", w.Key(), hcm, err)
+				}
+				checkValid(t, r, !hcm)
+			}
+		}
+	}
+}
+
+type validator interface{ ValidateAll() error }
+
+func checkValid(t *testing.T, r *Resources, decode bool) {
+	t.Helper()
+	var all []validator
+	for _, l := range r.Listeners {
+		all = append(all, l)
+	}
+	for _, c := range r.Clusters {
+		all = append(all, c)
+	}
+	for _, e := range r.Endpoints {
+		all = append(all, e)
+	}
+	for _, rc := range r.Routes {
+		all = append(all, rc)
+	}
+	for _, v := range all {
+		if err := v.ValidateAll(); err != nil {
+			t.Errorf("Envoy validation: %v", err)
+		}
+	}
+	if !decode {
+		return // the HTTP connection manager is issue 4 (filters/httplb)
+	}
+	for _, l := range r.Listeners {
+		if _, err := listener.Decode(l, filters.BuildContext{Clusters: upstream.NewManager(), Logger: slog.New(slog.DiscardHandler)}); err != nil {
+			t.Errorf("sift-proxy rejects listener: %v", err)
+		}
+	}
+	for _, c := range r.Clusters {
+		uc, err := upstream.Build(c, upstream.Options{Logger: slog.New(slog.DiscardHandler)})
+		if err != nil && c.GetType() == clusterv3.Cluster_EDS && strings.Contains(err.Error(), "EDS") {
+			t.Skipf("sift-proxy does not accept EDS clusters yet (the xDS client's EDS work, issue 3): %v", err)
+		}
+		if err != nil {
+			t.Errorf("sift-proxy rejects cluster: %v", err)
+			continue
+		}
+		uc.Close()
+	}
+}
+
+func TestVersionIsContentHash(t *testing.T) {
+	t.Parallel()
+	a, b := loadMesh(t, testMesh), loadMesh(t, testMesh)
+	va := Generate(a, a.WorkloadByNodeID("web-0.shop"), DefaultOptions()).Version()
+	vb := Generate(b, b.WorkloadByNodeID("web-0.shop"), DefaultOptions()).Version()
+	if va != vb || len(va) != 16 {
+		t.Fatalf("versions of equal meshes: %q, %q", va, vb)
+	}
+	c := loadMesh(t, strings.Replace(testMesh, "10.0.0.11", "10.0.0.12", 1))
+	if vc := Generate(c, c.WorkloadByNodeID("web-0.shop"), DefaultOptions()).Version(); vc == va {
+		t.Fatalf("an endpoint change kept version %q", va)
+	}
+}
+
+func TestNodeFallbacks(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, testMesh)
+	prefix, _ := ParseFallback(FallbackPrefix)
+	istio, _ := ParseFallback(FallbackIstio)
+	if _, err := ParseFallback("regex"); err == nil {
+		t.Error("unknown fallback accepted")
+	}
+	tests := []struct {
+		name, id string
+		fallback NodeMatcher
+		want     string
+	}{
+		{name: "exact", id: "web-0.shop", want: "shop/web-0"},
+		{name: "exact custom", id: "db", want: "shop/db-0"},
+		{name: "no fallback", id: "db-7f9c", want: ""},
+		{name: "prefix", id: "db-7f9c", fallback: prefix, want: "shop/db-0"},
+		{name: "prefix needs a separator", id: "dbx", fallback: prefix, want: ""},
+		{name: "istio by name", id: "sidecar~10.9.9.9~web-1.shop~shop.svc.cluster.local", fallback: istio, want: "shop/web-1"},
+		{name: "istio by address", id: "sidecar~10.0.0.20~db-0-xyz.shop~shop.svc.cluster.local", fallback: istio, want: "shop/db-0"},
+		{name: "istio no match", id: "sidecar~10.1.1.1~x.y~z", fallback: istio, want: ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := ""
+			if w := Resolve(m, tt.fallback, tt.id); w != nil {
+				got = w.Key()
+			}
+			if got != tt.want {
+				t.Errorf("Resolve(%q) = %q, want %q", tt.id, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestControllerFallbackNode: a node matched only by the fallback gets its
+// workload's snapshot when its first request names it, and loses it when it
+// disconnects.
+func TestControllerFallbackNode(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "mesh.yaml")
+	if err := os.WriteFile(path, []byte(testMesh), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src, err := file.Open(path, file.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix, _ := ParseFallback(FallbackPrefix)
+	c, err := New(Config{Source: src, Options: DefaultOptions(), Fallback: prefix, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exact, err := c.Cache().GetSnapshot("db")
+	if err != nil {
+		t.Fatalf("no snapshot for an exact node id: %v", err)
+	}
+	if _, err := c.Cache().GetSnapshot("db-abc"); err == nil {
+		t.Fatal("snapshot for a node id before it connected")
+	}
+	if err := c.OnStreamOpen(context.Background(), 1, resource.AnyType); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.OnStreamRequest(1, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "db-abc"}, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Cache().GetSnapshot("db-abc")
+	if err != nil {
+		t.Fatalf("no snapshot for a fallback node: %v", err)
+	}
+	if got.GetVersion(resource.ListenerType) != exact.GetVersion(resource.ListenerType) {
+		t.Errorf("fallback node got version %s, want db's %s", got.GetVersion(resource.ListenerType), exact.GetVersion(resource.ListenerType))
+	}
+	c.OnStreamClosed(1, nil)
+	if _, err := c.Cache().GetSnapshot("db-abc"); err == nil {
+		t.Error("a disconnected fallback node kept its snapshot")
+	}
+	var _ cache.SnapshotCache = c.Cache()
+}
+
+func netipAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func itoa(v uint32) string { return strconv.FormatUint(uint64(v), 10) }

@@ -1,0 +1,407 @@
+// Package mesh is Sift's model of a service mesh — namespaces, services,
+// workloads, and the Linkerd-compatible knobs that decide how their traffic
+// is treated (declared port protocols, opaque ports, skip ports, the
+// detection timeout) — independent of where it comes from. A Source (a YAML
+// file today, Kubernetes next) produces complete, immutable *Mesh values;
+// the control plane turns each one into xDS snapshots.
+//
+// Opaque ports follow Linkerd's config.linkerd.io/opaque-ports annotation: a
+// list set on a service, a workload or a namespace REPLACES (never augments)
+// the install-wide default list. A service's list applies to meshed clients
+// connecting to the service; a workload's list applies to connections it
+// receives; a namespace's list applies to the services and workloads in it
+// that set none themselves. See Mesh.ServiceOpaquePorts and
+// Mesh.WorkloadOpaquePorts.
+package mesh
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Protocol is a port's declared protocol, in Linkerd's vocabulary (the
+// Server resource's proxyProtocol).
+type Protocol string
+
+// Declared protocols. Unknown (the default) means "detect".
+const (
+	ProtocolUnknown Protocol = "unknown"
+	ProtocolHTTP1   Protocol = "HTTP/1"
+	ProtocolHTTP2   Protocol = "HTTP/2"
+	ProtocolGRPC    Protocol = "gRPC"
+	ProtocolOpaque  Protocol = "opaque"
+	ProtocolTLS     Protocol = "TLS"
+)
+
+var protocols = []Protocol{ProtocolUnknown, ProtocolHTTP1, ProtocolHTTP2, ProtocolGRPC, ProtocolOpaque, ProtocolTLS}
+
+// ParseProtocol maps a name to a Protocol, ignoring case ("http/1", "GRPC");
+// "" is ProtocolUnknown.
+func ParseProtocol(s string) (Protocol, bool) {
+	if s == "" {
+		return ProtocolUnknown, true
+	}
+	for _, p := range protocols {
+		if strings.EqualFold(s, string(p)) {
+			return p, true
+		}
+	}
+	return "", false
+}
+
+// ProtocolNames lists the accepted protocol names, for error messages.
+func ProtocolNames() string {
+	names := make([]string, len(protocols))
+	for i, p := range protocols {
+		names[i] = string(p)
+	}
+	return strings.Join(names, ", ")
+}
+
+// IsHTTP reports whether p is an HTTP protocol (HTTP/1, HTTP/2, gRPC).
+func (p Protocol) IsHTTP() bool {
+	return p == ProtocolHTTP1 || p == ProtocolHTTP2 || p == ProtocolGRPC
+}
+
+// Defaults.
+const (
+	// DefaultDetectTimeout is Linkerd's protocol-detection timeout.
+	DefaultDetectTimeout = 10 * time.Second
+	DefaultClusterDomain = "cluster.local"
+)
+
+// Mesh is a whole mesh. After Complete returns nil it is immutable: sources
+// hand the same *Mesh to any number of readers.
+type Mesh struct {
+	// DefaultOpaquePorts is the install-wide list (Linkerd's
+	// proxy.opaquePorts); nil means DefaultOpaquePorts.
+	DefaultOpaquePorts *PortSet
+	// DetectTimeout bounds protocol detection; 0 means DefaultDetectTimeout.
+	DetectTimeout time.Duration
+	// ClusterDomain completes service host names; "" means DefaultClusterDomain.
+	ClusterDomain string
+	Namespaces    []*Namespace
+}
+
+// Namespace groups services and workloads. Its opaque and skip ports apply to
+// those that set none themselves.
+type Namespace struct {
+	Name              string
+	OpaquePorts       *PortSet // nil: not set
+	SkipInboundPorts  *PortSet // nil: not set
+	SkipOutboundPorts *PortSet // nil: not set
+	Services          []*Service
+	Workloads         []*Workload
+}
+
+// Service is a stable address (cluster IPs and a host name) in front of the
+// workloads its selector picks.
+type Service struct {
+	Name, Namespace string
+	// ClusterIPs are the virtual IPs clients connect to; a service without
+	// one is reachable only through its host name (not routed by the
+	// outbound listener, which matches destination IPs).
+	ClusterIPs []netip.Addr
+	// Hostname defaults to name.namespace.svc.<cluster domain>.
+	Hostname string
+	Ports    []ServicePort
+	// Selector picks workloads by label, as a Kubernetes Service's does: a
+	// workload is selected when it has every label. An empty selector
+	// selects nothing (Kubernetes: endpoints are managed elsewhere).
+	Selector    map[string]string
+	OpaquePorts *PortSet // nil: not set
+}
+
+// ServicePort is one port of a service.
+type ServicePort struct {
+	Name string
+	Port uint16
+	// TargetPort is the workloads' port; 0 means Port.
+	TargetPort uint16
+	Protocol   Protocol
+}
+
+// Target returns the workload port the service port forwards to.
+func (p ServicePort) Target() uint16 {
+	if p.TargetPort == 0 {
+		return p.Port
+	}
+	return p.TargetPort
+}
+
+// Workload is one instance (a pod, a VM) and, when meshed, its proxy.
+type Workload struct {
+	Name, Namespace string
+	Addresses       []netip.Addr
+	// Ports the workload serves; ports that selecting services target are
+	// served too, with the service port's protocol, even when not listed.
+	Ports          []WorkloadPort
+	ServiceAccount string
+	Labels         map[string]string
+	// NodeID is the xDS node id of the workload's proxy; "" means
+	// name.namespace.
+	NodeID            string
+	OpaquePorts       *PortSet // nil: not set
+	SkipInboundPorts  *PortSet // nil: not set
+	SkipOutboundPorts *PortSet // nil: not set
+
+	// Services lists the services selecting the workload, as
+	// "namespace/name", sorted; Complete fills it.
+	Services []string
+}
+
+// WorkloadPort is one port a workload serves.
+type WorkloadPort struct {
+	Name     string
+	Port     uint16
+	Protocol Protocol
+}
+
+// Key returns "namespace/name".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// Key returns "namespace/name".
+func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }
+
+// Selects reports whether s's selector picks w.
+func (s *Service) Selects(w *Workload) bool {
+	if len(s.Selector) == 0 || s.Namespace != w.Namespace {
+		return false
+	}
+	for k, v := range s.Selector {
+		if got, ok := w.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Source produces meshes: a file today, Kubernetes next.
+type Source interface {
+	// Snapshot returns the current mesh, complete and immutable. Safe for
+	// concurrent use.
+	Snapshot() *Mesh
+	// Watch returns a channel that receives a value whenever Snapshot
+	// changes; notifications coalesce (a slow reader sees the latest mesh,
+	// not every one). The channel is closed when ctx ends.
+	Watch(ctx context.Context) <-chan struct{}
+}
+
+// Namespace returns the named namespace, or nil.
+func (m *Mesh) Namespace(name string) *Namespace {
+	for _, ns := range m.Namespaces {
+		if ns.Name == name {
+			return ns
+		}
+	}
+	return nil
+}
+
+// Services returns every service, sorted by namespace then name.
+func (m *Mesh) Services() []*Service {
+	var out []*Service
+	for _, ns := range m.Namespaces {
+		out = append(out, ns.Services...)
+	}
+	slices.SortFunc(out, func(a, b *Service) int { return strings.Compare(a.Key(), b.Key()) })
+	return out
+}
+
+// Workloads returns every workload, sorted by namespace then name.
+func (m *Mesh) Workloads() []*Workload {
+	var out []*Workload
+	for _, ns := range m.Namespaces {
+		out = append(out, ns.Workloads...)
+	}
+	slices.SortFunc(out, func(a, b *Workload) int { return strings.Compare(a.Key(), b.Key()) })
+	return out
+}
+
+// Service returns the service "namespace/name", or nil.
+func (m *Mesh) Service(key string) *Service {
+	nsName, name, _ := strings.Cut(key, "/")
+	if ns := m.Namespace(nsName); ns != nil {
+		for _, s := range ns.Services {
+			if s.Name == name {
+				return s
+			}
+		}
+	}
+	return nil
+}
+
+// WorkloadByNodeID returns the workload whose proxy has node id id, or nil.
+func (m *Mesh) WorkloadByNodeID(id string) *Workload {
+	for _, ns := range m.Namespaces {
+		for _, w := range ns.Workloads {
+			if w.NodeID == id {
+				return w
+			}
+		}
+	}
+	return nil
+}
+
+// DefaultOpaque returns the install-wide opaque list.
+func (m *Mesh) DefaultOpaque() PortSet {
+	if m.DefaultOpaquePorts != nil {
+		return *m.DefaultOpaquePorts
+	}
+	return MustParsePortSet(DefaultOpaquePorts)
+}
+
+// Detection returns the protocol-detection timeout.
+func (m *Mesh) Detection() time.Duration {
+	if m.DetectTimeout > 0 {
+		return m.DetectTimeout
+	}
+	return DefaultDetectTimeout
+}
+
+// ServiceOpaquePorts is the opaque-port list meshed clients apply to s: the
+// service's own list if set, else its namespace's, else the install default.
+// A list replaces the lower levels; it never adds to them.
+func (m *Mesh) ServiceOpaquePorts(s *Service) PortSet {
+	if s.OpaquePorts != nil {
+		return *s.OpaquePorts
+	}
+	if ns := m.Namespace(s.Namespace); ns != nil && ns.OpaquePorts != nil {
+		return *ns.OpaquePorts
+	}
+	return m.DefaultOpaque()
+}
+
+// WorkloadOpaquePorts is the opaque-port list for connections w receives:
+// the workload's own list if set, else its namespace's, else the default.
+func (m *Mesh) WorkloadOpaquePorts(w *Workload) PortSet {
+	if w.OpaquePorts != nil {
+		return *w.OpaquePorts
+	}
+	if ns := m.Namespace(w.Namespace); ns != nil && ns.OpaquePorts != nil {
+		return *ns.OpaquePorts
+	}
+	return m.DefaultOpaque()
+}
+
+// SkipInbound returns the ports whose inbound connections bypass w's proxy
+// (the workload's list, else its namespace's).
+func (m *Mesh) SkipInbound(w *Workload) PortSet {
+	if w.SkipInboundPorts != nil {
+		return *w.SkipInboundPorts
+	}
+	if ns := m.Namespace(w.Namespace); ns != nil && ns.SkipInboundPorts != nil {
+		return *ns.SkipInboundPorts
+	}
+	return PortSet{}
+}
+
+// SkipOutbound returns the destination ports whose connections from w bypass
+// its proxy (the workload's list, else its namespace's).
+func (m *Mesh) SkipOutbound(w *Workload) PortSet {
+	if w.SkipOutboundPorts != nil {
+		return *w.SkipOutboundPorts
+	}
+	if ns := m.Namespace(w.Namespace); ns != nil && ns.SkipOutboundPorts != nil {
+		return *ns.SkipOutboundPorts
+	}
+	return PortSet{}
+}
+
+// Treatment is how a proxy handles connections to one port.
+type Treatment uint8
+
+const (
+	// Detect: protocol unknown; sift the first bytes (HTTP, TLS or opaque).
+	Detect Treatment = iota
+	// HTTP: declared HTTP/1, HTTP/2 or gRPC; no detection needed.
+	HTTP
+	// TLS: declared TLS, proxied as an opaque stream without detection.
+	TLS
+	// Opaque: declared opaque or on the opaque list; detection is skipped.
+	Opaque
+)
+
+func (t Treatment) String() string {
+	switch t {
+	case HTTP:
+		return "http"
+	case TLS:
+		return "tls"
+	case Opaque:
+		return "opaque"
+	}
+	return "detect"
+}
+
+// treatment: the opaque list wins over every declared protocol, as Linkerd's
+// annotation does; then the declared protocol.
+func treatment(port uint16, p Protocol, opaque PortSet) Treatment {
+	switch {
+	case p == ProtocolOpaque || opaque.Contains(port):
+		return Opaque
+	case p == ProtocolTLS:
+		return TLS
+	case p.IsHTTP():
+		return HTTP
+	}
+	return Detect
+}
+
+// ServicePortTreatment is how meshed clients treat connections to p of s.
+func (m *Mesh) ServicePortTreatment(s *Service, p ServicePort) Treatment {
+	return treatment(p.Port, p.Protocol, m.ServiceOpaquePorts(s))
+}
+
+// InboundPort is a port a workload's proxy accepts for it.
+type InboundPort struct {
+	Port      uint16
+	Protocol  Protocol
+	Treatment Treatment
+}
+
+// InboundPorts returns the ports w serves through its proxy, sorted: its
+// declared ports and the target ports of the services selecting it (with the
+// service port's protocol when the workload declares none), minus its
+// inbound skip ports.
+func (m *Mesh) InboundPorts(w *Workload) []InboundPort {
+	protos := map[uint16]Protocol{}
+	for _, p := range w.Ports {
+		protos[p.Port] = p.Protocol
+	}
+	for _, key := range w.Services {
+		s := m.Service(key)
+		if s == nil {
+			continue
+		}
+		for _, sp := range s.Ports {
+			if cur, ok := protos[sp.Target()]; !ok || cur == ProtocolUnknown {
+				protos[sp.Target()] = sp.Protocol
+			}
+		}
+	}
+	skip := m.SkipInbound(w)
+	opaque := m.WorkloadOpaquePorts(w)
+	out := make([]InboundPort, 0, len(protos))
+	for port, proto := range protos {
+		if skip.Contains(port) {
+			continue
+		}
+		out = append(out, InboundPort{Port: port, Protocol: proto, Treatment: treatment(port, proto, opaque)})
+	}
+	slices.SortFunc(out, func(a, b InboundPort) int { return int(a.Port) - int(b.Port) })
+	return out
+}
+
+// Endpoints returns the workloads selected by s, sorted by key.
+func (m *Mesh) Endpoints(s *Service) []*Workload {
+	var out []*Workload
+	for _, w := range m.Workloads() {
+		if slices.Contains(w.Services, s.Key()) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
