@@ -142,6 +142,16 @@ type NetworkFilter interface {
 	ServeConn(ctx context.Context, d *Downstream)
 }
 
+// ConnectionFilter is a non-terminal network filter: it sees each connection
+// of its chain before the terminal NetworkFilter and may refuse it (Envoy's
+// connection_limit). Implementations are safe for concurrent use.
+type ConnectionFilter interface {
+	// Admit decides whether the connection may proceed. It may block (a
+	// configured delay before refusing) until ctx ends. When ok, done must be
+	// called once the connection has ended.
+	Admit(ctx context.Context, d *Downstream) (done func(), ok bool)
+}
+
 // Downstream is an accepted connection handed to a network filter, with the
 // bytes listener filters peeked still to be delivered.
 //

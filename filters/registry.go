@@ -34,11 +34,15 @@ type ListenerFilterFactory func(cfg proto.Message, bc BuildContext) (ListenerFil
 // NetworkFilterFactory builds a terminal network filter from its typed config.
 type NetworkFilterFactory func(cfg proto.Message, bc BuildContext) (NetworkFilter, error)
 
+// ConnectionFilterFactory builds a non-terminal network filter.
+type ConnectionFilterFactory func(cfg proto.Message, bc BuildContext) (ConnectionFilter, error)
+
 var registry = struct {
 	sync.RWMutex
-	listener map[string]ListenerFilterFactory
-	network  map[string]NetworkFilterFactory
-}{listener: map[string]ListenerFilterFactory{}, network: map[string]NetworkFilterFactory{}}
+	listener   map[string]ListenerFilterFactory
+	network    map[string]NetworkFilterFactory
+	connection map[string]ConnectionFilterFactory
+}{listener: map[string]ListenerFilterFactory{}, network: map[string]NetworkFilterFactory{}, connection: map[string]ConnectionFilterFactory{}}
 
 // RegisterListenerFilter registers f for configs of type msg (a zero value of
 // the config message). Call it from init; it panics on a duplicate.
@@ -62,6 +66,38 @@ func RegisterNetworkFilter(msg proto.Message, f NetworkFilterFactory) {
 		panic("filters: duplicate network filter " + url)
 	}
 	registry.network[url] = f
+}
+
+// RegisterConnectionFilter registers f for configs of type msg. Call it from
+// init; it panics on a duplicate.
+func RegisterConnectionFilter(msg proto.Message, f ConnectionFilterFactory) {
+	url := TypeURL(msg)
+	registry.Lock()
+	defer registry.Unlock()
+	if _, dup := registry.connection[url]; dup {
+		panic("filters: duplicate connection filter " + url)
+	}
+	registry.connection[url] = f
+}
+
+// BuildConnectionFilter builds the non-terminal network filter configured
+// by typedConfig.
+func BuildConnectionFilter(typedConfig *anypb.Any, bc BuildContext) (ConnectionFilter, error) {
+	msg, url, err := UnpackConfig(typedConfig)
+	if err != nil {
+		return nil, err
+	}
+	registry.RLock()
+	f, ok := registry.connection[url]
+	_, terminal := registry.network[url]
+	registry.RUnlock()
+	if !ok {
+		if terminal {
+			return nil, fmt.Errorf("%s is a terminal filter: it must be the chain's last", url)
+		}
+		return nil, fmt.Errorf("unsupported network filter type %s before the terminal filter (supported: %v)", url, sortedKeys(registry.connection))
+	}
+	return f(msg, bc)
 }
 
 // TypeURL returns the xDS type URL of msg's type.

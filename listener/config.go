@@ -49,10 +49,12 @@ type ListenerFilter struct {
 	Disabled func(port uint16) bool
 }
 
-// FilterChain is a chosen connection's treatment.
+// FilterChain is a chosen connection's treatment: non-terminal filters in
+// order, then the terminal one.
 type FilterChain struct {
-	Name    string
-	Network filters.NetworkFilter
+	Name       string
+	Connection []filters.ConnectionFilter
+	Network    filters.NetworkFilter
 }
 
 // Envoy's listener_filters_timeout default.
@@ -164,18 +166,24 @@ func chainLabel(fc *listenerv3.FilterChain) string {
 
 func decodeChain(fc *listenerv3.FilterChain, bc filters.BuildContext) (*FilterChain, error) {
 	fs := fc.GetFilters()
-	switch len(fs) {
-	case 0:
+	if len(fs) == 0 {
 		return nil, errors.New("filters: a terminal network filter (tcp_proxy) is required")
-	case 1:
-	default:
-		return nil, fmt.Errorf("filters: %d filters configured; Sift supports exactly one terminal network filter per chain", len(fs))
 	}
-	nf, err := filters.BuildNetworkFilter(fs[0].GetTypedConfig(), bc)
+	chain := &FilterChain{Name: fc.GetName()}
+	last := len(fs) - 1
+	for i, f := range fs[:last] {
+		cf, err := filters.BuildConnectionFilter(f.GetTypedConfig(), bc)
+		if err != nil {
+			return nil, fmt.Errorf("filters[%d] (%s): %w", i, f.GetName(), err)
+		}
+		chain.Connection = append(chain.Connection, cf)
+	}
+	nf, err := filters.BuildNetworkFilter(fs[last].GetTypedConfig(), bc)
 	if err != nil {
-		return nil, fmt.Errorf("filters[0] (%s): %w", fs[0].GetName(), err)
+		return nil, fmt.Errorf("filters[%d] (%s): %w", last, fs[last].GetName(), err)
 	}
-	return &FilterChain{Name: fc.GetName(), Network: nf}, nil
+	chain.Network = nf
+	return chain, nil
 }
 
 // SocketAddress decodes an Envoy Address holding a TCP socket address with an

@@ -204,7 +204,16 @@ func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, p
 		l.log.Debug("connection", "remote", info.RemoteAddr, "local", info.LocalAddr, "chain", chain.Name,
 			"detected", d.Protocol, "reason", d.Reason, "detect_bytes", d.Bytes, "detect_duration", d.Duration)
 	}
-	chain.Network.ServeConn(g.ctx, filters.NewDownstream(c, peeked, info, g.draining))
+	d := filters.NewDownstream(c, peeked, info, g.draining)
+	for _, cf := range chain.Connection {
+		done, ok := cf.Admit(g.ctx, d)
+		if !ok {
+			c.Close()
+			return
+		}
+		defer done()
+	}
+	chain.Network.ServeConn(g.ctx, d)
 }
 
 // inspect runs the listener filters. It returns the peeked bytes and false

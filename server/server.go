@@ -19,6 +19,7 @@ import (
 	"github.com/siftmesh/sift/xds"
 
 	// The filters sift-proxy serves, registered by type URL.
+	_ "github.com/siftmesh/sift/filters/connlimit"
 	_ "github.com/siftmesh/sift/filters/detect"
 	_ "github.com/siftmesh/sift/filters/originaldst"
 	_ "github.com/siftmesh/sift/filters/tcpproxy"

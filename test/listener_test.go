@@ -327,3 +327,41 @@ static_resources:
 	}
 	return cfg
 }
+
+func TestConnectionLimitFilter(t *testing.T) {
+	t.Parallel()
+	yaml := `
+static_resources:
+  listeners:
+  - name: limited
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - {name: envoy.filters.network.connection_limit, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit, stat_prefix: lim, max_connections: 2}}
+      - {name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: g, cluster: g}}
+  clusters:
+` + staticCluster("g", greeter(t, "220 hi\r\n"))
+	p := startProxy(t, yaml, nil)
+	addr := p.addr(t, "limited")
+	first, second := dial(t, addr), dial(t, addr)
+	for _, c := range []net.Conn{first, second} {
+		if got := greetingOf(t, c); got != "220 hi\r\n" {
+			t.Fatalf("admitted connection: %q", got)
+		}
+	}
+	if got := readAllWithin(t, dial(t, addr), 30*time.Second); got != "" {
+		t.Errorf("third connection got %q, want a close", got)
+	}
+	first.Close()
+	// The slot frees once the first connection's proxying has ended.
+	eventually(t, "a freed slot", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return line == "220 hi\r\n"
+	})
+}
