@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -21,6 +22,7 @@ import (
 	// The filters sift-proxy serves, registered by type URL.
 	_ "github.com/siftmesh/sift/filters/connlimit"
 	_ "github.com/siftmesh/sift/filters/detect"
+	_ "github.com/siftmesh/sift/filters/httplb"
 	_ "github.com/siftmesh/sift/filters/originaldst"
 	_ "github.com/siftmesh/sift/filters/tcpproxy"
 )
@@ -47,9 +49,10 @@ type Server struct {
 	bootstrap *bootstrapv3.Bootstrap
 	started   time.Time
 
-	xds     *xds.Client // nil without dynamic_resources
-	dyn     *dynamic
-	stopped chan struct{} // closed by Shutdown
+	xds      *xds.Client // nil without dynamic_resources
+	dyn      *dynamic
+	stopped  chan struct{} // closed by Shutdown
+	stopOnce sync.Once
 }
 
 // Build validates b completely — clusters, listeners, their filters — without
@@ -193,9 +196,14 @@ func (s *Server) ListenerAddrs() map[string]string {
 	return out
 }
 
-// Shutdown drains: /ready turns 503, listeners stop accepting, connections
+// Shutdown drains (a second call does nothing): /ready turns 503, listeners stop accepting, connections
 // get the drain time to finish (or until ctx ends), then everything closes.
 func (s *Server) Shutdown(ctx context.Context) error {
+	already := true
+	s.stopOnce.Do(func() { already = false })
+	if already {
+		return nil
+	}
 	close(s.stopped)
 	if s.xds != nil {
 		// Stop taking updates first: the drain works on the last configuration.

@@ -56,6 +56,8 @@ type config struct {
 	// subscribes to: eds_cluster_config.service_name, else the cluster's name.
 	edsServiceName string
 	edsConfig      *corev3.ConfigSource
+	// http holds the HTTP options, request balancing and outlier detection (http.go).
+	http httpConfig
 }
 
 type endpointSpec struct {
@@ -125,6 +127,9 @@ func parse(pb *clusterv3.Cluster) (*config, error) {
 		return nil, err
 	}
 	if err := c.parseLB(pb); err != nil {
+		return nil, err
+	}
+	if err := c.parseHTTP(pb); err != nil {
 		return nil, err
 	}
 	if err := c.parseDNS(pb); err != nil {

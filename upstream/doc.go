@@ -30,6 +30,14 @@
 //   - dns_refresh_rate (default 5 s), dns_failure_refresh_rate, dns_jitter,
 //     dns_lookup_family (all five values; see dnsResolver).
 //   - upstream_connection_options.tcp_keepalive.
+//   - For HTTP (http.go; used by filters/httplb): typed_extension_protocol_options
+//     envoy.extensions.upstreams.http.v3.HttpProtocolOptions (explicit_http_config,
+//     use_downstream_protocol_config, common_http_protocol_options idle_timeout and
+//     max_response_headers_kb), the deprecated http2_protocol_options,
+//     http_protocol_options, common_http_protocol_options and protocol_selection;
+//     load_balancing_policy (Envoy's round_robin, least_request, random, and Sift's
+//     peak_ewma); outlier_detection (consecutive 5xx and gateway failures);
+//     circuit_breakers DEFAULT max_connections and max_requests.
 //
 // Accepted and ignored, because Envoy treats them as tuning or statistics, or
 // because they are inert given what Sift rejects (the reason for each is in
@@ -48,8 +56,7 @@
 // lb_endpoints[].metadata; endpoint.health_check_config and
 // observability_name; socket_address.ipv4_compat.
 //
-// Everything else is rejected: health checks, outlier detection, circuit
-// breakers, transport sockets (TLS), HTTP protocol options, custom DNS
+// Everything else is rejected: health checks, transport sockets (TLS), custom DNS
 // resolvers, subset and hashing load balancers, upstream filters, load
 // reporting, and so on.
 //

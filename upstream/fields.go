@@ -89,15 +89,15 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 		"transport_socket":                             reject("upstream transport sockets (TLS) are not supported yet"),
 		"per_connection_buffer_high_watermark_timeout": reject("buffer watermark enforcement is not supported"),
 		"health_checks":                                reject("active health checking is not supported"),
-		"outlier_detection":                            reject("outlier detection is not supported"),
-		"circuit_breakers":                             reject("circuit breaking is not supported"),
+		"outlier_detection":                            use(), // http.go
+		"circuit_breakers":                             use(), // http.go
 		"max_requests_per_connection":                  reject(whyHTTP),
 		"upstream_http_protocol_options":               reject(whyHTTP),
-		"common_http_protocol_options":                 reject(whyHTTP),
-		"http_protocol_options":                        reject(whyHTTP),
-		"http2_protocol_options":                       reject(whyHTTP),
-		"typed_extension_protocol_options":             reject(whyHTTP),
-		"protocol_selection":                           reject(whyHTTP),
+		"common_http_protocol_options":                 use(), // http.go
+		"http_protocol_options":                        use(), // http.go
+		"http2_protocol_options":                       use(), // http.go
+		"typed_extension_protocol_options":             use(), // http.go
+		"protocol_selection":                           use(), // http.go
 		"connection_pool_per_downstream_connection":    reject(whyHTTP),
 		"dns_resolvers":                                reject("custom DNS resolvers are not supported: Sift uses the system resolver"),
 		"dns_resolution_config":                        reject("custom DNS resolvers are not supported: Sift uses the system resolver"),
@@ -107,7 +107,7 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 		"ring_hash_lb_config":                          reject(whyLBNotImpl),
 		"maglev_lb_config":                             reject(whyLBNotImpl),
 		"original_dst_lb_config":                       reject(whyLBNotImpl),
-		"load_balancing_policy":                        reject("load balancing policy extensions are not supported: use lb_policy"),
+		"load_balancing_policy":                        use(), // http.go
 		"filters":                                      reject("upstream network filters are not supported"),
 		"lrs_server":                                   reject("load reporting is not supported"),
 		"lrs_report_endpoint_metrics":                  reject("load reporting is not supported"),

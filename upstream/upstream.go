@@ -60,6 +60,7 @@ type Cluster struct {
 	readyOnce sync.Once
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+	ext       extensions // state other packages keep per cluster (http.go)
 }
 
 // snapshot is one endpoint set and the picker built for it. Immutable.
@@ -187,6 +188,7 @@ func (c *Cluster) Close() {
 	c.closeOnce.Do(func() {
 		c.cancel()
 		c.wg.Wait()
+		c.ext.close()
 		c.markReady()
 	})
 }

@@ -1,0 +1,116 @@
+// Package httplb is Envoy's envoy.filters.network.http_connection_manager
+// with its router (envoy.filters.http.router): it serves HTTP/1.0, HTTP/1.1,
+// HTTP/2 cleartext (prior knowledge and the h2c upgrade), gRPC, WebSocket
+// upgrades and terminated CONNECT on a downstream connection, routes each
+// request with a route table (package route), and balances requests — not
+// connections — over the endpoints of the chosen cluster, with per-endpoint
+// connection pools (package balancer holds the balancers: round robin,
+// random, least request, and peak-EWMA, the mesh default).
+//
+// # Shape
+//
+// Serving uses net/http's server on the one downstream connection (HTTP/2 by
+// golang.org/x/net/http2's server, which also drains with GOAWAY), and
+// net/http/httputil.ReverseProxy for forwarding: it already does what a
+// proxy must about hop-by-hop headers, trailers, 101 upgrades and flushing
+// streamed responses (gRPC), and its hooks fit the router — Rewrite applies
+// the route, Transport is the router's RoundTripper (balancing, retries,
+// timeouts), ModifyResponse edits response headers, ErrorHandler writes
+// Envoy-style local replies. A custom proxy would re-implement all of that.
+//
+// See config.go for the configuration Sift accepts field by field.
+package httplb
+
+import (
+	"log/slog"
+	"sync/atomic"
+
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/httplb/route"
+	"github.com/siftmesh/sift/upstream"
+)
+
+func init() {
+	filters.RegisterNetworkFilter(&hcmv3.HttpConnectionManager{}, func(cfg proto.Message, bc filters.BuildContext) (filters.NetworkFilter, error) {
+		return New(cfg.(*hcmv3.HttpConnectionManager), bc)
+	})
+}
+
+// HCM is a configured HTTP connection manager. It is safe for concurrent
+// use; its route table may be swapped (SetRoutes) while it serves.
+type HCM struct {
+	cfg      *config
+	routes   atomic.Pointer[route.Table]
+	clusters *upstream.Manager
+	log      *slog.Logger
+	proxy    *reverseProxy
+}
+
+var _ filters.NetworkFilter = (*HCM)(nil)
+
+// New validates cfg and builds the filter. Errors read "httplb: field: reason".
+func New(cfg *hcmv3.HttpConnectionManager, bc filters.BuildContext) (*HCM, error) {
+	c, table, err := decode(cfg)
+	if err != nil {
+		return nil, err
+	}
+	h := &HCM{cfg: c, clusters: bc.Clusters, log: bc.Logger}
+	if h.clusters == nil {
+		h.clusters = upstream.NewManager()
+	}
+	if h.log == nil {
+		h.log = slog.Default()
+	}
+	h.log = h.log.With("filter", "http_connection_manager", "stat_prefix", c.statPrefix)
+	if table != nil {
+		h.routes.Store(table)
+	}
+	h.proxy = newReverseProxy(h)
+	return h, nil
+}
+
+// RDSName returns the route configuration name the HCM takes from RDS
+// (HttpConnectionManager.rds.route_config_name), or "" when its routes are
+// inline.
+func (h *HCM) RDSName() string { return h.cfg.rdsName }
+
+// SetRoutes swaps in a new route table (an RDS update), atomically: requests
+// that already selected a route finish on the old table. Until the first
+// SetRoutes an RDS-configured HCM answers 503 "no route configuration".
+func (h *HCM) SetRoutes(t *route.Table) { h.routes.Store(t) }
+
+// Routes returns the route table in service, or nil.
+func (h *HCM) Routes() *route.Table { return h.routes.Load() }
+
+// Hook receives one Record per request, after the response is complete (or
+// failed), on the request's goroutine: it must not block. The Record is not
+// reused, so the hook may keep it. Implementations must be safe for
+// concurrent use.
+type Hook interface {
+	OnRequest(rec *Record)
+}
+
+type hookBox struct{ h Hook }
+
+var globalHook atomic.Pointer[hookBox]
+
+// SetHook installs the process-wide request hook (metrics, access logs,
+// tracing); nil restores the no-op default. Every HCM uses it from its next
+// request on.
+func SetHook(h Hook) {
+	if h == nil {
+		globalHook.Store(nil)
+		return
+	}
+	globalHook.Store(&hookBox{h})
+}
+
+func currentHook() Hook {
+	if b := globalHook.Load(); b != nil {
+		return b.h
+	}
+	return nil
+}

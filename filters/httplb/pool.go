@@ -1,0 +1,266 @@
+package httplb
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/siftmesh/sift/filters/httplb/balancer"
+	"github.com/siftmesh/sift/upstream"
+)
+
+// errNoHealthy: the cluster has no endpoint that may take the request.
+var errNoHealthy = errors.New("httplb: no healthy upstream")
+
+// errOverflow: the cluster's max_requests circuit breaker is open.
+var errOverflow = errors.New("httplb: upstream overflow (circuit_breakers max_requests)")
+
+// poolKey is the upstream.Cluster extension key of a clusterPool.
+type poolKey struct{}
+
+// clusterPool is the request-level state of one cluster, shared by every
+// HCM that routes to it: per-endpoint connection pools and balancer state,
+// kept by address across endpoint updates, and the picker in service.
+type clusterPool struct {
+	c       *upstream.Cluster
+	opts    upstream.HTTPOptions
+	policy  balancer.Policy
+	outlier *balancer.Outlier
+	decay   time.Duration // peak EWMA; 0 for other policies
+	newRTT  time.Duration
+	now     func() time.Time
+
+	inflight atomic.Int64
+
+	mu  sync.Mutex // serialises rebuilds; guards eps
+	eps map[string]*endpoint
+	cur atomic.Pointer[pickerState]
+}
+
+// pickerState is one picker and what it was built from. Immutable.
+type pickerState struct {
+	version any
+	picker  balancer.Picker // nil: nothing to pick
+	// unejectAt is the earliest time an ejected endpoint returns (zero:
+	// none ejected); the picker is rebuilt then.
+	unejectAt time.Time
+	ejected   int
+	n         int
+	byAddr    map[string]*endpoint
+}
+
+// endpoint is one endpoint's balancer state and connection pools.
+type endpoint struct {
+	*balancer.Endpoint
+	hostname string // immutable
+
+	mu     sync.Mutex
+	h1, h2 *http.Transport
+}
+
+func poolFor(c *upstream.Cluster) *clusterPool {
+	return c.Extension(poolKey{}, func() any { return newClusterPool(c) }).(*clusterPool)
+}
+
+func newClusterPool(c *upstream.Cluster) *clusterPool {
+	p := &clusterPool{c: c, opts: c.HTTPOptions(), eps: map[string]*endpoint{}, now: time.Now}
+	lb := c.RequestBalancing()
+	switch lb.Policy {
+	case upstream.RequestLeastRequest:
+		p.policy = balancer.LeastRequest{ChoiceCount: lb.ChoiceCount, Bias: lb.ActiveRequestBias}
+	case upstream.RequestRandom:
+		p.policy = balancer.Random{}
+	case upstream.RequestPeakEWMA:
+		p.policy = balancer.PeakEWMA{DefaultRTT: lb.DefaultRTT, Decay: lb.Decay}.WithDefaults()
+		p.decay, p.newRTT = lb.Decay, lb.DefaultRTT
+	default:
+		p.policy = balancer.RoundRobin{}
+	}
+	if p.newRTT == 0 {
+		p.newRTT = balancer.DefaultRTT
+	}
+	if od := c.OutlierDetection(); od != nil {
+		p.outlier = &balancer.Outlier{
+			Consecutive5xx: od.Consecutive5xx, EnforcingConsecutive5xx: od.EnforcingConsecutive5xx,
+			ConsecutiveGateway: od.ConsecutiveGateway, EnforcingGateway: od.EnforcingGateway,
+			BaseEjection: od.BaseEjectionTime, MaxEjection: od.MaxEjectionTime, MaxEjectionPercent: od.MaxEjectionPercent,
+		}
+	}
+	return p
+}
+
+// pick returns the endpoint for one request, rebuilding the picker first if
+// the endpoint set changed or an ejection ended.
+func (p *clusterPool) pick() (*endpoint, error) {
+	st := p.cur.Load()
+	if st == nil || st.version != p.c.Version() || (!st.unejectAt.IsZero() && !p.now().Before(st.unejectAt)) {
+		st = p.rebuild()
+	}
+	if st.picker == nil {
+		return nil, errNoHealthy
+	}
+	return st.byAddr[st.picker.Pick().Addr], nil
+}
+
+// rebuild builds the picker for the cluster's current endpoints. Endpoints
+// keep their state (EWMA, in-flight counts, pools) by address; pools of
+// endpoints that left are closed when idle.
+func (p *clusterPool) rebuild() *pickerState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	version, eps := p.c.EndpointsVersion()
+	now := p.now()
+	if st := p.cur.Load(); st != nil && st.version == version && (st.unejectAt.IsZero() || now.Before(st.unejectAt)) {
+		return st
+	}
+	next := make(map[string]*endpoint, len(eps))
+	var healthy, degraded []*endpoint
+	for _, e := range eps {
+		ep := p.eps[e.Addr]
+		if ep == nil || ep.Weight != e.Weight || ep.hostname != e.Hostname {
+			old := ep
+			ep = &endpoint{Endpoint: balancer.NewEndpoint(e.Addr, e.Weight, p.newRTT, now), hostname: e.Hostname}
+			if old != nil { // a new weight or name: keep the pools and the estimate
+				old.mu.Lock()
+				ep.h1, ep.h2 = old.h1, old.h2
+				old.mu.Unlock()
+				ep.Endpoint = old.Endpoint.WithWeight(e.Weight)
+			}
+		}
+		next[e.Addr] = ep
+		switch e.Health {
+		case "UNKNOWN", "HEALTHY":
+			healthy = append(healthy, ep)
+		case "DEGRADED":
+			degraded = append(degraded, ep)
+		}
+	}
+	for addr, ep := range p.eps {
+		if next[addr] == nil {
+			ep.closeIdle()
+		}
+	}
+	p.eps = next
+	eligible := healthy
+	if len(eligible) == 0 {
+		eligible = degraded
+	}
+	st := &pickerState{version: version, n: len(eligible), byAddr: next}
+	var pickable []*balancer.Endpoint
+	for _, ep := range eligible {
+		if ep.Ejected(now) {
+			st.ejected++
+			if u := ep.EjectedUntil(); st.unejectAt.IsZero() || u.Before(st.unejectAt) {
+				st.unejectAt = u
+			}
+			continue
+		}
+		pickable = append(pickable, ep.Endpoint)
+	}
+	if len(pickable) == 0 && len(eligible) > 0 {
+		// Every eligible endpoint is ejected: balance over them anyway, as
+		// Envoy's panic mode would, rather than fail every request.
+		for _, ep := range eligible {
+			pickable = append(pickable, ep.Endpoint)
+		}
+	}
+	if len(pickable) > 0 {
+		st.picker = p.policy.Build(pickable)
+	}
+	p.cur.Store(st)
+	return st
+}
+
+// report feeds one outcome to outlier detection (status 0: local failure)
+// and ejects the endpoint when a threshold is crossed and the ejection
+// percentage allows.
+func (p *clusterPool) report(ep *endpoint, status int) {
+	if p.outlier == nil || !p.outlier.Report(ep.Endpoint, status, rand.IntN) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.cur.Load()
+	if st == nil || ep.Ejected(p.now()) || !p.outlier.MayEject(st.ejected, st.n) {
+		return
+	}
+	p.outlier.Eject(ep.Endpoint, p.now())
+	p.cur.Store(&pickerState{version: nil}) // force a rebuild
+}
+
+// observe records a round trip on ep (peak EWMA).
+func (p *clusterPool) observe(ep *endpoint, rtt time.Duration) {
+	if p.decay > 0 {
+		ep.Observe(rtt, p.now(), p.decay)
+	}
+}
+
+// transport returns ep's connection pool for HTTP/2 or HTTP/1.
+func (p *clusterPool) transport(ep *endpoint, h2 bool) *http.Transport {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if h2 {
+		if ep.h2 == nil {
+			ep.h2 = p.newTransport(ep.Addr, true)
+		}
+		return ep.h2
+	}
+	if ep.h1 == nil {
+		ep.h1 = p.newTransport(ep.Addr, false)
+	}
+	return ep.h1
+}
+
+func (p *clusterPool) newTransport(addr string, h2 bool) *http.Transport {
+	t := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return p.c.DialEndpoint(ctx, addr)
+		},
+		// A proxy passes encodings through: never ask for gzip itself.
+		DisableCompression:     true,
+		MaxIdleConns:           0,
+		MaxIdleConnsPerHost:    1024,
+		MaxConnsPerHost:        p.opts.MaxConnections,
+		IdleConnTimeout:        p.opts.IdleTimeout,
+		MaxResponseHeaderBytes: p.opts.MaxResponseHeaderBytes,
+		Protocols:              new(http.Protocols),
+	}
+	if h2 {
+		t.Protocols.SetUnencryptedHTTP2(true)
+		t.HTTP2 = &http.HTTP2Config{
+			MaxReceiveBufferPerStream:     int(p.opts.H2StreamWindow),
+			MaxReceiveBufferPerConnection: int(p.opts.H2ConnWindow),
+			SendPingTimeout:               p.opts.H2PingInterval,
+			PingTimeout:                   p.opts.H2PingTimeout,
+		}
+	} else {
+		t.Protocols.SetHTTP1(true)
+	}
+	return t
+}
+
+func (ep *endpoint) closeIdle() {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	for _, t := range []*http.Transport{ep.h1, ep.h2} {
+		if t != nil {
+			t.CloseIdleConnections()
+		}
+	}
+}
+
+// Close closes idle pooled connections; the cluster calls it when it is
+// closed. Requests in flight finish; a later request opens new connections.
+func (p *clusterPool) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ep := range p.eps {
+		ep.closeIdle()
+	}
+	return nil
+}

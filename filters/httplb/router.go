@@ -1,0 +1,554 @@
+package httplb
+
+import (
+	"context"
+	crand "crypto/rand"
+	"fmt"
+	"io"
+	"log"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/siftmesh/sift/filters/httplb/route"
+)
+
+// Sift's error header on local replies: the reason, in the words of Envoy's
+// response flags (x-sift-error: no_healthy_upstream).
+const errorHeader = "X-Sift-Error"
+
+// Reasons for local replies (errorHeader values and Record.Error).
+const (
+	reasonNoRoute       = "route_not_found"
+	reasonNoCluster     = "cluster_not_found"
+	reasonNoHealthy     = "no_healthy_upstream"
+	reasonOverflow      = "upstream_overflow"
+	reasonConnect       = "upstream_connect_failure"
+	reasonReset         = "upstream_reset"
+	reasonTimeout       = "upstream_request_timeout"
+	reasonStreamIdle    = "stream_idle_timeout"
+	reasonRequestTO     = "request_timeout"
+	reasonUpgrade       = "upgrade_failed"
+	reasonHTTP10        = "http1.0_not_allowed"
+	reasonNoRouteConfig = "no_route_configuration"
+	reasonCancelled     = "downstream_cancelled"
+	reasonHeaders       = "too_many_headers"
+)
+
+// reqState is one request's routing state, carried in its context from the
+// handler to the router (RoundTrip) and the proxy hooks.
+type reqState struct {
+	table        *route.Table
+	route        *route.Route
+	pool         *clusterPool
+	rec          *Record
+	upgrade      string // lower-case upgrade type, or ""
+	downstreamH2 bool
+	external     bool // the client is not on an internal address
+	idleFired    atomic.Bool
+	reqTOFired   atomic.Bool
+}
+
+type stateKey struct{}
+
+func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
+
+// reverseProxy forwards routed requests: httputil.ReverseProxy with the
+// router as its Transport.
+type reverseProxy struct {
+	h  *HCM
+	rp *httputil.ReverseProxy
+}
+
+func newReverseProxy(h *HCM) *reverseProxy {
+	p := &reverseProxy{h: h}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:        p.rewrite,
+		Transport:      p,
+		ModifyResponse: p.modifyResponse,
+		ErrorHandler:   p.errorHandler,
+		ErrorLog:       log.New(debugWriter{h}, "", 0),
+		// Streamed responses (gRPC, unknown length) flush at once anyway.
+		FlushInterval: -1,
+	}
+	return p
+}
+
+type debugWriter struct{ h *HCM }
+
+func (w debugWriter) Write(b []byte) (int, error) {
+	w.h.log.Debug(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// rewrite applies the route to the outbound request: path and host
+// rewrites, forwarding headers, request id, header edits.
+func (p *reverseProxy) rewrite(pr *httputil.ProxyRequest) {
+	st := stateOf(pr.In.Context())
+	in, out := pr.In, pr.Out
+	c := p.h.cfg
+	out.URL.Scheme = "http"
+	out.URL.Host = "upstream" // the router dials the endpoint it picks
+	if uri := st.route.RewritePath(in.URL.RequestURI()); uri != in.URL.RequestURI() {
+		if u, err := url.ParseRequestURI(uri); err == nil {
+			out.URL.Path, out.URL.RawPath, out.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
+		}
+	}
+	if st.route.HostRewrite != "" {
+		out.Host = st.route.HostRewrite
+	}
+	// x-forwarded-for: Envoy appends the peer only with use_remote_address.
+	if xff := in.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+		out.Header["X-Forwarded-For"] = xff
+	}
+	if c.useRemoteAddress && !c.skipXFFAppend {
+		if ip, _, err := net.SplitHostPort(in.RemoteAddr); err == nil {
+			prior := strings.Join(out.Header.Values("X-Forwarded-For"), ", ")
+			if prior != "" {
+				ip = prior + ", " + ip
+			}
+			out.Header.Set("X-Forwarded-For", ip)
+		}
+	}
+	if proto := in.Header.Get("X-Forwarded-Proto"); proto != "" && !c.useRemoteAddress {
+		out.Header.Set("X-Forwarded-Proto", proto)
+	} else {
+		out.Header.Set("X-Forwarded-Proto", "http")
+	}
+	if h := in.Header.Values("X-Forwarded-Host"); len(h) > 0 {
+		out.Header["X-Forwarded-Host"] = h
+	}
+	if c.via != "" {
+		out.Header.Add("Via", c.via)
+	}
+	if st.external {
+		for _, name := range st.table.InternalOnly {
+			out.Header.Del(name)
+		}
+	}
+	out.Header.Set("X-Request-Id", st.rec.RequestID)
+	if st.rec.RequestID == "" {
+		out.Header.Del("X-Request-Id")
+	}
+	if _, ok := in.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = nil // no Go default
+	}
+	st.table.ApplyRequest(st.route, out.Header)
+}
+
+func (p *reverseProxy) modifyResponse(resp *http.Response) error {
+	st := stateOf(resp.Request.Context())
+	st.table.ApplyResponse(st.route, resp.Header)
+	p.h.serverHeader(resp.Header)
+	if p.h.cfg.alwaysSetIDResponse && st.rec.RequestID != "" {
+		resp.Header.Set("X-Request-Id", st.rec.RequestID)
+	}
+	return nil
+}
+
+func (p *reverseProxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	st := stateOf(r.Context())
+	var ue *upstreamError
+	switch {
+	case st.idleFired.Load():
+		p.h.localReply(w, r, st.rec, http.StatusRequestTimeout, reasonStreamIdle, "stream timeout")
+	case st.reqTOFired.Load():
+		p.h.localReply(w, r, st.rec, http.StatusRequestTimeout, reasonRequestTO, "request timeout")
+	case err == errNoHealthy:
+		p.h.localReply(w, r, st.rec, http.StatusServiceUnavailable, reasonNoHealthy, "no healthy upstream")
+	case err == errOverflow:
+		p.h.localReply(w, r, st.rec, http.StatusServiceUnavailable, reasonOverflow, "upstream overflow")
+	case asUpstream(err, &ue) && ue.class == failConnect:
+		p.h.localReply(w, r, st.rec, http.StatusBadGateway, reasonConnect,
+			"upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+	case asUpstream(err, &ue) && (ue.class == failRouteTimeout || ue.class == failPerTryTimeout):
+		p.h.localReply(w, r, st.rec, http.StatusGatewayTimeout, reasonTimeout, "upstream request timeout")
+	case asUpstream(err, &ue) && ue.class == failCancelled:
+		st.rec.Error = reasonCancelled
+		st.rec.Status = 499 // nginx's "client closed request", for the record only
+	default:
+		p.h.localReply(w, r, st.rec, http.StatusBadGateway, reasonReset,
+			"upstream connect error or disconnect/reset before headers. reset reason: connection termination")
+	}
+	p.h.log.Debug("upstream request failed", "route", st.rec.Route, "cluster", st.rec.Cluster, "endpoint", st.rec.Endpoint, "err", err)
+}
+
+func asUpstream(err error, ue **upstreamError) bool {
+	e, ok := err.(*upstreamError)
+	*ue = e
+	return ok
+}
+
+// serverHeader applies server_name and server_header_transformation.
+func (h *HCM) serverHeader(hd http.Header) {
+	switch h.cfg.serverTransform {
+	case 0: // OVERWRITE
+		hd.Set("Server", h.cfg.serverName)
+	case 1: // APPEND_IF_ABSENT
+		if hd.Get("Server") == "" {
+			hd.Set("Server", h.cfg.serverName)
+		}
+	}
+}
+
+// localReply answers the request from the proxy: status with the reason in
+// x-sift-error and body as text; for gRPC requests, HTTP 200 with
+// grpc-status and grpc-message (a trailers-only response), as Envoy does.
+func (h *HCM) localReply(w http.ResponseWriter, r *http.Request, rec *Record, status int, reason, body string) {
+	rec.Error = reason
+	hd := w.Header()
+	hd.Set(errorHeader, reason)
+	h.serverHeader(hd)
+	if rec.RequestID != "" && h.cfg.alwaysSetIDResponse {
+		hd.Set("X-Request-Id", rec.RequestID)
+	}
+	if isGRPC(r) {
+		hd.Set("Content-Type", "application/grpc")
+		hd.Set("Grpc-Status", strconv.Itoa(grpcCode(status, reason)))
+		hd.Set("Grpc-Message", url.PathEscape(body))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if r.ProtoMajor == 1 && (reason == reasonHTTP10 || reason == reasonUpgrade) {
+		hd.Set("Connection", "close")
+	}
+	hd.Set("Content-Type", "text/plain")
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+}
+
+// grpcCode maps a local reply to a gRPC status: Envoy's HTTP-to-gRPC
+// mapping, except that a timeout is DEADLINE_EXCEEDED.
+func grpcCode(status int, reason string) int {
+	if reason == reasonTimeout {
+		return 4 // DEADLINE_EXCEEDED
+	}
+	switch status {
+	case 400:
+		return 13 // INTERNAL
+	case 401:
+		return 16 // UNAUTHENTICATED
+	case 403:
+		return 7 // PERMISSION_DENIED
+	case 404:
+		return 12 // UNIMPLEMENTED
+	case 429, 502, 503, 504:
+		return 14 // UNAVAILABLE
+	}
+	return 2 // UNKNOWN
+}
+
+func isGRPC(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
+// connState is what requests of one downstream connection share.
+type connState struct {
+	remote   netip.AddrPort
+	external bool
+	h2       bool
+}
+
+// serveHTTP handles one request on a downstream connection.
+func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
+	rec := &Record{Start: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto}
+	rw := &recordingWriter{ResponseWriter: w}
+	body := &countingBody{ReadCloser: r.Body}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = body
+	}
+	defer func() {
+		rec.Duration = time.Since(rec.Start)
+		if rec.Status == 0 {
+			rec.Status = int(rw.status.Load())
+		}
+		rec.BytesSent, rec.BytesReceived = rw.bytes.Load(), body.n.Load()
+		if hk := currentHook(); hk != nil {
+			hk.OnRequest(rec)
+		}
+	}()
+	w = rw
+
+	if r.ProtoMajor == 1 && r.ProtoMinor == 0 && !h.cfg.acceptHTTP10 {
+		// Envoy: 426 Upgrade Required unless http_protocol_options.accept_http_10.
+		h.localReply(w, r, rec, http.StatusUpgradeRequired, reasonHTTP10, "")
+		return
+	}
+	if limit := h.cfg.maxHeadersCount; limit > 0 {
+		n := 0
+		for _, vs := range r.Header {
+			n += len(vs)
+		}
+		if n > limit {
+			// Envoy: common_http_protocol_options.max_headers_count → 431.
+			h.localReply(w, r, rec, http.StatusRequestHeaderFieldsTooLarge, reasonHeaders, "")
+			return
+		}
+	}
+	// Request id: kept from trusted (internal) clients, else generated.
+	rec.RequestID = r.Header.Get("X-Request-Id")
+	if h.cfg.generateRequestID && (rec.RequestID == "" || (h.cfg.useRemoteAddress && cs.external && !h.cfg.preserveExternalID)) {
+		rec.RequestID = newUUID()
+	}
+	table := h.routes.Load()
+	if table == nil {
+		h.localReply(w, r, rec, http.StatusServiceUnavailable, reasonNoRouteConfig, "no route configuration")
+		return
+	}
+	authority := r.Host
+	if h.cfg.stripAnyHostPort || h.cfg.stripMatchingPort {
+		// strip_matching_host_port compares with the listener's port; the
+		// listener is the connection's local address.
+		authority = route.StripPort(authority)
+	}
+	upgrade := upgradeType(r)
+	if upgrade == "h2c" {
+		// Envoy ignores an h2c upgrade it does not perform (codec HTTP1).
+		r.Header.Del("Upgrade")
+		r.Header.Del("Http2-Settings")
+		upgrade = ""
+	}
+	rt := table.Select(&route.Request{Method: r.Method, Authority: authority, Path: r.URL.RequestURI(), Header: r.Header, GRPC: isGRPC(r)})
+	if rt == nil {
+		h.localReply(w, r, rec, http.StatusNotFound, reasonNoRoute, "")
+		return
+	}
+	rec.Route, rec.VirtualHost = rt.Name, rt.VirtualHost.Name
+	if rt.Kind == route.ActionDirect {
+		table.ApplyResponse(rt, w.Header())
+		h.serverHeader(w.Header())
+		w.Header().Set("Content-Length", strconv.Itoa(len(rt.DirectBody)))
+		if len(rt.DirectBody) > 0 && w.Header().Get("Content-Type") == "" {
+			w.Header().Set("Content-Type", "text/plain")
+		}
+		w.WriteHeader(rt.DirectStatus)
+		w.Write(rt.DirectBody)
+		return
+	}
+	if upgrade != "" && !rt.UpgradeAllowed(upgrade, h.cfg.upgrades) {
+		h.localReply(w, r, rec, http.StatusForbidden, reasonUpgrade, "")
+		return
+	}
+	name := rt.PickCluster(r.Header, rand.Uint64N)
+	rec.Cluster = name
+	cluster := h.clusters.Get(name)
+	if name == "" || cluster == nil {
+		h.localReply(w, r, rec, rt.ClusterNotFoundCode, reasonNoCluster, "")
+		return
+	}
+	st := &reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, external: cs.external}
+	if upgrade == "connect" {
+		if !rt.ConnectTerminate {
+			h.localReply(w, r, rec, http.StatusForbidden, reasonUpgrade, "")
+			return
+		}
+		h.tunnel(w, r, st)
+		return
+	}
+
+	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), stateKey{}, st))
+	defer cancel()
+	if d := h.routeTimeout(rt, r); d > 0 && upgrade == "" {
+		var c2 context.CancelFunc
+		ctx, c2 = context.WithTimeout(ctx, d)
+		defer c2()
+	}
+	idle := h.cfg.streamIdleTimeout
+	if rt.HasIdleTimeout {
+		idle = rt.IdleTimeout
+	}
+	if idle > 0 {
+		it := newIdleTimer(idle, func() { st.idleFired.Store(true); cancel() })
+		defer it.stop()
+		rw.activity, body.activity = it, it
+	}
+	if d := h.cfg.requestTimeout; d > 0 && body.ReadCloser != nil && r.Body == body {
+		t := time.AfterFunc(d, func() {
+			if !body.eof.Load() && rw.status.Load() == 0 {
+				st.reqTOFired.Store(true)
+				cancel()
+			}
+		})
+		defer t.Stop()
+	}
+	h.proxy.rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// routeTimeout is the route's timeout, or for gRPC with
+// max_stream_duration.grpc_timeout_header_max the grpc-timeout header's,
+// capped — Envoy's rules; max_stream_duration caps either.
+func (h *HCM) routeTimeout(rt *route.Route, r *http.Request) time.Duration {
+	d := rt.Timeout
+	if rt.HasGRPCTimeoutHeaderMax && isGRPC(r) {
+		if gt, ok := parseGRPCTimeout(r.Header.Get("Grpc-Timeout")); ok {
+			d = gt
+			if rt.GRPCTimeoutHeaderMax > 0 && d > rt.GRPCTimeoutHeaderMax {
+				d = rt.GRPCTimeoutHeaderMax
+			}
+			if rt.GRPCTimeoutHeaderOffset > 0 && d > rt.GRPCTimeoutHeaderOffset {
+				d -= rt.GRPCTimeoutHeaderOffset
+			}
+		} else {
+			d = rt.GRPCTimeoutHeaderMax
+		}
+	}
+	if m := rt.MaxStreamDuration; m > 0 && (d == 0 || m < d) {
+		d = m
+	}
+	return d
+}
+
+// parseGRPCTimeout parses the grpc-timeout header: at most 8 digits and a
+// unit (H, M, S, m, u, n), per the gRPC HTTP/2 protocol spec.
+func parseGRPCTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	unit := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[len(v)-1]]
+	if unit == 0 {
+		return 0, false
+	}
+	if n > int64(math.MaxInt64/unit) {
+		return math.MaxInt64, true // 99999999H overflows: effectively no deadline
+	}
+	return time.Duration(n) * unit, true
+}
+
+// upgradeType returns the request's upgrade, lower-case: "connect" for
+// CONNECT, the Upgrade header's first protocol when Connection lists
+// "upgrade", else "".
+func upgradeType(r *http.Request) string {
+	if r.Method == http.MethodConnect {
+		return "connect"
+	}
+	if r.ProtoMajor != 1 {
+		return ""
+	}
+	for _, v := range r.Header.Values("Connection") {
+		for _, tok := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), "upgrade") {
+				up := r.Header.Get("Upgrade")
+				if i := strings.IndexAny(up, ",/ "); i >= 0 {
+					up = up[:i]
+				}
+				return strings.ToLower(strings.TrimSpace(up))
+			}
+		}
+	}
+	return ""
+}
+
+// newUUID returns a random (version 4) UUID, Envoy's x-request-id format.
+func newUUID() string {
+	var b [16]byte
+	crand.Read(b[:]) // crypto/rand: never fails
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// activity is told of stream activity (idle timers).
+type activity interface{ touch() }
+
+// idleTimer calls fire once the stream has been idle for d. Touch is cheap
+// (an atomic store); the timer re-arms itself for the remainder.
+type idleTimer struct {
+	d    time.Duration
+	last atomic.Int64
+	t    *time.Timer
+	fire func()
+	done atomic.Bool
+}
+
+func newIdleTimer(d time.Duration, fire func()) *idleTimer {
+	it := &idleTimer{d: d, fire: fire}
+	it.touch()
+	it.t = time.AfterFunc(d, it.check)
+	return it
+}
+
+func (it *idleTimer) touch() { it.last.Store(time.Now().UnixNano()) }
+
+func (it *idleTimer) check() {
+	if it.done.Load() {
+		return
+	}
+	if left := it.d - time.Since(time.Unix(0, it.last.Load())); left > 0 {
+		it.t.Reset(left)
+		return
+	}
+	it.fire()
+}
+
+func (it *idleTimer) stop() { it.done.Store(true); it.t.Stop() }
+
+// recordingWriter records the status and bytes of a response and reports
+// activity. Unwrap lets http.ResponseController reach flushing and
+// hijacking (ReverseProxy uses both).
+type recordingWriter struct {
+	http.ResponseWriter
+	status   atomic.Int32
+	bytes    atomic.Int64
+	activity activity
+}
+
+func (w *recordingWriter) WriteHeader(code int) {
+	if code >= 200 && w.status.Load() == 0 || code == http.StatusSwitchingProtocols {
+		w.status.Store(int32(code))
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recordingWriter) Write(b []byte) (int, error) {
+	w.status.CompareAndSwap(0, http.StatusOK)
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes.Add(int64(n))
+	if w.activity != nil {
+		w.activity.touch()
+	}
+	return n, err
+}
+
+func (w *recordingWriter) Flush() { http.NewResponseController(w.ResponseWriter).Flush() }
+
+func (w *recordingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// countingBody counts request body bytes and reports activity.
+type countingBody struct {
+	io.ReadCloser
+	n        atomic.Int64
+	eof      atomic.Bool
+	activity activity
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	if err != nil {
+		b.eof.Store(true)
+	}
+	if b.activity != nil {
+		b.activity.touch()
+	}
+	return n, err
+}
+
+// isInternal reports whether ip is an internal address (Envoy's default:
+// RFC 1918, RFC 4193 and loopback).
+func isInternal(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return ip.IsPrivate() || ip.IsLoopback()
+}

@@ -1,0 +1,265 @@
+package httplb
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+
+	"github.com/siftmesh/sift/filters"
+)
+
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// ServeConn implements filters.NetworkFilter: it serves HTTP on d until the
+// client is done, the connection idles out, or the connection must end.
+//
+// Each connection gets its own http.Server (and x/net/http2.Server): codec
+// HTTP1 serves HTTP/1.x; HTTP2 serves HTTP/2 with prior knowledge; AUTO
+// serves HTTP/1.x, switching to HTTP/2 on the client preface or an h2c
+// upgrade. When d.Draining closes, the server shuts down gracefully: HTTP/1
+// responses in flight carry Connection: close and idle keep-alive
+// connections close; HTTP/2 sends GOAWAY and finishes its streams. When ctx
+// ends, the connection closes at once. ServeConn returns once the connection
+// is closed and every request handler on it has returned.
+func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
+	conn := &trackedConn{Conn: d.Conn(), closed: make(chan struct{})}
+	cs := &connState{remote: d.Info.RemoteAddr}
+	cs.external = !isInternal(cs.remote.Addr())
+
+	var handlers sync.WaitGroup
+	var hmu sync.Mutex // orders handlers.Add against Wait
+	stopped := false
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hmu.Lock()
+		if stopped {
+			hmu.Unlock()
+			return
+		}
+		handlers.Add(1)
+		hmu.Unlock()
+		defer handlers.Done()
+		rcs := *cs
+		rcs.h2 = r.ProtoMajor == 2
+		h.serveHTTP(&rcs, w, r)
+	})
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: h.cfg.requestHeadersTimeout,
+		IdleTimeout:       h.cfg.idleTimeout,
+		MaxHeaderBytes:    h.cfg.maxHeaderBytes,
+		ErrorLog:          log.New(debugWriter{h}, "", 0),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	h2s := &http2.Server{
+		MaxConcurrentStreams:         h.cfg.h2MaxStreams,
+		MaxUploadBufferPerStream:     int32(h.cfg.h2StreamWin),
+		MaxUploadBufferPerConnection: int32(h.cfg.h2ConnWin),
+		IdleTimeout:                  h.cfg.idleTimeout,
+		MaxReadFrameSize:             0,
+	}
+	if err := http2.ConfigureServer(srv, h2s); err != nil {
+		h.log.Error("configuring HTTP/2", "err", err)
+		conn.Close()
+		return
+	}
+
+	served := make(chan struct{})
+	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto && bytes.HasPrefix(d.Peeked(), []byte(h2Preface)))
+	switch {
+	case useH2:
+		go func() {
+			defer close(served)
+			h2s.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, BaseConfig: srv, Handler: handler})
+			conn.Close()
+		}()
+	default:
+		if h.cfg.codec == codecAuto {
+			srv.Handler = h2c.NewHandler(handler, h2s)
+		}
+		l := &oneConnListener{conn: conn, done: make(chan struct{})}
+		go func() {
+			defer close(served)
+			srv.Serve(l)
+		}()
+	}
+
+	select {
+	case <-conn.closed:
+	case <-d.Draining:
+		go srv.Shutdown(ctx)
+		select {
+		case <-conn.closed:
+		case <-ctx.Done():
+		}
+	case <-ctx.Done():
+	}
+	srv.Close()
+	conn.Close()
+	<-served
+	hmu.Lock()
+	stopped = true
+	hmu.Unlock()
+	handlers.Wait()
+}
+
+// trackedConn reports its closing: the server closes the connection when it
+// is done, and a hijacker (upgrade, CONNECT, h2c) when the tunnel ends.
+type trackedConn struct {
+	net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *trackedConn) Close() error {
+	err := net.ErrClosed
+	c.once.Do(func() { err = c.Conn.Close(); close(c.closed) })
+	return err
+}
+
+// oneConnListener hands out one connection, then blocks until closed.
+type oneConnListener struct {
+	mu   sync.Mutex
+	conn net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	c := l.conn
+	l.conn = nil
+	l.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return dummyAddr{} }
+
+type dummyAddr struct{}
+
+func (dummyAddr) Network() string { return "tcp" }
+func (dummyAddr) String() string  { return "sift-downstream" }
+
+// tunnel terminates a CONNECT request (upgrade_configs CONNECT with
+// connect_config): it connects to an endpoint of the route's cluster,
+// answers 200, and proxies bytes both ways until either side ends.
+func (h *HCM) tunnel(w http.ResponseWriter, r *http.Request, st *reqState) {
+	ep, err := st.pool.pick()
+	if err != nil {
+		h.localReply(w, r, st.rec, http.StatusServiceUnavailable, reasonNoHealthy, "no healthy upstream")
+		return
+	}
+	st.rec.Endpoint, st.rec.Attempts = ep.Addr, 1
+	ep.Begin()
+	defer ep.End()
+	up, err := st.pool.c.DialEndpoint(r.Context(), ep.Addr)
+	if err != nil {
+		st.pool.report(ep, 0)
+		h.localReply(w, r, st.rec, http.StatusBadGateway, reasonConnect,
+			"upstream connect error or disconnect/reset before headers. reset reason: connection failure")
+		return
+	}
+	defer up.Close()
+	stop := context.AfterFunc(r.Context(), func() { up.Close() })
+	defer stop()
+
+	if r.ProtoMajor == 1 {
+		down, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer down.Close()
+		st.rec.Status = http.StatusOK
+		brw.WriteString("HTTP/1.1 200 OK\r\n\r\n")
+		if err := brw.Flush(); err != nil {
+			return
+		}
+		pipeBoth(up, io.MultiReader(bufReader(brw.Reader), down), down)
+		return
+	}
+	// HTTP/2: the stream is the tunnel (RFC 9113 §8.5).
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	rc.Flush()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(up, r.Body)
+		if cw, ok := up.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := up.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				break
+			}
+			rc.Flush()
+		}
+		if err != nil {
+			break
+		}
+	}
+	up.Close()
+	<-done
+}
+
+// bufReader returns what the server's bufio.Reader already buffered.
+func bufReader(br *bufio.Reader) io.Reader {
+	n := br.Buffered()
+	if n == 0 {
+		return bytes.NewReader(nil)
+	}
+	b, _ := br.Peek(n)
+	return bytes.NewReader(append([]byte(nil), b...))
+}
+
+// pipeBoth copies src→up and up→dst, half-closing as each side ends, and
+// returns when both directions are done.
+func pipeBoth(up net.Conn, src io.Reader, dst net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(up, src)
+		if cw, ok := up.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	io.Copy(dst, up)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		dst.Close()
+	}
+	// The client may keep its side open: give it a moment, then end.
+	t := time.AfterFunc(5*time.Second, func() { up.Close(); dst.Close() })
+	<-done
+	t.Stop()
+}
+
+// CloseWrite half-closes the connection when the underlying one can.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}

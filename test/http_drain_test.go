@@ -1,0 +1,96 @@
+package test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/siftmesh/sift/listener"
+)
+
+// TestHTTPGracefulDrain: when a listener update drains the old generation, requests in flight
+// finish; the HTTP/2 client gets GOAWAY and the HTTP/1 connection closes
+// after its response.
+func TestHTTPGracefulDrain(t *testing.T) {
+	t.Parallel()
+	entered, release := make(chan string, 2), make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- r.URL.Path
+		<-release
+		io.WriteString(w, "done "+r.URL.Path)
+	}))
+	t.Cleanup(backend.Close)
+	yaml := httpListener + staticCluster("b", backend.Listener.Addr().String())
+	p := startProxyDraining(t, yaml, map[string]string{"hcm": "via: sift",
+		"routes": `{virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: b}}]}]}`}, 10*time.Second)
+	addr := p.addr(t, "http")
+
+	// HTTP/2 with prior knowledge on a connection we hold.
+	c2 := dial(t, addr)
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2done := make(chan string, 1)
+	go func() {
+		resp, err := cc.RoundTrip(newReq(t, "GET", "http://x/h2", nil))
+		if err != nil {
+			h2done <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		h2done <- string(b)
+	}()
+	// HTTP/1.1 on a raw connection.
+	c1 := dial(t, addr)
+	fmt.Fprint(c1, "GET /h1 HTTP/1.1\r\nHost: x\r\n\r\n")
+	for range 2 {
+		<-entered
+	}
+
+	// A listener update: the old generation drains.
+	vars := map[string]string{"hcm": "via: sift", "routes": `{virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: b}}]}]}`}
+	for k, v := range vars {
+		yaml = strings.ReplaceAll(yaml, "{{"+k+"}}", v)
+	}
+	cfg, err := decodeListener(p, yaml)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Listeners().Apply([]*listener.Config{cfg}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for cc.CanTakeNewRequest() { // until GOAWAY arrives
+		if time.Now().After(deadline) {
+			t.Fatal("no GOAWAY within 5s of shutdown")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	if got := <-h2done; got != "done /h2" {
+		t.Errorf("HTTP/2 request in flight: %q, want it completed", got)
+	}
+	c1.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c1)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "done /h1" {
+		t.Errorf("HTTP/1 request in flight: %q", body)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("HTTP/1 connection after the response: %v, want EOF (closed by the drain)", err)
+	}
+	cc.Close()
+}
