@@ -137,7 +137,8 @@ func Validate(b *bootstrapv3.Bootstrap) error {
 		}
 		names[c.GetName()] = i
 	}
-	return nil
+	// Envoy's own constraints last: Sift's messages above are more specific.
+	return pbcheck.Validate(b)
 }
 
 // OverrideNode sets node.id and node.cluster where the values are not empty

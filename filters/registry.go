@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/upstream"
 )
 
@@ -97,7 +98,11 @@ func BuildConnectionFilter(typedConfig *anypb.Any, bc BuildContext) (ConnectionF
 		}
 		return nil, fmt.Errorf("unsupported network filter type %s before the terminal filter (supported: %v)", url, sortedKeys(registry.connection))
 	}
-	return f(msg, bc)
+	cf, err := f(msg, bc)
+	if err != nil {
+		return nil, err
+	}
+	return cf, validate(msg)
 }
 
 // TypeURL returns the xDS type URL of msg's type.
@@ -117,7 +122,11 @@ func BuildListenerFilter(typedConfig *anypb.Any, bc BuildContext) (ListenerFilte
 	if !ok {
 		return nil, fmt.Errorf("unsupported listener filter type %s (supported: %v)", url, ListenerFilterTypes())
 	}
-	return f(msg, bc)
+	lf, err := f(msg, bc)
+	if err != nil {
+		return nil, err
+	}
+	return lf, validate(msg)
 }
 
 // BuildNetworkFilter builds the network filter configured by typedConfig.
@@ -132,7 +141,11 @@ func BuildNetworkFilter(typedConfig *anypb.Any, bc BuildContext) (NetworkFilter,
 	if !ok {
 		return nil, fmt.Errorf("unsupported network filter type %s (supported: %v)", url, NetworkFilterTypes())
 	}
-	return f(msg, bc)
+	nf, err := f(msg, bc)
+	if err != nil {
+		return nil, err
+	}
+	return nf, validate(msg)
 }
 
 // ListenerFilterTypes lists the registered listener filter type URLs, sorted.
@@ -156,6 +169,16 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// validate applies Envoy's own constraints on the config (protoc-gen-validate
+// rules) after the filter's checks, whose "not supported by Sift" errors are
+// the more useful ones.
+func validate(msg proto.Message) error {
+	if err := pbcheck.Validate(msg); err != nil {
+		return fmt.Errorf("typed_config: %w", err)
+	}
+	return nil
 }
 
 // UnpackConfig decodes an extension's typed_config into a new message of its

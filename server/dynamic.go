@@ -4,19 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"sort"
+	"sync"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/siftmesh/sift/filters/httplb/route"
 	"github.com/siftmesh/sift/listener"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/xds"
@@ -30,13 +35,50 @@ type dynamic struct {
 	s  *Server
 	dr *bootstrapv3.Bootstrap_DynamicResources
 
-	clusters    map[string]*upstream.Cluster
-	clusterPBs  map[string]*clusterv3.Cluster
-	listeners   map[string]*listener.Config
-	listenerPBs map[string]*listenerv3.Listener
+	// mu guards everything below: Apply calls come serialised from the xDS
+	// client, but warming timeouts fire on their own goroutines.
+	mu sync.Mutex
+
+	clusters   map[string]*upstream.Cluster
+	clusterPBs map[string]*clusterv3.Cluster
+	listeners  map[string]*listener.Config
+	// pbOf is the resource each dynamic listener config was decoded from.
+	pbOf map[*listener.Config]*listenerv3.Listener
 	// assignments are the accepted ClusterLoadAssignments by service name,
 	// for EDS clusters that arrive after their endpoints.
 	assignments map[string]*endpointv3.ClusterLoadAssignment
+	// routes are the accepted route tables by RouteConfiguration name.
+	routes map[string]*route.Table
+	// warming are listeners waiting for their route configurations (Envoy's
+	// listener warming); while a listener warms, its previous version, if
+	// any, keeps serving.
+	warming map[string]*listener.Config
+	// warmingTimeout bounds warming; then the listener serves anyway (its
+	// HCMs answer 503 until their routes arrive), as Envoy's
+	// initial_fetch_timeout ends warming.
+	warmingTimeout time.Duration
+}
+
+// routeConsumer is a network filter that takes its routes from RDS
+// (httplb's HCM).
+type routeConsumer interface {
+	RDSName() string
+	SetRoutes(*route.Table)
+}
+
+// routeConsumers returns cfg's filters that take routes from RDS.
+func routeConsumers(cfg *listener.Config) []routeConsumer {
+	var out []routeConsumer
+	chains := cfg.Chains
+	if cfg.DefaultChain != nil {
+		chains = append(slices.Clip(chains), cfg.DefaultChain)
+	}
+	for _, ch := range chains {
+		if rc, ok := ch.Network.(routeConsumer); ok && rc.RDSName() != "" {
+			out = append(out, rc)
+		}
+	}
+	return out
 }
 
 var _ xds.Handler = (*dynamic)(nil)
@@ -45,14 +87,20 @@ func newDynamic(s *Server, dr *bootstrapv3.Bootstrap_DynamicResources) *dynamic 
 	return &dynamic{
 		s: s, dr: dr,
 		clusters: map[string]*upstream.Cluster{}, clusterPBs: map[string]*clusterv3.Cluster{},
-		listeners: map[string]*listener.Config{}, listenerPBs: map[string]*listenerv3.Listener{},
+		listeners: map[string]*listener.Config{}, pbOf: map[*listener.Config]*listenerv3.Listener{},
 		assignments: map[string]*endpointv3.ClusterLoadAssignment{},
+		routes:      map[string]*route.Table{}, warming: map[string]*listener.Config{},
+		warmingTimeout: 15 * time.Second,
 	}
 }
 
 // Apply implements xds.Handler.
 func (d *dynamic) Apply(typeURL string, resources map[string]proto.Message) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	switch typeURL {
+	case xds.RouteType:
+		return d.applyRoutes(resources)
 	case xds.ClusterType:
 		return d.applyClusters(resources)
 	case xds.EndpointType:
@@ -169,31 +217,177 @@ func (d *dynamic) applyEndpoints(resources map[string]proto.Message) error {
 
 func (d *dynamic) applyListeners(resources map[string]proto.Message) error {
 	next := map[string]*listener.Config{}
-	nextPBs := map[string]*listenerv3.Listener{}
+	pbOf := map[*listener.Config]*listenerv3.Listener{}
 	for _, name := range sortedNames(resources) {
 		pb := resources[name].(*listenerv3.Listener)
 		if slices.ContainsFunc(d.s.configs, func(c *listener.Config) bool { return c.Name == name }) {
 			return fmt.Errorf("listener %q: already defined in static_resources", name)
 		}
-		nextPBs[name] = pb
-		if old := d.listeners[name]; old != nil && proto.Equal(d.listenerPBs[name], pb) {
-			next[name] = old // unchanged: its connections stay on their generation
+		if old := d.unchanged(name, pb); old != nil {
+			next[name], pbOf[old] = old, pb // its connections stay on their generation
 			continue
 		}
 		cfg, err := d.s.DecodeListener(pb)
 		if err != nil {
 			return err
 		}
-		next[name] = cfg
+		next[name], pbOf[cfg] = cfg, pb
 	}
+	// A listener whose routes have not arrived warms; its previous version,
+	// if any, serves meanwhile.
+	active := map[string]*listener.Config{}
+	warming := map[string]*listener.Config{}
+	for name, cfg := range next {
+		if d.setRoutes(cfg) || cfg == d.listeners[name] {
+			active[name] = cfg
+			continue
+		}
+		warming[name] = cfg
+		if old := d.listeners[name]; old != nil {
+			active[name] = old
+		}
+	}
+	if err := d.applyActive(active); err != nil {
+		return err
+	}
+	for cfg, pb := range d.pbOf { // the previous versions still serving while the new ones warm
+		if active[cfg.Name] == cfg {
+			pbOf[cfg] = pb
+		}
+	}
+	d.pbOf = pbOf
+	for name, cfg := range warming {
+		if d.warming[name] != cfg {
+			d.startWarming(name, cfg)
+		}
+	}
+	d.warming = warming
+	return d.subscribeRoutes()
+}
+
+// unchanged returns the warming or active config of name decoded from a
+// resource equal to pb, or nil.
+func (d *dynamic) unchanged(name string, pb *listenerv3.Listener) *listener.Config {
+	for _, cfg := range []*listener.Config{d.warming[name], d.listeners[name]} {
+		if cfg != nil && proto.Equal(d.pbOf[cfg], pb) {
+			return cfg
+		}
+	}
+	return nil
+}
+
+// applyActive puts the static listeners and active in service.
+func (d *dynamic) applyActive(active map[string]*listener.Config) error {
 	all := slices.Clone(d.s.configs)
-	for _, name := range sortedNames(next) {
-		all = append(all, next[name])
+	for _, name := range sortedNames(active) {
+		all = append(all, active[name])
 	}
 	if err := d.s.listeners.Apply(all); err != nil {
 		return err
 	}
-	d.listeners, d.listenerPBs = next, nextPBs
+	d.listeners = active
+	return nil
+}
+
+// setRoutes gives cfg's RDS consumers the route tables known now and
+// reports whether every one of them has its table.
+func (d *dynamic) setRoutes(cfg *listener.Config) bool {
+	ready := true
+	for _, rc := range routeConsumers(cfg) {
+		if t := d.routes[rc.RDSName()]; t != nil {
+			rc.SetRoutes(t)
+		} else {
+			ready = false
+		}
+	}
+	return ready
+}
+
+// startWarming ends a listener's warming after warmingTimeout even if its
+// routes never come.
+func (d *dynamic) startWarming(name string, cfg *listener.Config) {
+	d.s.log.Info("listener warming: waiting for its route configurations", "listener", name, "timeout", d.warmingTimeout)
+	time.AfterFunc(d.warmingTimeout, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.warming[name] != cfg {
+			return // served, replaced or removed meanwhile
+		}
+		d.s.log.Warn("listener warming timed out; serving without its routes", "listener", name)
+		active := maps.Clone(d.listeners)
+		active[name] = cfg
+		if err := d.applyActive(active); err != nil {
+			d.s.log.Error("serving warmed listener failed", "listener", name, "err", err)
+			return
+		}
+		delete(d.warming, name)
+	})
+}
+
+// subscribeRoutes makes the RDS subscription exactly the route names the
+// static, active and warming listeners use.
+func (d *dynamic) subscribeRoutes() error {
+	var names []string
+	add := func(cfg *listener.Config) {
+		for _, rc := range routeConsumers(cfg) {
+			if !slices.Contains(names, rc.RDSName()) {
+				names = append(names, rc.RDSName())
+			}
+		}
+	}
+	for _, cfg := range d.s.configs {
+		add(cfg)
+	}
+	for _, cfg := range d.listeners {
+		add(cfg)
+	}
+	for _, cfg := range d.warming {
+		add(cfg)
+	}
+	if len(names) == 0 && !d.s.xds.CanSubscribe(xds.RouteType) {
+		return nil
+	}
+	return d.s.xds.Subscribe(xds.RouteType, names)
+}
+
+// applyRoutes decodes every RouteConfiguration, then swaps the tables into
+// the listeners that use them and serves the listeners that were warming
+// for them.
+func (d *dynamic) applyRoutes(resources map[string]proto.Message) error {
+	next := map[string]*route.Table{}
+	for _, name := range sortedNames(resources) {
+		t, err := route.Decode(resources[name].(*routev3.RouteConfiguration))
+		if err != nil {
+			return fmt.Errorf("route configuration %q: %w", name, err)
+		}
+		next[name] = t
+	}
+	d.routes = next
+	for _, cfg := range d.s.configs {
+		d.setRoutes(cfg)
+	}
+	for _, cfg := range d.listeners {
+		d.setRoutes(cfg)
+	}
+	promoted := false
+	active := maps.Clone(d.listeners)
+	for name, cfg := range d.warming {
+		if d.setRoutes(cfg) {
+			active[name] = cfg
+			promoted = true
+		}
+	}
+	if !promoted {
+		return nil
+	}
+	if err := d.applyActive(active); err != nil {
+		return err
+	}
+	for name, cfg := range d.warming {
+		if active[name] == cfg {
+			delete(d.warming, name)
+		}
+	}
 	return nil
 }
 

@@ -76,6 +76,10 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
+	if err := s.buildXDS(b); err != nil { // before listeners: they may take routes from RDS
+		s.Close()
+		return nil, err
+	}
 	for i, pb := range b.GetStaticResources().GetListeners() {
 		cfg, err := s.DecodeListener(pb)
 		if err != nil {
@@ -83,10 +87,6 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("static_resources.listeners[%d]: %w", i, err)
 		}
 		s.configs = append(s.configs, cfg)
-	}
-	if err := s.buildXDS(b); err != nil {
-		s.Close()
-		return nil, err
 	}
 	if a := b.GetAdmin(); a.GetAddress() != nil {
 		ap, err := listener.SocketAddress(a.GetAddress())
@@ -102,7 +102,14 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 // DecodeListener validates a Listener resource and builds its filters
 // against this server's clusters, ready for Listeners().Apply.
 func (s *Server) DecodeListener(pb *listenerv3.Listener) (*listener.Config, error) {
-	return listener.Decode(pb, filters.BuildContext{Clusters: s.clusters, Logger: s.log})
+	cfg, err := listener.Decode(pb, filters.BuildContext{Clusters: s.clusters, Logger: s.log})
+	if err != nil {
+		return nil, err
+	}
+	if rcs := routeConsumers(cfg); len(rcs) > 0 && (s.xds == nil || !s.xds.CanSubscribe(xds.RouteType)) {
+		return nil, fmt.Errorf("listener %q: http_connection_manager rds %q: RDS needs dynamic_resources (lds_config or ads_config)", pb.GetName(), rcs[0].RDSName())
+	}
+	return cfg, nil
 }
 
 // Start binds the admin server and the listeners and starts serving.
@@ -124,7 +131,13 @@ func (s *Server) Start() error {
 		}
 		return nil
 	}
-	if err := s.dyn.subscribeEndpoints(); err != nil { // static EDS clusters
+	s.dyn.mu.Lock()
+	err := s.dyn.subscribeEndpoints() // static EDS clusters
+	if err == nil {
+		err = s.dyn.subscribeRoutes() // static listeners' RDS
+	}
+	s.dyn.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	s.xds.Start()

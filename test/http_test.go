@@ -250,7 +250,7 @@ func TestHTTPErrors(t *testing.T) {
 	  {match: {prefix: /sick}, route: {cluster: sick}},
 	  {match: {prefix: /nocluster}, route: {cluster: nope}}]}]}`
 	addr := startHTTPProxy(t, "", routes, staticCluster("down", closed)+staticCluster("slow", slow.Listener.Addr().String())+
-		fmt.Sprintf("  - {name: sick, type: STATIC, load_assignment: {endpoints: [{lb_endpoints: [{health_status: UNHEALTHY, endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]}}\n", host, port))
+		fmt.Sprintf("  - {name: sick, type: STATIC, load_assignment: {cluster_name: sick, endpoints: [{lb_endpoints: [{health_status: UNHEALTHY, endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]}}\n", host, port))
 	client := &http.Client{Transport: &http.Transport{}}
 	defer client.CloseIdleConnections()
 	for _, tt := range []struct {

@@ -123,8 +123,9 @@ func (c *Client) Start() {
 			if t := c.cfg.InitialFetchTimeout[typeURL]; t > 0 {
 				typeURL := typeURL
 				timer := time.AfterFunc(t, func() {
-					c.log.Warn("initial fetch timed out; continuing without it", "type", typeURL, "timeout", t)
-					c.markInitialized(typeURL)
+					if c.markInitialized(typeURL) {
+						c.log.Warn("initial fetch timed out; continuing without it", "type", typeURL, "timeout", t)
+					}
 				})
 				c.wg.Add(1)
 				go func() { defer c.wg.Done(); <-c.ctx.Done(); timer.Stop() }()
@@ -146,16 +147,19 @@ func (c *Client) Start() {
 // their initial fetch timed out): the proxy is then ready to serve.
 func (c *Client) Initialized() <-chan struct{} { return c.initted }
 
-func (c *Client) markInitialized(typeURL string) {
+// markInitialized records typeURL's first response (or its timeout) and
+// reports whether it was still awaited.
+func (c *Client) markInitialized(typeURL string) bool {
 	c.initMu.Lock()
 	defer c.initMu.Unlock()
 	if !c.pending[typeURL] {
-		return
+		return false
 	}
 	delete(c.pending, typeURL)
 	if len(c.pending) == 0 {
 		close(c.initted)
 	}
+	return true
 }
 
 // Subscribe makes names the subscription of a named type (EDS, RDS, SDS),

@@ -24,6 +24,8 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/siftmesh/sift/internal/pbcheck"
 )
 
 // Type URLs of the resources Sift consumes.
@@ -96,6 +98,9 @@ func decode(typeURL string, a *anypb.Any) (proto.Message, string, error) {
 	name := resourceName(m)
 	if name == "" {
 		return nil, "", fmt.Errorf("%s without a name", typeURL)
+	}
+	if err := pbcheck.Validate(m); err != nil {
+		return nil, name, fmt.Errorf("%q: %w", name, err)
 	}
 	return m, name, nil
 }

@@ -78,3 +78,18 @@ func contains(list []string, s string) bool {
 
 // Fields returns the names in a comma-separated list, for Policy literals.
 func Fields(list string) []string { return strings.Split(strings.ReplaceAll(list, " ", ""), ",") }
+
+// Validate runs the message's protoc-gen-validate rules — the constraints
+// Envoy itself enforces on its API (required fields, ranges, string
+// lengths) — when the generated type has them. Embedded google.protobuf.Any
+// values are not entered: their decoders validate them in turn.
+func Validate(m proto.Message) error {
+	v, ok := m.(interface{ ValidateAll() error })
+	if !ok {
+		return nil
+	}
+	if err := v.ValidateAll(); err != nil {
+		return fmt.Errorf("invalid %s: %w", m.ProtoReflect().Descriptor().Name(), err)
+	}
+	return nil
+}
