@@ -214,7 +214,7 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 // pipe copies src to dst until src ends, then half-closes dst. It returns nil
 // when src ended with EOF: the other direction may go on.
 func pipe(dst, src net.Conn) error {
-	if _, err := io.Copy(dst, src); err != nil {
+	if err := copyStream(dst, src); err != nil {
 		return err
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {

@@ -1,0 +1,14 @@
+//go:build !linux
+
+package tcpproxy
+
+import (
+	"io"
+	"net"
+)
+
+// copyStream copies src to dst until src's EOF.
+func copyStream(dst, src net.Conn) error {
+	_, err := io.Copy(dst, src)
+	return err
+}
