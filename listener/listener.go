@@ -387,7 +387,15 @@ func (m *Manager) bind(cfg *Config) (*Listener, error) {
 		close(l.acceptDone)
 		return l, nil
 	}
-	ln, err := net.Listen("tcp", cfg.Address)
+	// The configured family only, as Envoy binds: with plain "tcp", Go makes
+	// 0.0.0.0 (and [::]) a dual-stack [::] socket, which accepts IPv6 on an
+	// IPv4 listener and reports [::] — so use_original_dst never found a
+	// 0.0.0.0 listener for an IPv4 destination (handOffTarget).
+	network := "tcp4"
+	if ap, err := netip.ParseAddrPort(cfg.Address); err == nil && ap.Addr().Is6() {
+		network = "tcp6" // IPV6_V6ONLY: Envoy's default (ipv4_compat is not supported)
+	}
+	ln, err := net.Listen(network, cfg.Address)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -114,7 +115,7 @@ static_resources:
 type runningProxy struct {
 	cmd       *exec.Cmd
 	addrs     map[string]string // listener name → address; "admin" → admin address
-	pid       int               // sift-proxy's own pid (not a wrapper's, such as strace)
+	pid       atomic.Int64      // sift-proxy's own pid (not a wrapper's, such as strace)
 	exited    chan struct{}
 	exitError error
 }
@@ -152,9 +153,9 @@ func startProcess(t *testing.T, argv []string, listeners ...string) *runningProx
 			case "admin listening":
 				p.addrs["admin"] = rec["address"].(string)
 			case "sift-proxy started":
-				p.pid = int(rec["pid"].(float64))
+				p.pid.Store(int64(rec["pid"].(float64)))
 			}
-			if waiting && p.pid != 0 && hasAll(p.addrs, listeners) {
+			if waiting && p.pid.Load() != 0 && hasAll(p.addrs, listeners) {
 				waiting = false
 				close(ready)
 			}
@@ -163,6 +164,9 @@ func startProcess(t *testing.T, argv []string, listeners ...string) *runningProx
 		close(p.exited)
 	}()
 	t.Cleanup(func() {
+		if pid := int(p.pid.Load()); pid != 0 && pid != cmd.Process.Pid {
+			syscall.Kill(pid, syscall.SIGKILL) // the proxy under a wrapper (strace)
+		}
 		cmd.Process.Kill()
 		<-p.exited
 		if t.Failed() {
@@ -224,7 +228,7 @@ static_resources:
 	if _, err := io.ReadFull(c, buf); err != nil {
 		t.Fatal(err)
 	}
-	if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil {
+	if err := syscall.Kill(int(p.pid.Load()), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// The listener stops accepting once draining: wait for that, by polling
@@ -306,7 +310,7 @@ static_resources:
 	if got := readAllWithin(t, c, 60*time.Second); got != strconv.Itoa(size) {
 		t.Fatalf("sink counted %q bytes, want %d", got, size)
 	}
-	if err := syscall.Kill(p.pid, syscall.SIGTERM); err != nil {
+	if err := syscall.Kill(int(p.pid.Load()), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	<-p.exited
