@@ -87,6 +87,9 @@ func DefaultOptions() Options {
 		OutboundAddress: netip.MustParseAddrPort("127.0.0.1:4140"),
 		InboundAddress:  netip.MustParseAddrPort("0.0.0.0:4143"),
 		ConnectTimeout:  time.Second,
+		// DESIGN.md: detected HTTP gets the connection manager (routes over
+		// RDS, request-level balancing).
+		HTTPConnectionManager: true,
 	}
 }
 
@@ -156,12 +159,14 @@ func (g *generator) outboundClusters() {
 					ServiceName: name,
 				},
 				ConnectTimeout: durationpb.New(g.opts.ConnectTimeout),
-				// Least-request with two choices: the standard policy closest
-				// to Linkerd's peak-EWMA P2C, which arrives with httplb.
+				// Least-request with two choices for opaque traffic: the
+				// standard policy closest to Linkerd's.
 				LbPolicy: clusterv3.Cluster_LEAST_REQUEST,
 			}
 			if g.opts.HTTPConnectionManager && g.m.ServicePortTreatment(s, p) != mesh.Opaque && g.m.ServicePortTreatment(s, p) != mesh.TLS {
 				c.TypedExtensionProtocolOptions = upstreamHTTPOptions()
+				// The mesh default for HTTP: peak-EWMA with two choices.
+				c.LbPolicy, c.LoadBalancingPolicy = clusterv3.Cluster_ROUND_ROBIN, peakEWMAPolicy()
 			}
 			if g.opts.Security != nil {
 				c.TransportSocket = g.opts.Security.ClusterTransportSocket(s)

@@ -14,7 +14,10 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -25,9 +28,12 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	peakewmav1 "github.com/siftmesh/sift/api/sift/extensions/load_balancing_policies/peak_ewma/v1"
 	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
 	"github.com/siftmesh/sift/filters"
 	_ "github.com/siftmesh/sift/filters/detect"
+	_ "github.com/siftmesh/sift/filters/httplb"
+	"github.com/siftmesh/sift/filters/httplb/route"
 	_ "github.com/siftmesh/sift/filters/originaldst"
 	_ "github.com/siftmesh/sift/filters/tcpproxy"
 	"github.com/siftmesh/sift/listener"
@@ -108,7 +114,24 @@ func TestOutboundListenerGolden(t *testing.T) {
 			// db:3306 is on the default opaque list: one chain, no detection.
 			chain("opaque|db.shop.svc.cluster.local:3306|10.96.0.20", match("10.96.0.20", 3306, ""), tcpProxy("opaque", db)),
 			// web:80 is undeclared: detected HTTP, TLS, and the rest.
-			chain("http|web.shop.svc.cluster.local:80|10.96.0.10", match("10.96.0.10", 80, "", "http/1.1", "http/1.0", "h2c"), tcpProxy("http", web)),
+			chain("http|web.shop.svc.cluster.local:80|10.96.0.10", match("10.96.0.10", 80, "", "http/1.1", "http/1.0", "h2c"), &listenerv3.Filter{
+				Name: "envoy.filters.network.http_connection_manager",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcmv3.HttpConnectionManager{
+					StatPrefix: "http",
+					CodecType:  hcmv3.HttpConnectionManager_AUTO,
+					RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+						ConfigSource: &corev3.ConfigSource{
+							ResourceApiVersion:    corev3.ApiVersion_V3,
+							ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+						},
+						RouteConfigName: "http|web.shop.svc.cluster.local:80|10.96.0.10",
+					}},
+					HttpFilters: []*hcmv3.HttpFilter{{
+						Name:       "envoy.filters.http.router",
+						ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+					}},
+				})},
+			}),
 			chain("tls|web.shop.svc.cluster.local:80|10.96.0.10", match("10.96.0.10", 80, "tls"), tcpProxy("tls", web)),
 			chain("opaque|web.shop.svc.cluster.local:80|10.96.0.10", match("10.96.0.10", 80, ""), tcpProxy("opaque", web)),
 		},
@@ -126,7 +149,12 @@ func TestOutboundListenerGolden(t *testing.T) {
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource(), ServiceName: web},
 		ConnectTimeout:       durationpb.New(time.Second),
-		LbPolicy:             clusterv3.Cluster_LEAST_REQUEST,
+		// HTTP: peak-EWMA first, Envoy's least_request for an Envoy.
+		LoadBalancingPolicy: &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{
+			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "sift.peak_ewma", TypedConfig: mustAny(&peakewmav1.PeakEwma{})}},
+			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.least_request", TypedConfig: mustAny(&leastrequestv3.LeastRequest{})}},
+		}},
+		TypedExtensionProtocolOptions: upstreamHTTPOptions(),
 	}
 	var names []string
 	for _, c := range r.Clusters {
@@ -200,7 +228,7 @@ func TestResourcesAreValid(t *testing.T) {
 				if err := snap.Consistent(); err != nil {
 					t.Errorf("%s (hcm %v): %v", w.Key(), hcm, err)
 				}
-				checkValid(t, r, !hcm)
+				checkValid(t, r)
 			}
 		}
 	}
@@ -208,7 +236,9 @@ func TestResourcesAreValid(t *testing.T) {
 
 type validator interface{ ValidateAll() error }
 
-func checkValid(t *testing.T, r *Resources, decode bool) {
+// checkValid checks every resource with Envoy's own validation and with
+// sift-proxy's decoders.
+func checkValid(t *testing.T, r *Resources) {
 	t.Helper()
 	var all []validator
 	for _, l := range r.Listeners {
@@ -228,8 +258,10 @@ func checkValid(t *testing.T, r *Resources, decode bool) {
 			t.Errorf("Envoy validation: %v", err)
 		}
 	}
-	if !decode {
-		return // the HTTP connection manager is issue 4 (filters/httplb)
+	for _, rc := range r.Routes {
+		if _, err := route.Decode(rc); err != nil {
+			t.Errorf("sift-proxy rejects route configuration: %v", err)
+		}
 	}
 	for _, l := range r.Listeners {
 		if _, err := listener.Decode(l, filters.BuildContext{Clusters: upstream.NewManager(), Logger: slog.New(slog.DiscardHandler)}); err != nil {
@@ -238,9 +270,6 @@ func checkValid(t *testing.T, r *Resources, decode bool) {
 	}
 	for _, c := range r.Clusters {
 		uc, err := upstream.Build(c, upstream.Options{Logger: slog.New(slog.DiscardHandler)})
-		if err != nil && c.GetType() == clusterv3.Cluster_EDS && strings.Contains(err.Error(), "EDS") {
-			t.Skipf("sift-proxy does not accept EDS clusters yet (the xDS client's EDS work, issue 3): %v", err)
-		}
 		if err != nil {
 			t.Errorf("sift-proxy rejects cluster: %v", err)
 			continue

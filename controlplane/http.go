@@ -1,27 +1,32 @@
 package controlplane
 
 import (
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	peakewmav1 "github.com/siftmesh/sift/api/sift/extensions/load_balancing_policies/peak_ewma/v1"
 	"github.com/siftmesh/sift/mesh"
 )
 
 // httpChain builds a chain for HTTP traffic to cluster — the one place that
-// decides how HTTP is served. Until the HTTP connection manager (filters/httplb,
-// issue 4) is in sift-proxy, HTTP is proxied like any stream: tcp_proxy, with
-// stat prefix "http" so HTTP connections are still counted apart. With
-// Options.HTTPConnectionManager it is envoy.filters.network.http_connection_manager
-// with its routes over RDS (ADS), one RouteConfiguration per chain sending
-// every request to cluster; the route is added to the snapshot here, so
-// switching the default is this function's choice alone.
+// decides how HTTP is served. With Options.HTTPConnectionManager (the
+// default) it is envoy.filters.network.http_connection_manager with its
+// routes over RDS (ADS), one RouteConfiguration per chain sending every
+// request to cluster; the route is added to the snapshot here. Without it,
+// HTTP is proxied like any stream: tcp_proxy with stat prefix "http".
 //
 // proto is the declared protocol; ProtocolUnknown means detected HTTP (the
 // codec is then chosen per connection).
@@ -35,8 +40,14 @@ func (g *generator) httpChain(name string, m *listenerv3.FilterChainMatch, clust
 			Name:    cluster,
 			Domains: []string{"*"},
 			Routes: []*routev3.Route{{
-				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}},
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+					// Retries that are always safe — the request never reached
+					// an application — as Istio's default: an endpoint that has
+					// just joined may not be listening yet.
+					RetryPolicy: &routev3.RetryPolicy{RetryOn: "connect-failure,refused-stream", NumRetries: wrapperspb.UInt32(2)},
+				}},
 			}},
 		}},
 	})
@@ -81,13 +92,30 @@ func upstreamHTTPOptions() map[string]*anypb.Any {
 	}
 }
 
+// connectAttempts is tcp_proxy's max_connect_attempts: a workload that has
+// just joined a service may be pushed to clients before its own proxy is
+// listening; another endpoint then takes the connection.
+const connectAttempts = 3
+
 // tcpProxy is envoy.filters.network.tcp_proxy to cluster.
 func tcpProxy(statPrefix, cluster string) *listenerv3.Filter {
 	return &listenerv3.Filter{
 		Name: wellknown.TCPProxy,
 		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
-			StatPrefix:       statPrefix,
-			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+			StatPrefix:         statPrefix,
+			ClusterSpecifier:   &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+			MaxConnectAttempts: wrapperspb.UInt32(connectAttempts),
+			BackoffOptions:     &corev3.BackoffStrategy{BaseInterval: durationpb.New(10 * time.Millisecond)},
 		})},
 	}
+}
+
+// peakEWMAPolicy is the mesh's HTTP load balancing: Sift's peak-EWMA (Linkerd's
+// constants), then Envoy's least_request for a proxy that does not know it —
+// Envoy takes the first policy it supports.
+func peakEWMAPolicy() *clusterv3.LoadBalancingPolicy {
+	return &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{
+		{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "sift.peak_ewma", TypedConfig: mustAny(&peakewmav1.PeakEwma{})}},
+		{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.least_request", TypedConfig: mustAny(&leastrequestv3.LeastRequest{})}},
+	}}
 }

@@ -125,7 +125,7 @@ func TestMeshEndToEnd(t *testing.T) {
 		}
 		httpServeIn(t, ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			remote, _, _ := net.SplitHostPort(r.RemoteAddr)
-			fmt.Fprintf(w, "name=%s host=%s remote=%s xff=%q", app, r.Host, remote, r.Header.Get("X-Forwarded-For"))
+			fmt.Fprintf(w, "name=%s host=%s remote=%s xff=%q request-id=%t", app, r.Host, remote, r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Request-Id") != "")
 		}))
 		ln, err = ns.Listen("tcp", "127.0.0.1:5432")
 		if err != nil {
@@ -259,9 +259,10 @@ func meshHTTP(t *testing.T, e *meshEnv) {
 	}
 	// The backend named itself; it saw the Host the client sent; the
 	// connection came from its own inbound proxy over loopback; the HTTP
-	// chains are tcp_proxy today (no --http-connection-manager), so no proxy
-	// added X-Forwarded-For.
-	if want := `name=app-0 host=10.96.0.10 remote=127.0.0.1 xff=""`; body != want {
+	// connection manager (sift-control's default for detected HTTP) served
+	// the request — it generated an x-request-id — and, with
+	// use_remote_address unset, added no X-Forwarded-For, as Envoy does.
+	if want := `name=app-0 host=10.96.0.10 remote=127.0.0.1 xff="" request-id=true`; body != want {
 		t.Errorf("body = %q, want %q", body, want)
 	}
 	// The path, from the proxies' own accounts.

@@ -53,7 +53,7 @@ func run(args []string, stderr io.Writer) int {
 		xdsAddr    = fs.String("xds-address", ":18000", "gRPC address of the xDS server")
 		adminAddr  = fs.String("admin-address", ":9902", "HTTP address of /metrics and /ready; empty: off")
 		fallback   = fs.String("node-id-fallback", controlplane.FallbackNone, "how node ids that are no workload's node_id map to workloads: "+strings.Join(controlplane.Fallbacks, ", "))
-		hcm        = fs.Bool("http-connection-manager", false, "serve HTTP chains with http_connection_manager and RDS instead of tcp_proxy")
+		hcm        = fs.Bool("http-connection-manager", true, "serve HTTP chains with http_connection_manager and RDS (false: tcp_proxy)")
 		outbound   = fs.String("outbound-address", "127.0.0.1:4140", "address of the proxies' outbound listener")
 		inbound    = fs.String("inbound-address", "0.0.0.0:4143", "address of the proxies' inbound listener")
 		connectTO  = fs.Duration("connect-timeout", time.Second, "connect_timeout of generated clusters")
