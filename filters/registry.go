@@ -38,71 +38,77 @@ type NetworkFilterFactory func(cfg proto.Message, bc BuildContext) (NetworkFilte
 // ConnectionFilterFactory builds a non-terminal network filter.
 type ConnectionFilterFactory func(cfg proto.Message, bc BuildContext) (ConnectionFilter, error)
 
-var registry = struct {
-	sync.RWMutex
-	listener   map[string]ListenerFilterFactory
-	network    map[string]NetworkFilterFactory
-	connection map[string]ConnectionFilterFactory
-}{listener: map[string]ListenerFilterFactory{}, network: map[string]NetworkFilterFactory{}, connection: map[string]ConnectionFilterFactory{}}
+// factories is one registry of filter factories, keyed by config type URL.
+type factories[T any] struct {
+	kind string // for messages: "listener", "network", "connection"
+	mu   sync.RWMutex
+	m    map[string]func(proto.Message, BuildContext) (T, error)
+}
+
+func (r *factories[T]) register(msg proto.Message, f func(proto.Message, BuildContext) (T, error)) {
+	url := TypeURL(msg)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.m[url]; dup {
+		panic("filters: duplicate " + r.kind + " filter " + url)
+	}
+	r.m[url] = f
+}
+
+func (r *factories[T]) lookup(url string) (func(proto.Message, BuildContext) (T, error), bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	f, ok := r.m[url]
+	return f, ok
+}
+
+func (r *factories[T]) types() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return sortedKeys(r.m)
+}
+
+// build unpacks typedConfig, runs its factory (Sift's own checks), then
+// Envoy's constraints on the config.
+func (r *factories[T]) build(typedConfig *anypb.Any, bc BuildContext) (T, error) {
+	var zero T
+	msg, url, err := UnpackConfig(typedConfig)
+	if err != nil {
+		return zero, err
+	}
+	f, ok := r.lookup(url)
+	if !ok {
+		return zero, fmt.Errorf("unsupported %s filter type %s (supported: %v)", r.kind, url, r.types())
+	}
+	filter, err := f(msg, bc)
+	if err != nil {
+		return zero, err
+	}
+	return filter, validate(msg)
+}
+
+var (
+	listenerFilters   = &factories[ListenerFilter]{kind: "listener", m: map[string]func(proto.Message, BuildContext) (ListenerFilter, error){}}
+	networkFilters    = &factories[NetworkFilter]{kind: "network", m: map[string]func(proto.Message, BuildContext) (NetworkFilter, error){}}
+	connectionFilters = &factories[ConnectionFilter]{kind: "connection", m: map[string]func(proto.Message, BuildContext) (ConnectionFilter, error){}}
+)
 
 // RegisterListenerFilter registers f for configs of type msg (a zero value of
 // the config message). Call it from init; it panics on a duplicate.
 func RegisterListenerFilter(msg proto.Message, f ListenerFilterFactory) {
-	url := TypeURL(msg)
-	registry.Lock()
-	defer registry.Unlock()
-	if _, dup := registry.listener[url]; dup {
-		panic("filters: duplicate listener filter " + url)
-	}
-	registry.listener[url] = f
+	listenerFilters.register(msg, f)
 }
 
-// RegisterNetworkFilter registers f for configs of type msg. Call it from init;
-// it panics on a duplicate.
+// RegisterNetworkFilter registers a terminal network filter's factory for
+// configs of type msg. Call it from init; it panics on a duplicate.
 func RegisterNetworkFilter(msg proto.Message, f NetworkFilterFactory) {
-	url := TypeURL(msg)
-	registry.Lock()
-	defer registry.Unlock()
-	if _, dup := registry.network[url]; dup {
-		panic("filters: duplicate network filter " + url)
-	}
-	registry.network[url] = f
+	networkFilters.register(msg, f)
 }
 
-// RegisterConnectionFilter registers f for configs of type msg. Call it from
-// init; it panics on a duplicate.
+// RegisterConnectionFilter registers a non-terminal network filter's factory
+// for configs of type msg. Call it from init; it panics on a duplicate.
 func RegisterConnectionFilter(msg proto.Message, f ConnectionFilterFactory) {
-	url := TypeURL(msg)
-	registry.Lock()
-	defer registry.Unlock()
-	if _, dup := registry.connection[url]; dup {
-		panic("filters: duplicate connection filter " + url)
-	}
-	registry.connection[url] = f
-}
-
-// BuildConnectionFilter builds the non-terminal network filter configured
-// by typedConfig.
-func BuildConnectionFilter(typedConfig *anypb.Any, bc BuildContext) (ConnectionFilter, error) {
-	msg, url, err := UnpackConfig(typedConfig)
-	if err != nil {
-		return nil, err
-	}
-	registry.RLock()
-	f, ok := registry.connection[url]
-	_, terminal := registry.network[url]
-	registry.RUnlock()
-	if !ok {
-		if terminal {
-			return nil, fmt.Errorf("%s is a terminal filter: it must be the chain's last", url)
-		}
-		return nil, fmt.Errorf("unsupported network filter type %s before the terminal filter (supported: %v)", url, sortedKeys(registry.connection))
-	}
-	cf, err := f(msg, bc)
-	if err != nil {
-		return nil, err
-	}
-	return cf, validate(msg)
+	connectionFilters.register(msg, f)
 }
 
 // TypeURL returns the xDS type URL of msg's type.
@@ -112,55 +118,32 @@ func TypeURL(msg proto.Message) string {
 
 // BuildListenerFilter builds the listener filter configured by typedConfig.
 func BuildListenerFilter(typedConfig *anypb.Any, bc BuildContext) (ListenerFilter, error) {
-	msg, url, err := UnpackConfig(typedConfig)
-	if err != nil {
-		return nil, err
-	}
-	registry.RLock()
-	f, ok := registry.listener[url]
-	registry.RUnlock()
-	if !ok {
-		return nil, fmt.Errorf("unsupported listener filter type %s (supported: %v)", url, ListenerFilterTypes())
-	}
-	lf, err := f(msg, bc)
-	if err != nil {
-		return nil, err
-	}
-	return lf, validate(msg)
+	return listenerFilters.build(typedConfig, bc)
 }
 
-// BuildNetworkFilter builds the network filter configured by typedConfig.
+// BuildNetworkFilter builds the terminal network filter configured by
+// typedConfig.
 func BuildNetworkFilter(typedConfig *anypb.Any, bc BuildContext) (NetworkFilter, error) {
-	msg, url, err := UnpackConfig(typedConfig)
-	if err != nil {
-		return nil, err
+	return networkFilters.build(typedConfig, bc)
+}
+
+// BuildConnectionFilter builds the non-terminal network filter configured
+// by typedConfig; a terminal filter's type is reported as out of place.
+func BuildConnectionFilter(typedConfig *anypb.Any, bc BuildContext) (ConnectionFilter, error) {
+	if url := typedConfig.GetTypeUrl(); url != "" {
+		if _, terminal := networkFilters.lookup(url); terminal {
+			return nil, fmt.Errorf("%s is a terminal filter: it must be the chain's last", url)
+		}
 	}
-	registry.RLock()
-	f, ok := registry.network[url]
-	registry.RUnlock()
-	if !ok {
-		return nil, fmt.Errorf("unsupported network filter type %s (supported: %v)", url, NetworkFilterTypes())
-	}
-	nf, err := f(msg, bc)
-	if err != nil {
-		return nil, err
-	}
-	return nf, validate(msg)
+	return connectionFilters.build(typedConfig, bc)
 }
 
 // ListenerFilterTypes lists the registered listener filter type URLs, sorted.
-func ListenerFilterTypes() []string {
-	registry.RLock()
-	defer registry.RUnlock()
-	return sortedKeys(registry.listener)
-}
+func ListenerFilterTypes() []string { return listenerFilters.types() }
 
-// NetworkFilterTypes lists the registered network filter type URLs, sorted.
-func NetworkFilterTypes() []string {
-	registry.RLock()
-	defer registry.RUnlock()
-	return sortedKeys(registry.network)
-}
+// NetworkFilterTypes lists the registered terminal network filter type URLs,
+// sorted.
+func NetworkFilterTypes() []string { return networkFilters.types() }
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
