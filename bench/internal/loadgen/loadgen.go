@@ -1,0 +1,272 @@
+// Package loadgen holds the benchmark's own Go load clients, for what the
+// packaged tools do not measure: short connections with connect-to-first-byte
+// latency, server-speaks-first greetings, gRPC unary/streaming, and holding
+// thousands of idle connections. Every loop is bounded in time and in count.
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/siftmesh/sift/bench/internal/stats"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+)
+
+// Result is what every client prints as JSON.
+type Result struct {
+	Ops      int           `json:"ops"`
+	Errors   int           `json:"errors"`
+	FirstErr string        `json:"first_error,omitempty"`
+	Seconds  float64       `json:"seconds"`
+	Rate     float64       `json:"rate"`
+	Latency  stats.Summary `json:"latency"`
+}
+
+const sampleCap = 2_000_000
+
+type worker struct {
+	s     stats.Samples
+	ops   int
+	errs  int
+	first error
+}
+
+func (w *worker) fail(err error) {
+	w.errs++
+	if w.first == nil {
+		w.first = err
+	}
+}
+
+func collect(ws []*worker, elapsed time.Duration) Result {
+	var all stats.Samples
+	r := Result{Seconds: elapsed.Seconds()}
+	for _, w := range ws {
+		all.Merge(&w.s)
+		r.Ops += w.ops
+		r.Errors += w.errs
+		if r.FirstErr == "" && w.first != nil {
+			r.FirstErr = w.first.Error()
+		}
+	}
+	if r.Seconds > 0 {
+		r.Rate = float64(r.Ops) / r.Seconds
+	}
+	r.Latency = all.Summarize()
+	return r
+}
+
+// run starts c workers, each calling op until the duration or the total
+// count max is reached.
+func run(c int, d time.Duration, max int, op func(w *worker) error) Result {
+	if c < 1 {
+		c = 1
+	}
+	deadline := time.Now().Add(d)
+	var mu sync.Mutex
+	left := max
+	take := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if left <= 0 {
+			return false
+		}
+		left--
+		return true
+	}
+	ws := make([]*worker, c)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range ws {
+		w := &worker{s: stats.Samples{Cap: sampleCap / c}}
+		ws[i] = w
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) && take() {
+				if err := op(w); err != nil {
+					w.fail(err)
+					if w.errs > 1000 && w.ops == 0 {
+						return // nothing works: stop hammering
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return collect(ws, time.Since(start))
+}
+
+// ShortHTTP opens one connection per request: connect, send an HTTP/1.1 GET
+// with "Connection: close", read the response to EOF, close. The latency
+// recorded is connect-start to first response byte.
+func ShortHTTP(addr string, c int, d time.Duration, max int) Result {
+	req := []byte("GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: siftbench\r\nConnection: close\r\n\r\n")
+	return run(c, d, max, func(w *worker) error {
+		t0 := time.Now()
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(15 * time.Second))
+		if _, err := conn.Write(req); err != nil {
+			return err
+		}
+		var buf [4096]byte
+		n, err := conn.Read(buf[:])
+		if n == 0 {
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("no response: %w", err)
+		}
+		w.s.Add(time.Since(t0))
+		for err == nil {
+			_, err = conn.Read(buf[:])
+		}
+		if !errors.Is(err, io.EOF) {
+			return err
+		}
+		w.ops++
+		return nil
+	})
+}
+
+// Greet connects n times (all at once, c at a time) to a server-speaks-first
+// service, sends nothing, and records connect-start to the first byte of
+// the server's greeting.
+func Greet(addr string, n, c int, timeout time.Duration) Result {
+	return run(c, timeout+time.Second, n, func(w *worker) error {
+		t0 := time.Now()
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(t0.Add(timeout))
+		var b [1]byte
+		if _, err := io.ReadFull(conn, b[:]); err != nil {
+			return fmt.Errorf("no greeting: %w", err)
+		}
+		w.s.Add(time.Since(t0))
+		w.ops++
+		return nil
+	})
+}
+
+// GRPC drives grpc.testing.BenchmarkService: "unary" calls UnaryCall,
+// "stream" does ping-pong on one StreamingCall per worker. conns client
+// connections are shared round-robin by c concurrent workers.
+func GRPC(addr, mode string, conns, c int, d time.Duration, max, payload int) (Result, error) {
+	if conns < 1 {
+		conns = 1
+	}
+	ccs := make([]*grpc.ClientConn, conns)
+	for i := range ccs {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return Result{}, err
+		}
+		defer cc.Close()
+		ccs[i] = cc
+	}
+	req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: make([]byte, payload)}}
+	// Warm up every connection so that connection setup is not measured.
+	for _, cc := range ccs {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := testpb.NewBenchmarkServiceClient(cc).UnaryCall(ctx, req, grpc.WaitForReady(true))
+		cancel()
+		if err != nil {
+			return Result{}, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d+10*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	next := 0
+	streams := map[*worker]grpc.BidiStreamingClient[testpb.SimpleRequest, testpb.SimpleResponse]{}
+	r := run(c, d, max, func(w *worker) error {
+		mu.Lock()
+		st, ok := streams[w]
+		cc := ccs[next%len(ccs)]
+		if !ok {
+			next++
+		}
+		mu.Unlock()
+		client := testpb.NewBenchmarkServiceClient(cc)
+		t0 := time.Now()
+		switch mode {
+		case "unary":
+			if _, err := client.UnaryCall(ctx, req); err != nil {
+				return err
+			}
+		case "stream":
+			if !ok {
+				var err error
+				st, err = client.StreamingCall(ctx)
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				streams[w] = st
+				mu.Unlock()
+				t0 = time.Now()
+			}
+			if err := st.Send(req); err != nil {
+				return err
+			}
+			if _, err := st.Recv(); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("unknown mode %q", mode)
+		}
+		w.s.Add(time.Since(t0))
+		w.ops++
+		return nil
+	})
+	for _, st := range streams {
+		st.CloseSend()
+	}
+	return r, nil
+}
+
+// Idle opens n connections (c dials at a time), proves each is established
+// end to end by a one-byte echo, and returns them open. The caller closes them.
+func Idle(addr string, n, c int, timeout time.Duration) ([]net.Conn, Result) {
+	var mu sync.Mutex
+	conns := make([]net.Conn, 0, n)
+	r := run(c, timeout, n, func(w *worker) error {
+		t0 := time.Now()
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		var b = [1]byte{'x'}
+		if _, err := conn.Write(b[:]); err != nil {
+			conn.Close()
+			return err
+		}
+		if _, err := io.ReadFull(conn, b[:]); err != nil {
+			conn.Close()
+			return fmt.Errorf("no echo: %w", err)
+		}
+		conn.SetDeadline(time.Time{})
+		w.s.Add(time.Since(t0))
+		w.ops++
+		mu.Lock()
+		conns = append(conns, conn)
+		mu.Unlock()
+		return nil
+	})
+	return conns, r
+}
