@@ -218,7 +218,7 @@ func writeFileAtomic(t *testing.T, path, data string) {
 }
 
 // serveIn runs handle for every connection accepted on ln until the test
-// ends (serveTCP's loop, for a listener opened inside a namespace).
+// ends, then closes the listener and every connection still open.
 func serveIn(t *testing.T, ln net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
