@@ -30,13 +30,13 @@ const peekLimit = 64 << 10
 
 // Stats are a listener's counters. Fields are updated atomically.
 type Stats struct {
-	Accepted        atomic.Uint64 // connections accepted (or handed off to this listener)
-	Active          atomic.Int64  // connections open now
-	NoChain         atomic.Uint64 // closed: no filter chain matched
-	FiltersTimeout  atomic.Uint64 // closed: listener filters timed out
-	FiltersError    atomic.Uint64 // closed: a listener filter failed (read error)
-	DetectionRan    atomic.Uint64 // protocol detection ran
-	DetectionSkiped atomic.Uint64 // protocol detection was skipped or disabled
+	Accepted         atomic.Uint64 // connections accepted (or handed off to this listener)
+	Active           atomic.Int64  // connections open now
+	NoChain          atomic.Uint64 // closed: no filter chain matched
+	FiltersTimeout   atomic.Uint64 // closed: listener filters timed out
+	FiltersError     atomic.Uint64 // closed: a listener filter failed (read error)
+	DetectionRan     atomic.Uint64 // protocol detection ran
+	DetectionSkipped atomic.Uint64 // protocol detection was skipped or disabled
 }
 
 // Listener is one bound (or hand-off only) listener and its generations.
@@ -268,7 +268,7 @@ func (l *Listener) inspect(c net.Conn, cfg *Config, info *filters.ConnInfo, acce
 func (l *Listener) noteSkipped(info *filters.ConnInfo, reason string) {
 	if !info.Detection.Ran && info.Detection.Reason == "" {
 		info.Detection.Reason = reason
-		l.stats.DetectionSkiped.Add(1)
+		l.stats.DetectionSkipped.Add(1)
 	}
 }
 
