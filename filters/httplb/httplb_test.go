@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +149,16 @@ func TestGRPCTimeout(t *testing.T) {
 	for _, v := range []string{"", "1", "1x", "-1S", "123456789S"} {
 		if _, ok := parseGRPCTimeout(v); ok {
 			t.Errorf("parseGRPCTimeout(%q) accepted", v)
+		}
+	}
+}
+
+func TestNewUUID(t *testing.T) {
+	t.Parallel()
+	re := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	for range 100 {
+		if id := newUUID(); !re.MatchString(id) {
+			t.Fatalf("newUUID() = %q, not a version 4 UUID", id)
 		}
 	}
 }

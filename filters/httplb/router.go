@@ -3,7 +3,7 @@ package httplb
 import (
 	"context"
 	crand "crypto/rand"
-	"fmt"
+	"encoding/hex"
 	"io"
 	"log"
 	"math"
@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,10 +77,41 @@ func newReverseProxy(h *HCM) *reverseProxy {
 		ModifyResponse: p.modifyResponse,
 		ErrorHandler:   p.errorHandler,
 		ErrorLog:       log.New(debugWriter{h}, "", 0),
-		// Streamed responses (gRPC, unknown length) flush at once anyway.
-		FlushInterval: -1,
+		// Streamed responses (unknown length: gRPC, chunked; and
+		// text/event-stream) flush after every write: ReverseProxy forces
+		// that whatever FlushInterval says. A response of known length is
+		// flushed at most knownLengthFlushDelay after bytes are written, so
+		// a body that is already complete goes out with its headers in one
+		// write (FlushInterval -1 flushed the headers from a timer goroutine
+		// and then the body: two writes per response).
+		FlushInterval: knownLengthFlushDelay,
+		// ReverseProxy otherwise allocates a 32 KiB copy buffer per request.
+		BufferPool: copyBuffers{},
 	}
 	return p
+}
+
+// knownLengthFlushDelay bounds how long bytes of a response of known length
+// may wait in the downstream write buffer (see newReverseProxy).
+const knownLengthFlushDelay = time.Millisecond
+
+// copyBufferSize is ReverseProxy's own copy buffer size.
+const copyBufferSize = 32 << 10
+
+var copyBufferPool = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// copyBuffers is a httputil.BufferPool over a sync.Pool. Get returns a
+// buffer of copyBufferSize bytes; Put takes back only such buffers.
+type copyBuffers struct{}
+
+func (copyBuffers) Get() []byte { return *copyBufferPool.Get().(*[]byte) }
+
+func (copyBuffers) Put(b []byte) {
+	if cap(b) != copyBufferSize {
+		return
+	}
+	b = b[:copyBufferSize]
+	copyBufferPool.Put(&b)
 }
 
 type debugWriter struct{ h *HCM }
@@ -457,7 +489,19 @@ func newUUID() string {
 	crand.Read(b[:]) // crypto/rand: never fails
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	// 8-4-4-4-12 lower-case hex digits, encoded by hand: this runs per
+	// request, and fmt.Sprintf would box five slices.
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:36], b[10:16])
+	return string(s[:])
 }
 
 // activity is told of stream activity (idle timers).

@@ -1,0 +1,120 @@
+package httplb_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"github.com/siftmesh/sift/bootstrap"
+	"github.com/siftmesh/sift/server"
+)
+
+// benchBootstrap is the bench's s4 shape (bench/.work/s4/sift.yaml): one
+// HCM listener, codec AUTO, one prefix route to a one-endpoint STATIC
+// round-robin cluster.
+const benchBootstrap = `
+static_resources:
+  listeners:
+  - name: http
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          codec_type: AUTO
+          route_config: {name: r, virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: c}}]}]}
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+  clusters:
+  - {name: c, type: STATIC, connect_timeout: 1s, lb_policy: ROUND_ROBIN, load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %s}}}}]}]}}
+`
+
+// startBenchProxy starts a backend answering a small fixed body and an
+// in-process sift-proxy in front of it; it returns the proxy's address.
+func startBenchProxy(b *testing.B) string {
+	b.Helper()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "hello from the backend\n")
+	}))
+	b.Cleanup(backend.Close)
+	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
+	bs, err := bootstrap.Parse([]byte(fmt.Sprintf(benchBootstrap, port)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := bootstrap.Validate(bs); err != nil {
+		b.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	srv, err := server.Build(bs, server.Options{Logger: log})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return srv.Listeners().Get("http").Addr().String()
+}
+
+func benchGet(b *testing.B, client *http.Client, url string) {
+	resp, err := client.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		b.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+// BenchmarkHTTP1KeepAlive measures one HTTP/1.1 GET through the HCM on a
+// keep-alive connection: a client, sift-proxy and a backend, all on
+// loopback, one request at a time.
+func BenchmarkHTTP1KeepAlive(b *testing.B) {
+	addr := startBenchProxy(b)
+	tr := &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}
+	b.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr}
+	url := "http://" + addr + "/"
+	benchGet(b, client, url) // connect outside the timing
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		benchGet(b, client, url)
+	}
+}
+
+// BenchmarkHTTP1KeepAlive32 is wrk's shape: 32 keep-alive connections,
+// each doing sequential GETs.
+func BenchmarkHTTP1KeepAlive32(b *testing.B) {
+	addr := startBenchProxy(b)
+	tr := &http.Transport{MaxIdleConnsPerHost: 32, MaxConnsPerHost: 32, DisableCompression: true}
+	b.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr}
+	url := "http://" + addr + "/"
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() { benchGet(b, client, url) })
+	}
+	wg.Wait()
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.SetParallelism(32) // 32 × GOMAXPROCS goroutines
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			benchGet(b, client, url)
+		}
+	})
+}
