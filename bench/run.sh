@@ -67,10 +67,13 @@ if [ "$ncpu" -lt 2 ]; then
   PROXY_CPU=0 LOAD_CPU=0
 fi
 export BENCH_PROXY_CPU=$PROXY_CPU BENCH_LOAD_CPU=$LOAD_CPU
+if [ "${BENCH_QUICK:-}" = 1 ]; then # keep the smoke run under 3 minutes
+  export PROFILE_SECONDS=${PROFILE_SECONDS:-2} SPLICECHECK_SECONDS=${SPLICECHECK_SECONDS:-2}
+fi
 
 # --- zero-copy evidence (Sift only) ---------------------------------------
-rm -f bench/results/splicecheck.txt
 if [ -x "$BIN/sift-proxy" ] && [ "${BENCH_SPLICECHECK:-1}" != 0 ]; then
+  rm -f bench/results/splicecheck.txt
   log "splicecheck: sift-proxy under strace during an iperf3 transfer"
   if ! bash bench/splicecheck.sh "$BIN/sift-proxy" > bench/results/splicecheck.txt 2>&1; then
     log "splicecheck failed (see bench/results/splicecheck.txt)"
@@ -78,8 +81,8 @@ if [ -x "$BIN/sift-proxy" ] && [ "${BENCH_SPLICECHECK:-1}" != 0 ]; then
 fi
 
 # --- where Sift spends its time on short connections (perf + strace) ------
-rm -f bench/results/profile.txt
 if [ -x "$BIN/sift-proxy" ] && [ "${BENCH_PROFILE:-1}" != 0 ]; then
+  rm -f bench/results/profile.txt
   command -v perf >/dev/null 2>&1 || { log "installing linux-perf"; apt-get install -y -qq linux-perf >/dev/null 2>&1 || true; }
   log "profile: sift-proxy under short connections (perf record -e cpu-clock, strace -c)"
   if ! bash bench/profile.sh "$BIN/sift-proxy" "$BIN/siftbench" > bench/results/profile.txt 2>&1; then

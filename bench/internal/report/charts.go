@@ -90,7 +90,7 @@ func ratioChart(file string, s ScenarioInfo, metric string, rows []Row) (bool, e
 		return false, nil
 	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s %s: %s relative to HAProxy (%s is better)", s.ID, s.Title, metric, better)
+	p.Title.Text = fmt.Sprintf("%s %s\n%s relative to HAProxy (%s is better)", s.ID, s.Title, metric, better)
 	p.Title.TextStyle.Font.Size = vg.Points(11)
 	p.Y.Label.Text = fmt.Sprintf("× HAProxy's median %s (%s)", metric, unit)
 	ts := sortedTargets(targets)
@@ -136,7 +136,7 @@ func curveX(pct float64) float64 {
 
 func curveChart(file string, s ScenarioInfo, cs string, curves []Curve) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("%s %s — %s: latency by percentile", s.ID, s.Title, cs)
+	p.Title.Text = fmt.Sprintf("%s %s\n%s: latency by percentile", s.ID, s.Title, cs)
 	p.Title.TextStyle.Font.Size = vg.Points(11)
 	p.X.Label.Text = "percentile"
 	p.Y.Label.Text = "latency (ms, log scale)"
