@@ -395,7 +395,10 @@ func (m *Manager) bind(cfg *Config) (*Listener, error) {
 	if ap, err := netip.ParseAddrPort(cfg.Address); err == nil && ap.Addr().Is6() {
 		network = "tcp6" // IPV6_V6ONLY: Envoy's default (ipv4_compat is not supported)
 	}
-	ln, err := net.Listen(network, cfg.Address)
+	// No TCP keep-alive on accepted connections, as Envoy (it enables it
+	// only through socket options); Go's default would set it on each.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), network, cfg.Address)
 	if err != nil {
 		return nil, fmt.Errorf("listener %q: %w", cfg.Name, err)
 	}

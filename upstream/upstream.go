@@ -27,7 +27,8 @@ var ErrNoHealthyEndpoint = errors.New("no healthy endpoint")
 type Options struct {
 	// Resolver is used by STRICT_DNS clusters; nil means net.DefaultResolver.
 	Resolver *net.Resolver
-	// Dialer dials endpoints; nil means a net.Dialer. The cluster dials IP
+	// Dialer dials endpoints; nil means a net.Dialer without TCP keep-alive
+	// (Envoy sends none unless configured). The cluster dials IP
 	// addresses only, so the Dialer's own Resolver is never used. When the
 	// cluster sets upstream_connection_options.tcp_keepalive, a copy of the
 	// Dialer with that KeepAliveConfig is used.
@@ -90,7 +91,10 @@ func Build(pb *clusterv3.Cluster, opts Options) (*Cluster, error) {
 		cancel:  func() {},
 	}
 	if c.dialer == nil {
-		c.dialer = &net.Dialer{}
+		// No TCP keep-alive unless the cluster asks for it
+		// (upstream_connection_options.tcp_keepalive), as in Envoy; Go would
+		// otherwise enable it on every connection (more syscalls each).
+		c.dialer = &net.Dialer{KeepAlive: -1}
 	}
 	if cfg.keepalive != nil {
 		d := *c.dialer
