@@ -249,6 +249,9 @@ type typeState struct {
 	// doubling up to maxNACKDelay, instead of in a hot loop.
 	nackedVersion string
 	nackDelay     time.Duration
+	// responses counts the responses received for the type; a delayed NACK
+	// is dropped if another response came after the one it answers.
+	responses uint64
 }
 
 const (

@@ -2,8 +2,10 @@ package xds
 
 import (
 	"net"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,3 +150,59 @@ var errTest = errTestType("bad cluster")
 type errTestType string
 
 func (e errTestType) Error() string { return string(e) }
+
+// TestDelayedNACKDroppedAfterNewerResponse: a NACK held back for a repeated
+// bad version must not be sent once a newer response has been answered — it
+// would carry that response's nonce and reject a version the client accepted.
+func TestDelayedNACKDroppedAfterNewerResponse(t *testing.T) {
+	t.Parallel()
+	h := &switchableHandler{}
+	h.reject.Store(true)
+	bad, _ := anypb.New(&clusterv3.Cluster{Name: "c"})
+	stale := make(chan *discoveryv3.DiscoveryRequest, 1)
+	acked := make(chan *discoveryv3.DiscoveryRequest, 1)
+	startScripted(t, func(st discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+		recvType(t, st, ClusterType)
+		st.Send(&discoveryv3.DiscoveryResponse{TypeUrl: ClusterType, VersionInfo: "2", Nonce: "a", Resources: []*anypb.Any{bad}})
+		recvType(t, st, ClusterType) // the first NACK, at once
+		// The same bad version again: its NACK is delayed. A good version
+		// follows at once and is accepted.
+		st.Send(&discoveryv3.DiscoveryResponse{TypeUrl: ClusterType, VersionInfo: "2", Nonce: "b", Resources: []*anypb.Any{bad}})
+		for h.applies.Load() < 2 { // the client has judged version 2 again
+			runtime.Gosched()
+		}
+		h.reject.Store(false)
+		st.Send(&discoveryv3.DiscoveryResponse{TypeUrl: ClusterType, VersionInfo: "3", Nonce: "c", Resources: []*anypb.Any{bad}})
+		acked <- recvType(t, st, ClusterType)
+		go func() {
+			if req, err := st.Recv(); err == nil {
+				stale <- req
+			}
+		}()
+		<-st.Context().Done()
+		return nil
+	}, h)
+	ack := <-acked
+	if ack.GetResponseNonce() != "c" || ack.GetVersionInfo() != "3" || ack.GetErrorDetail() != nil {
+		t.Fatalf("request after version 3 = %v, want its ACK", ack)
+	}
+	select {
+	case req := <-stale:
+		t.Errorf("a request after the ACK of version 3: %v (a stale delayed NACK?)", req)
+	case <-time.After(10 * minNACKDelay):
+	}
+}
+
+// switchableHandler rejects while reject is set, and counts its calls.
+type switchableHandler struct {
+	reject  atomic.Bool
+	applies atomic.Int64
+}
+
+func (h *switchableHandler) Apply(string, map[string]proto.Message) error {
+	h.applies.Add(1)
+	if h.reject.Load() {
+		return errTest
+	}
+	return nil
+}

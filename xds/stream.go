@@ -316,6 +316,7 @@ func (s *stream) onSotW(resp *discoveryv3.DiscoveryResponse) {
 		return
 	}
 	st.nonce = resp.GetNonce()
+	st.responses++
 	next := map[string]resource{}
 	if !wildcard(st.url) { // named types: a response may carry only some names
 		maps.Copy(next, st.known)
@@ -351,6 +352,7 @@ func (s *stream) onDelta(resp *discoveryv3.DeltaDiscoveryResponse) {
 		s.mu.Unlock()
 		return
 	}
+	st.responses++
 	next := maps.Clone(st.known)
 	subscribed := maps.Clone(st.subscribed)
 	s.mu.Unlock()
@@ -400,12 +402,14 @@ func (s *stream) finish(st *typeState, next map[string]resource, version string,
 		if st.nackedVersion == version && version != "" {
 			// The same bad version again: answer later (see typeState).
 			st.nackDelay = min(max(2*st.nackDelay, minNACKDelay), maxNACKDelay)
-			gen, delay := s.generation, st.nackDelay
+			gen, seq, delay := s.generation, st.responses, st.nackDelay
 			s.c.log.Debug("xds update rejected again; delaying the NACK", "err", err, "delay", delay)
 			time.AfterFunc(delay, func() {
 				s.mu.Lock()
 				defer s.mu.Unlock()
-				if s.generation == gen && s.c.ctx.Err() == nil {
+				// Only if nothing newer came meanwhile: that response has been
+				// answered itself, and this NACK would now name its nonce.
+				if s.generation == gen && st.responses == seq && s.c.ctx.Err() == nil {
 					answer(err)
 				}
 			})
