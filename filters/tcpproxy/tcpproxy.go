@@ -162,22 +162,23 @@ func duration(field string, d time.Duration, valid error) (time.Duration, error)
 func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	down := d.Raw()
 	defer down.Close()
-	log := p.log.With("remote", d.Info.RemoteAddr)
+	// Attributes go on the rare log lines themselves: a logger built with
+	// With per connection would allocate on every connection.
+	remote := d.Info.RemoteAddr
 
 	clusterName := p.pickCluster()
 	up, err := p.connect(ctx, clusterName)
 	if err != nil {
 		if ctx.Err() == nil {
-			log.Warn("upstream connect failed; closing downstream", "cluster", clusterName, "err", err)
+			p.log.Warn("upstream connect failed; closing downstream", "remote", remote, "cluster", clusterName, "err", err)
 		}
 		return
 	}
 	defer up.Close()
-	log = log.With("cluster", clusterName, "upstream", up.Addr)
 
 	if peeked := d.Peeked(); len(peeked) > 0 {
 		if _, err := up.Write(peeked); err != nil {
-			log.Debug("upstream write failed", "err", err)
+			p.log.Debug("upstream write failed", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
 			return
 		}
 	}
@@ -206,7 +207,7 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	if errUp := <-done; errUp != nil || errDown != nil {
 		abort()
 		if err := errors.Join(errUp, errDown); !expectedEnd(err) && ctx.Err() == nil {
-			log.Debug("connection ended with an error", "err", err)
+			p.log.Debug("connection ended with an error", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
 		}
 	}
 }
