@@ -1,7 +1,9 @@
 // Package admin is sift-proxy's admin server, at the bootstrap's
 // admin.address, with Envoy's endpoints where Sift has them: /ready (200
 // "LIVE" while serving, 503 while starting or draining), /listeners and
-// /config_dump.
+// /config_dump; and Sift's own /detections (why each recent connection went
+// where it went) and /detections/learned (destinations learned to be
+// server-first).
 package admin
 
 import (
@@ -64,6 +66,8 @@ func Listen(addr string, src Source, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("GET /ready", s.ready)
 	mux.HandleFunc("GET /listeners", s.listeners)
 	mux.HandleFunc("GET /config_dump", s.configDump)
+	mux.HandleFunc("GET /detections", s.detections)
+	mux.HandleFunc("GET /detections/learned", s.learned)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go func() {

@@ -74,6 +74,16 @@ type ConnInfo struct {
 
 	// Detection records protocol detection's outcome for logs and metrics.
 	Detection Detection
+
+	// Fallback is set by the listener before listener filters run: its view
+	// of the chain the connection gets when detection finds no protocol. nil
+	// when the listener offers none. See Fallback.
+	Fallback Fallback
+	// Early is an upstream connection a listener filter opened through
+	// Fallback (the server-speaks-first race). The listener owns it: it hands
+	// it to the chosen chain's network filter when that filter can adopt it
+	// (EarlyAdopter), and closes it otherwise.
+	Early *EarlyUpstream
 }
 
 // Detection is the outcome of protocol detection on one connection.
@@ -89,6 +99,99 @@ type Detection struct {
 	Bytes int
 	// Duration is the time from accept (ConnInfo.AcceptedAt) to the verdict.
 	Duration time.Duration
+	// Sniffer names the sniffer that matched (Reason "match").
+	Sniffer string
+	// Verdicts are the sniffers' last answers, in the order they were asked
+	// (at most len(Verdicts); NumVerdicts counts them).
+	Verdicts    [MaxRecordedVerdicts]SnifferVerdict
+	NumVerdicts uint8
+	// Raced is true when the server-speaks-first race ran: an early upstream
+	// connection was opened before the client spoke (or tried to be).
+	Raced bool
+	// RaceError is why the early upstream connection could not be opened, if
+	// it could not; detection then went on waiting for the client.
+	RaceError string
+}
+
+// MaxRecordedVerdicts bounds Detection.Verdicts (a fixed array: recording a
+// connection's verdicts never allocates).
+const MaxRecordedVerdicts = 8
+
+// SnifferVerdict is one sniffer's last answer on a connection.
+type SnifferVerdict struct {
+	Sniffer string
+	// Verdict is "match", "no_match" or "need_more" (undecided when
+	// detection stopped).
+	Verdict string
+}
+
+// AddVerdict records a sniffer's answer; answers past MaxRecordedVerdicts are dropped.
+func (d *Detection) AddVerdict(sniffer, verdict string) {
+	if int(d.NumVerdicts) < len(d.Verdicts) {
+		d.Verdicts[d.NumVerdicts] = SnifferVerdict{Sniffer: sniffer, Verdict: verdict}
+		d.NumVerdicts++
+	}
+}
+
+// RecordedVerdicts returns the recorded verdicts (a view of d's array).
+func (d *Detection) RecordedVerdicts() []SnifferVerdict { return d.Verdicts[:d.NumVerdicts] }
+
+// Fallback is the listener's view, for one listener generation, of the
+// filter chain a connection gets when detection finds nothing (the default or
+// opaque chain). Listener filters use it for the server-speaks-first race.
+// Implementations are safe for concurrent use.
+type Fallback interface {
+	// Preconnect opens the upstream connection the fallback chain for info
+	// would open (for tcp_proxy: a connection to an endpoint of its
+	// cluster), subject to the same connect timeout and retries. It blocks
+	// until connected or failed. ErrNoPreconnect means the fallback chain
+	// has no upstream it could open early (no chain, or not a tcp_proxy).
+	Preconnect(info *ConnInfo) (*EarlyUpstream, error)
+	// GuardsHTTP reports whether failing open to the fallback chain would
+	// let a connection skip HTTP-level policy that a detected-HTTP chain of
+	// this listener enforces (HTTPPolicy). Detection then fails closed on
+	// timeout unless configured otherwise.
+	GuardsHTTP() bool
+}
+
+// EarlyUpstream is an upstream connection opened before its downstream was
+// dispatched to a network filter.
+type EarlyUpstream struct {
+	// Conn is the upstream connection. Closing it releases the endpoint's
+	// load in the balancer. Whoever owns the EarlyUpstream closes it.
+	Conn net.Conn
+	// Cluster and Endpoint name where Conn goes ("ip:port").
+	Cluster, Endpoint string
+	// Greeting holds bytes the server sent before the connection was
+	// dispatched; they must reach the client before anything else the
+	// server sends.
+	Greeting []byte
+}
+
+// Close closes the upstream connection.
+func (e *EarlyUpstream) Close() error { return e.Conn.Close() }
+
+// Preconnector is implemented by network filters that can open their
+// upstream connection before the connection is dispatched to them
+// (tcp_proxy). The listener uses it to implement Fallback.
+type Preconnector interface {
+	Preconnect(ctx context.Context, info *ConnInfo) (*EarlyUpstream, error)
+}
+
+// EarlyAdopter is implemented by network filters that can serve a
+// connection over an EarlyUpstream instead of opening their own: the
+// listener hands the early connection to the chosen chain's filter only when
+// CanAdopt says so (same cluster), and closes it otherwise.
+type EarlyAdopter interface {
+	CanAdopt(e *EarlyUpstream) bool
+}
+
+// HTTPPolicy is implemented by network filters that enforce HTTP-level
+// policy (authorization) on the connections they serve. A listener with such
+// a chain makes detection fail closed on timeout by default, so that a slow
+// client cannot reach the upstream through the opaque fallback instead.
+type HTTPPolicy interface {
+	EnforcesHTTPPolicy() bool
 }
 
 // Reasons detection ended.
@@ -101,6 +204,19 @@ const (
 	ReasonSkipped  = "skipped"  // detection did not run
 	ReasonDisabled = "disabled" // filter_disabled matched
 	ReasonError    = "error"    // reading the client failed (reset): the connection is closed
+	// ReasonOpaquePort: detection did not run because no filter chain for
+	// the destination depends on the protocol (Linkerd's opaque port).
+	ReasonOpaquePort = "opaque_port"
+	// ReasonServerFirst: the client stayed silent past the grace period and
+	// the fallback chain's upstream spoke first: opaque, decided by the server.
+	ReasonServerFirst = "server_first"
+	// ReasonLearnedServerFirst: as ReasonServerFirst, on a destination
+	// already learned to be server-first, so the race started at accept with
+	// no grace period.
+	ReasonLearnedServerFirst = "learned_server_first"
+	// ReasonTimeoutClosed: the client stayed silent past the timeout and the
+	// policy is fail-closed: the connection is reset.
+	ReasonTimeoutClosed = "timeout_closed"
 )
 
 // Peeker gives a listener filter read-only access to the start of a
@@ -117,6 +233,11 @@ type Peeker interface {
 	// of stream, os.ErrDeadlineExceeded on timeout, ErrPeekCap at the cap, or
 	// the connection's read error.
 	Peek(n int, deadline time.Time) ([]byte, error)
+	// Interrupt makes a Peek blocked in another goroutine return
+	// ErrPeekInterrupted at once, and every later Peek too. It is the one
+	// method that may be called concurrently with the others (the
+	// server-speaks-first race calls it when the upstream speaks first).
+	Interrupt()
 }
 
 // ListenerFilter inspects a new connection before a filter chain is chosen
@@ -153,7 +274,8 @@ type ConnectionFilter interface {
 }
 
 // Downstream is an accepted connection handed to a network filter, with the
-// bytes listener filters peeked still to be delivered.
+// bytes listener filters peeked still to be delivered, and possibly an early
+// upstream connection (TakeEarly).
 //
 // Use either Conn (a net.Conn that replays the peeked bytes first) or the pair
 // Peeked + Raw (write the peeked bytes yourself, then use the raw connection,
@@ -170,6 +292,18 @@ type Downstream struct {
 // NewDownstream wraps raw, whose first bytes are peeked (not yet delivered).
 func NewDownstream(raw net.Conn, peeked []byte, info *ConnInfo, draining <-chan struct{}) *Downstream {
 	return &Downstream{raw: raw, peeked: peeked, Info: info, Draining: draining}
+}
+
+// TakeEarly returns the early upstream connection handed to this network
+// filter (see EarlyAdopter), or nil; the caller owns it from then on. Only
+// the first call returns it.
+func (d *Downstream) TakeEarly() *EarlyUpstream {
+	if d.Info == nil {
+		return nil
+	}
+	e := d.Info.Early
+	d.Info.Early = nil
+	return e
 }
 
 // Peeked returns the bytes read during inspection, to be delivered first.

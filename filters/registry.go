@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/siftmesh/sift/filters/detect/learn"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/upstream"
 )
@@ -25,6 +26,9 @@ type BuildContext struct {
 	Clusters *upstream.Manager
 	// Logger is the listener's logger.
 	Logger *slog.Logger
+	// Learned is the process's table of destinations learned to be
+	// server-first (shared by every listener and generation); nil: none.
+	Learned *learn.Table
 }
 
 // ListenerFilterFactory builds a listener filter from its typed config, whose

@@ -38,6 +38,8 @@ type Config struct {
 	Chains       []*FilterChain
 	DefaultChain *FilterChain // nil: none
 	table        *chainmatch.Table
+	// guardsHTTP: some chain enforces HTTP-level policy (filters.HTTPPolicy).
+	guardsHTTP bool
 }
 
 // ListenerFilter is one configured listener filter.
@@ -154,6 +156,7 @@ func decode(pb *listenerv3.Listener, bc filters.BuildContext) (*Config, error) {
 			return nil, fmt.Errorf("default_filter_chain: %w", err)
 		}
 	}
+	cfg.guardsHTTP = guardsHTTP(cfg)
 	return cfg, nil
 }
 

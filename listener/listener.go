@@ -37,6 +37,13 @@ type Stats struct {
 	FiltersError     atomic.Uint64 // closed: a listener filter failed (read error)
 	DetectionRan     atomic.Uint64 // protocol detection ran
 	DetectionSkipped atomic.Uint64 // protocol detection was skipped or disabled
+	// Detection outcomes of connections that reached filter-chain match.
+	DetectionServerFirst atomic.Uint64 // the server spoke first (after the grace period, or learned)
+	DetectionRaced       atomic.Uint64 // an early upstream was opened (or tried) for the race
+	DetectionTimeout     atomic.Uint64 // the client stayed silent until the timeout (failed open)
+	// DetectionClosed counts connections closed by detection: failing closed
+	// on timeout, or a read error.
+	DetectionClosed atomic.Uint64
 }
 
 // Listener is one bound (or hand-off only) listener and its generations.
@@ -143,14 +150,18 @@ func (l *Listener) serve(c net.Conn, g *generation, accepted time.Time) {
 	l.stats.Active.Add(1)
 	defer l.stats.Active.Add(-1)
 
-	info := &filters.ConnInfo{LocalAddr: addrPort(c.LocalAddr()), RemoteAddr: addrPort(c.RemoteAddr()), AcceptedAt: accepted}
+	info := &filters.ConnInfo{LocalAddr: addrPort(c.LocalAddr()), RemoteAddr: addrPort(c.RemoteAddr()), AcceptedAt: accepted,
+		Fallback: g}
 	peeked, ok := l.inspect(c, g.cfg, info, accepted)
 	if !ok {
+		l.record(info, nil, OutcomeClosed)
+		closeEarly(info)
 		c.Close()
 		return
 	}
 	if g.cfg.UseOriginalDst && info.LocalAddrRestored {
 		if target := l.mgr.handOffTarget(info.LocalAddr); target != nil && target != l {
+			closeEarly(info) // opened for this listener's chains, not the target's
 			tg := target.acquire()
 			// Envoy runs the receiving listener's filters again from the start;
 			// bytes peeked so far are not lost: the target re-reads them.
@@ -168,13 +179,16 @@ func (l *Listener) serveHandedOff(c net.Conn, g *generation, prev *filters.ConnI
 	l.stats.Accepted.Add(1)
 	l.stats.Active.Add(1)
 	defer l.stats.Active.Add(-1)
-	info := &filters.ConnInfo{LocalAddr: prev.LocalAddr, RemoteAddr: prev.RemoteAddr, LocalAddrRestored: true, AcceptedAt: accepted}
+	info := &filters.ConnInfo{LocalAddr: prev.LocalAddr, RemoteAddr: prev.RemoteAddr, LocalAddrRestored: true, AcceptedAt: accepted,
+		Fallback: g}
 	conn := net.Conn(c)
 	if len(peeked) > 0 {
 		conn = filters.NewDownstream(c, peeked, info, nil).Conn()
 	}
 	more, ok := l.inspect(conn, g.cfg, info, accepted)
 	if !ok {
+		l.record(info, nil, OutcomeClosed)
+		closeEarly(info)
 		c.Close()
 		return
 	}
@@ -192,19 +206,26 @@ func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, p
 		info.TransportProtocol = filters.TransportRawBuffer
 	}
 	chain := g.cfg.match(info)
+	l.countDetection(info)
 	if chain == nil {
 		l.stats.NoChain.Add(1)
+		l.record(info, nil, OutcomeNoChain)
 		l.log.Debug("no filter chain matched; closing", "remote", info.RemoteAddr, "local", info.LocalAddr,
 			"transport", info.TransportProtocol, "sni", info.ServerName, "alpn", info.ApplicationProtocols)
+		closeEarly(info)
 		c.Close()
 		return
 	}
+	adoptEarly(info, chain)
+	l.record(info, chain, OutcomeDispatched)
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {
-		d := info.Detection
+		d := &info.Detection
 		l.log.Debug("connection", "remote", info.RemoteAddr, "local", info.LocalAddr, "chain", chain.Name,
-			"detected", d.Protocol, "reason", d.Reason, "detect_bytes", d.Bytes, "detect_duration", d.Duration)
+			"detected", d.Protocol, "reason", d.Reason, "detect_bytes", d.Bytes, "detect_duration", d.Duration,
+			"verdicts", verdictsAttr(d), "raced", d.Raced, "race_error", d.RaceError, "early_upstream_reused", info.Early != nil)
 	}
 	d := filters.NewDownstream(c, peeked, info, g.draining)
+	defer closeEarly(info) // a filter that can adopt it took it at once
 	for _, cf := range chain.Connection {
 		done, ok := cf.Admit(g.ctx, d)
 		if !ok {
@@ -237,7 +258,7 @@ func (l *Listener) inspect(c net.Conn, cfg *Config, info *filters.ConnInfo, acce
 		if provides&filters.FieldDestination == 0 && provides&cfg.needs(info) == 0 {
 			// Nothing this filter could find would change the chain: an
 			// opaque port costs no detection time.
-			l.noteSkipped(info, filters.ReasonSkipped)
+			l.noteSkipped(info, filters.ReasonOpaquePort)
 			continue
 		}
 		if provides&filters.FieldsDetected != 0 {
@@ -245,6 +266,9 @@ func (l *Listener) inspect(c net.Conn, cfg *Config, info *filters.ConnInfo, acce
 		}
 		if err := lf.Filter.OnAccept(pc, info); err != nil {
 			l.stats.FiltersError.Add(1)
+			if provides&filters.FieldsDetected != 0 {
+				l.stats.DetectionClosed.Add(1)
+			}
 			l.log.Debug("listener filter failed; closing", "filter", lf.Name, "remote", info.RemoteAddr, "err", err)
 			return nil, false
 		}
@@ -301,11 +325,17 @@ type Manager struct {
 	mu        sync.Mutex // serialises Apply and Shutdown
 	listeners atomic.Pointer[map[string]*Listener]
 	draining  sync.WaitGroup // generations draining in the background
+
+	detections *DetectionLog
 }
+
+// Detections returns the log of recent connections' detection records,
+// shared by every listener of the manager.
+func (m *Manager) Detections() *DetectionLog { return m.detections }
 
 // NewManager returns a manager whose replaced generations drain for drainTime.
 func NewManager(log *slog.Logger, drainTime time.Duration) *Manager {
-	m := &Manager{log: log, drainTime: drainTime}
+	m := &Manager{log: log, drainTime: drainTime, detections: NewDetectionLog(DefaultDetectionLogSize)}
 	empty := map[string]*Listener{}
 	m.listeners.Store(&empty)
 	return m

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/siftmesh/sift/filters"
@@ -26,7 +27,12 @@ type PeekConn struct {
 	readDeadline time.Time
 	err          error // sticky read error (EOF, reset); deadlines are not sticky
 	timedOut     bool  // the listener filters' deadline passed
+	// interrupted is set by Interrupt, from any goroutine.
+	interrupted atomic.Bool
 }
+
+// aLongTimeAgo is a read deadline in the past: it wakes a blocked Read.
+var aLongTimeAgo = time.Unix(1, 0)
 
 var _ filters.Peeker = (*PeekConn)(nil)
 
@@ -47,6 +53,9 @@ func (p *PeekConn) Peek(n int, deadline time.Time) ([]byte, error) {
 	if p.err != nil {
 		return p.buf, p.err
 	}
+	if p.interrupted.Load() {
+		return p.buf, p.noteInterrupt()
+	}
 	if len(p.buf) >= p.limit {
 		return p.buf, filters.ErrPeekCap
 	}
@@ -60,6 +69,11 @@ func (p *PeekConn) Peek(n int, deadline time.Time) ([]byte, error) {
 			return p.buf, err
 		}
 		p.readDeadline = dl
+		// Interrupt stores its flag before moving the deadline: either its
+		// deadline landed after ours and wakes the Read, or we see the flag.
+		if p.interrupted.Load() {
+			return p.buf, p.noteInterrupt()
+		}
 	}
 	if cap(p.buf) == 0 {
 		p.buf = make([]byte, 0, min(p.limit, initialPeekBuffer))
@@ -77,6 +91,9 @@ func (p *PeekConn) Peek(n int, deadline time.Time) ([]byte, error) {
 		p.buf = p.buf[:len(p.buf)+m]
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if p.interrupted.Load() {
+					return p.buf, p.noteInterrupt()
+				}
 				if listenerDeadline {
 					p.timedOut = true
 				}
@@ -92,13 +109,27 @@ func (p *PeekConn) Peek(n int, deadline time.Time) ([]byte, error) {
 	return p.buf, nil
 }
 
+// Interrupt implements filters.Peeker: a Peek blocked now, or called later,
+// returns filters.ErrPeekInterrupted. Safe to call from any goroutine.
+func (p *PeekConn) Interrupt() {
+	p.interrupted.Store(true)
+	p.conn.SetReadDeadline(aLongTimeAgo)
+}
+
+// noteInterrupt records that the connection's read deadline may be in the
+// past (Interrupt moved it), so that Release clears it.
+func (p *PeekConn) noteInterrupt() error {
+	p.readDeadline = aLongTimeAgo
+	return filters.ErrPeekInterrupted
+}
+
 // TimedOut reports whether a Peek ended at the listener filters' deadline.
 func (p *PeekConn) TimedOut() bool { return p.timedOut }
 
 // Release clears the read deadline so the connection can be handed on, and
 // returns the peeked bytes (owned by the caller from now on).
 func (p *PeekConn) Release() ([]byte, error) {
-	if !p.readDeadline.IsZero() {
+	if !p.readDeadline.IsZero() || p.interrupted.Load() {
 		if err := p.conn.SetReadDeadline(time.Time{}); err != nil {
 			return p.buf, err
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/detect/learn"
 	"github.com/siftmesh/sift/listener"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/xds"
@@ -48,6 +49,9 @@ type Server struct {
 
 	bootstrap *bootstrapv3.Bootstrap
 	started   time.Time
+	// learned is the process's table of server-first destinations, shared
+	// by every listener generation.
+	learned *learn.Table
 
 	xds      *xds.Client // nil without dynamic_resources
 	dyn      *dynamic
@@ -63,7 +67,7 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager(), stopped: make(chan struct{}),
-		bootstrap: b, started: time.Now()}
+		bootstrap: b, started: time.Now(), learned: learn.New(learn.DefaultCapacity)}
 	for i, pb := range b.GetStaticResources().GetClusters() {
 		c, err := upstream.Build(pb, upstream.Options{})
 		if err != nil {
@@ -102,7 +106,7 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 // DecodeListener validates a Listener resource and builds its filters
 // against this server's clusters, ready for Listeners().Apply.
 func (s *Server) DecodeListener(pb *listenerv3.Listener) (*listener.Config, error) {
-	cfg, err := listener.Decode(pb, filters.BuildContext{Clusters: s.clusters, Logger: s.log})
+	cfg, err := listener.Decode(pb, filters.BuildContext{Clusters: s.clusters, Logger: s.log, Learned: s.learned})
 	if err != nil {
 		return nil, err
 	}
@@ -208,6 +212,17 @@ func (s *Server) ListenerAddrs() map[string]string {
 	}
 	return out
 }
+
+// Detections implements admin.Source.
+func (s *Server) Detections() *listener.DetectionLog {
+	if s.listeners == nil {
+		return nil
+	}
+	return s.listeners.Detections()
+}
+
+// LearnedDestinations implements admin.Source.
+func (s *Server) LearnedDestinations() *learn.Table { return s.learned }
 
 // Shutdown drains (a second call does nothing): /ready turns 503, listeners stop accepting, connections
 // get the drain time to finish (or until ctx ends), then everything closes.

@@ -298,11 +298,11 @@ func meshServerFirst(t *testing.T, e *meshEnv) {
 	}
 	e.proxies["client-0"].waitLog(t, from["client-0"], 10*time.Second, "the outbound opaque connection", jsonRecord(map[string]string{
 		"msg": "connection", "listener": "outbound", "local": meshPG,
-		"chain": "opaque|pg.shop.svc.cluster.local:5432|10.96.0.20", "reason": "skipped",
+		"chain": "opaque|pg.shop.svc.cluster.local:5432|10.96.0.20", "reason": "opaque_port",
 	}))
 	e.proxies["app-0"].waitLog(t, from["app-0"], 10*time.Second, "the inbound opaque connection", jsonRecord(map[string]string{
 		"msg": "connection", "listener": "inbound", "local": "10.77.0.10:5432",
-		"chain": "opaque|inbound:5432", "reason": "skipped",
+		"chain": "opaque|inbound:5432", "reason": "opaque_port",
 	}))
 }
 

@@ -44,9 +44,31 @@ func TestParseConfig(t *testing.T) {
 		return n
 	}
 	type summary struct {
-		Timeout  time.Duration
-		MaxBytes int
-		Sniffers []string
+		Policy     detect.Policy
+		Ports      []detect.PortPolicy
+		LearnAfter int
+		LearnTTL   time.Duration
+		MaxRaces   int
+		Sniffers   []string
+	}
+	def := detect.Policy{Timeout: 10 * time.Second, MaxBytes: 16384, GracePeriod: 50 * time.Millisecond}
+	defaults := func(s summary) summary {
+		if s.Policy == (detect.Policy{}) {
+			s.Policy = def
+		}
+		if s.LearnAfter == 0 {
+			s.LearnAfter = 3
+		}
+		if s.LearnTTL == 0 {
+			s.LearnTTL = 10 * time.Minute
+		}
+		if s.MaxRaces == 0 {
+			s.MaxRaces = 1024
+		}
+		if s.Sniffers == nil {
+			s.Sniffers = []string{"tls", "h2", "http1"}
+		}
+		return s
 	}
 	tests := []struct {
 		name    string
@@ -57,12 +79,64 @@ func TestParseConfig(t *testing.T) {
 		{
 			name: "defaults",
 			cfg:  &detectv1.Detect{},
-			want: summary{Timeout: 10 * time.Second, MaxBytes: 16384, Sniffers: []string{"tls", "h2", "http1"}},
+			want: summary{},
 		},
 		{
 			name: "everything set, sniffers in built-in order",
-			cfg:  &detectv1.Detect{Timeout: durationpb.New(250 * time.Millisecond), MaxBytes: wrapperspb.UInt32(64), Sniffers: []string{"http1", "tls"}},
-			want: summary{Timeout: 250 * time.Millisecond, MaxBytes: 64, Sniffers: []string{"tls", "http1"}},
+			cfg: &detectv1.Detect{Timeout: durationpb.New(250 * time.Millisecond), MaxBytes: wrapperspb.UInt32(64), Sniffers: []string{"http1", "tls"},
+				ServerFirstGracePeriod: durationpb.New(0), OnTimeout: detectv1.Detect_FAIL_CLOSED,
+				LearnServerFirst:   &detectv1.Detect_LearnServerFirst{After: wrapperspb.UInt32(0), Ttl: durationpb.New(time.Minute)},
+				MaxConcurrentRaces: wrapperspb.UInt32(7)},
+			want: summary{Policy: detect.Policy{Timeout: 250 * time.Millisecond, MaxBytes: 64, OnTimeout: detect.TimeoutFailClosed},
+				LearnAfter: -1, LearnTTL: time.Minute, MaxRaces: 7, Sniffers: []string{"tls", "http1"}},
+		},
+		{
+			name: "port policies inherit what they leave unset",
+			cfg: &detectv1.Detect{Timeout: durationpb.New(5 * time.Second), PortPolicies: []*detectv1.Detect_PortPolicy{
+				{Ports: []*detectv1.Detect_PortRange{{Start: 3306}, {Start: 8000, End: 8099}}, ServerFirstGracePeriod: durationpb.New(0)},
+				{Ports: []*detectv1.Detect_PortRange{{Start: 80}}, OnTimeout: detectv1.Detect_FAIL_OPEN, Timeout: durationpb.New(time.Second), MaxBytes: wrapperspb.UInt32(128)},
+			}},
+			want: summary{Policy: detect.Policy{Timeout: 5 * time.Second, MaxBytes: 16384, GracePeriod: 50 * time.Millisecond},
+				Ports: []detect.PortPolicy{
+					{First: 3306, Last: 3306, Policy: detect.Policy{Timeout: 5 * time.Second, MaxBytes: 16384}},
+					{First: 8000, Last: 8099, Policy: detect.Policy{Timeout: 5 * time.Second, MaxBytes: 16384}},
+					{First: 80, Last: 80, Policy: detect.Policy{Timeout: time.Second, MaxBytes: 128, GracePeriod: 50 * time.Millisecond, OnTimeout: detect.TimeoutFailOpen}},
+				}},
+		},
+		{
+			name:    "port policy without ports",
+			cfg:     &detectv1.Detect{PortPolicies: []*detectv1.Detect_PortPolicy{{Timeout: durationpb.New(time.Second)}}},
+			wantErr: "detect: port_policies[0].ports: at least one port range is required",
+		},
+		{
+			name:    "port range reversed",
+			cfg:     &detectv1.Detect{PortPolicies: []*detectv1.Detect_PortPolicy{{Ports: []*detectv1.Detect_PortRange{{Start: 10}, {Start: 90, End: 80}}}}},
+			wantErr: "detect: port_policies[0].ports[1]: invalid port range 90-80 (ports are 1-65535, start ≤ end)",
+		},
+		{
+			name:    "port policy zero timeout",
+			cfg:     &detectv1.Detect{PortPolicies: []*detectv1.Detect_PortPolicy{{Ports: []*detectv1.Detect_PortRange{{Start: 10}}, Timeout: durationpb.New(0)}}},
+			wantErr: "detect: port_policies[0].timeout: must be positive, got 0s",
+		},
+		{
+			name:    "negative grace period",
+			cfg:     &detectv1.Detect{ServerFirstGracePeriod: durationpb.New(-time.Millisecond)},
+			wantErr: "detect: server_first_grace_period: must not be negative, got -1ms",
+		},
+		{
+			name:    "unknown timeout action",
+			cfg:     &detectv1.Detect{OnTimeout: 9},
+			wantErr: "detect: on_timeout: unknown action 9",
+		},
+		{
+			name:    "zero learn ttl",
+			cfg:     &detectv1.Detect{LearnServerFirst: &detectv1.Detect_LearnServerFirst{Ttl: durationpb.New(0)}},
+			wantErr: "detect: learn_server_first.ttl: must be positive, got 0s",
+		},
+		{
+			name:    "zero races",
+			cfg:     &detectv1.Detect{MaxConcurrentRaces: wrapperspb.UInt32(0)},
+			wantErr: "detect: max_concurrent_races: must be at least 1, got 0",
 		},
 		{
 			name:    "zero timeout",
@@ -105,8 +179,12 @@ func TestParseConfig(t *testing.T) {
 			if err != nil {
 				return
 			}
-			got := summary{Timeout: c.Timeout, MaxBytes: c.MaxBytes, Sniffers: names(c)}
-			if diff := cmp.Diff(tt.want, got); diff != "" {
+			got := summary{Policy: c.Policy, Ports: c.Ports, LearnAfter: c.LearnAfter, LearnTTL: c.LearnTTL, MaxRaces: c.MaxRaces, Sniffers: names(c)}
+			want := defaults(tt.want)
+			if want.LearnAfter < 0 {
+				want.LearnAfter = 0
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("ParseConfig() (-want +got):\n%s", diff)
 			}
 		})
@@ -120,11 +198,11 @@ func TestNew(t *testing.T) {
 		cfg     detect.Config
 		wantErr string
 	}{
-		{name: "ok with a plugin sniffer", cfg: detect.Config{Timeout: time.Second, MaxBytes: 64, Sniffers: append(detect.Builtins(), detect.H2())}},
-		{name: "zero timeout", cfg: detect.Config{MaxBytes: 64, Sniffers: detect.Builtins()}, wantErr: "detect: timeout: must be positive, got 0s"},
-		{name: "small max bytes", cfg: detect.Config{Timeout: time.Second, MaxBytes: 1, Sniffers: detect.Builtins()}, wantErr: "detect: max_bytes: must be at least 64, got 1"},
-		{name: "no sniffers", cfg: detect.Config{Timeout: time.Second, MaxBytes: 64}, wantErr: "detect: sniffers: none"},
-		{name: "nil sniffer", cfg: detect.Config{Timeout: time.Second, MaxBytes: 64, Sniffers: []detect.Sniffer{detect.TLS(), nil}}, wantErr: "detect: sniffers[1]: nil"},
+		{name: "ok with a plugin sniffer", cfg: detect.Config{Policy: detect.Policy{Timeout: time.Second, MaxBytes: 64}, Sniffers: append(detect.Builtins(), detect.H2())}},
+		{name: "zero timeout", cfg: detect.Config{Policy: detect.Policy{MaxBytes: 64}, Sniffers: detect.Builtins()}, wantErr: "detect: timeout: must be positive, got 0s"},
+		{name: "small max bytes", cfg: detect.Config{Policy: detect.Policy{Timeout: time.Second, MaxBytes: 1}, Sniffers: detect.Builtins()}, wantErr: "detect: max_bytes: must be at least 64, got 1"},
+		{name: "no sniffers", cfg: detect.Config{Policy: detect.Policy{Timeout: time.Second, MaxBytes: 64}}, wantErr: "detect: sniffers: none"},
+		{name: "nil sniffer", cfg: detect.Config{Policy: detect.Policy{Timeout: time.Second, MaxBytes: 64}, Sniffers: []detect.Sniffer{detect.TLS(), nil}}, wantErr: "detect: sniffers[1]: nil"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -3,12 +3,16 @@ package detect
 import (
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/detect/learn"
 )
 
 func init() {
@@ -19,46 +23,124 @@ func init() {
 
 // Detect filter defaults and limits (see detect.proto).
 const (
-	DefaultTimeout  = 10 * time.Second
-	DefaultMaxBytes = 16384
-	MinMaxBytes     = 64
+	DefaultTimeout     = 10 * time.Second
+	DefaultMaxBytes    = 16384
+	MinMaxBytes        = 64
+	DefaultGracePeriod = 50 * time.Millisecond
+	DefaultLearnAfter  = 3
+	DefaultLearnTTL    = 10 * time.Minute
+	DefaultMaxRaces    = 1024
 )
 
-// Config is the validated configuration of a detect Filter.
-type Config struct {
+// TimeoutAction is what detection does when the client stays silent until
+// the timeout.
+type TimeoutAction uint8
+
+const (
+	// TimeoutAuto fails closed when the listener's fallback chain would
+	// bypass HTTP-level policy (filters.Fallback.GuardsHTTP), open otherwise.
+	TimeoutAuto TimeoutAction = iota
+	// TimeoutFailOpen proceeds as opaque TCP (Linkerd's behaviour).
+	TimeoutFailOpen
+	// TimeoutFailClosed resets the connection.
+	TimeoutFailClosed
+)
+
+// Policy is how detection treats connections to one destination port.
+type Policy struct {
 	// Timeout bounds how long the filter waits for the client's bytes,
-	// counted from the start of OnAccept. Positive.
+	// counted from accept. Positive.
 	Timeout time.Duration
 	// MaxBytes is the most bytes the filter peeks (the Peeker's own cap may
 	// be lower). At least MinMaxBytes.
 	MaxBytes int
+	// GracePeriod is how long a silent client waits before the server-first
+	// race starts; 0 disables the race.
+	GracePeriod time.Duration
+	// OnTimeout is what a silent client gets at Timeout.
+	OnTimeout TimeoutAction
+}
+
+// PortPolicy applies Policy to the destination ports First..Last (inclusive).
+type PortPolicy struct {
+	First, Last uint16
+	Policy      Policy
+}
+
+// Config is the validated configuration of a detect Filter.
+type Config struct {
+	// Policy applies to ports no PortPolicy names.
+	Policy
+	// Ports are per-port overrides; the first that contains the port wins.
+	Ports []PortPolicy
 	// Sniffers are asked in order; the first to match wins. Built-ins come
 	// first (see Builtins); plugin sniffers are appended after them.
 	Sniffers []Sniffer
+	// LearnAfter is how many server-first proofs make a destination learned
+	// (0: never), and LearnTTL how long it stays learned.
+	LearnAfter int
+	LearnTTL   time.Duration
+	// MaxRaces bounds the server-first races in flight at once
+	// (≤ 0: DefaultMaxRaces).
+	MaxRaces int
+	// Learned is the process's table of learned destinations; nil: nothing
+	// is learned (LearnAfter is ignored).
+	Learned *learn.Table
 }
 
 // ParseConfig validates a Detect typed config and applies its defaults:
-// timeout 10s (must be positive), max_bytes 16384 (at least 64), sniffers all
-// built-ins. Named sniffers run in the built-in order (tls, h2, http1)
-// whatever order they are listed in. Errors name the offending field.
+// timeout 10s (must be positive), max_bytes 16384 (at least 64), grace
+// period 50ms, on_timeout automatic, learning after 3 proofs for 10 min,
+// 1024 races at once, sniffers all built-ins. Named sniffers run in the
+// built-in order (tls, h2, http1) whatever order they are listed in. Errors
+// name the offending field.
 func ParseConfig(pb *detectv1.Detect) (Config, error) {
 	if err := checkUnknownFields(pb, "detect"); err != nil {
 		return Config{}, err
 	}
-	c := Config{Timeout: DefaultTimeout, MaxBytes: DefaultMaxBytes}
-	if t := pb.GetTimeout(); t != nil {
-		if err := t.CheckValid(); err != nil {
-			return Config{}, fmt.Errorf("detect: timeout: %w", err)
+	c := Config{
+		Policy:     Policy{Timeout: DefaultTimeout, MaxBytes: DefaultMaxBytes, GracePeriod: DefaultGracePeriod},
+		LearnAfter: DefaultLearnAfter, LearnTTL: DefaultLearnTTL, MaxRaces: DefaultMaxRaces,
+	}
+	var err error
+	if c.Policy, err = parsePolicy(c.Policy, pb.GetTimeout(), pb.GetMaxBytes(), pb.GetServerFirstGracePeriod(), pb.GetOnTimeout(), "detect: "); err != nil {
+		return Config{}, err
+	}
+	for i, pp := range pb.GetPortPolicies() {
+		prefix := fmt.Sprintf("detect: port_policies[%d].", i)
+		pol, err := parsePolicy(c.Policy, pp.GetTimeout(), pp.GetMaxBytes(), pp.GetServerFirstGracePeriod(), pp.GetOnTimeout(), prefix)
+		if err != nil {
+			return Config{}, err
 		}
-		if c.Timeout = t.AsDuration(); c.Timeout <= 0 {
-			return Config{}, fmt.Errorf("detect: timeout: must be positive, got %v", c.Timeout)
+		if len(pp.GetPorts()) == 0 {
+			return Config{}, fmt.Errorf("%sports: at least one port range is required", prefix)
+		}
+		for j, r := range pp.GetPorts() {
+			first, last := r.GetStart(), r.GetEnd()
+			if last == 0 {
+				last = first
+			}
+			if first == 0 || last > 65535 || last < first {
+				return Config{}, fmt.Errorf("%sports[%d]: invalid port range %d-%d (ports are 1-65535, start ≤ end)", prefix, j, r.GetStart(), r.GetEnd())
+			}
+			c.Ports = append(c.Ports, PortPolicy{First: uint16(first), Last: uint16(last), Policy: pol})
 		}
 	}
-	if m := pb.GetMaxBytes(); m != nil {
-		if m.GetValue() < MinMaxBytes {
-			return Config{}, fmt.Errorf("detect: max_bytes: must be at least %d, got %d", MinMaxBytes, m.GetValue())
+	if l := pb.GetLearnServerFirst(); l != nil {
+		if a := l.GetAfter(); a != nil {
+			c.LearnAfter = int(min(a.GetValue(), 1<<20))
 		}
-		c.MaxBytes = int(m.GetValue())
+		if t := l.GetTtl(); t != nil {
+			if c.LearnTTL, err = positiveDuration(t.CheckValid(), t.AsDuration()); err != nil {
+				return Config{}, fmt.Errorf("detect: learn_server_first.ttl: %w", err)
+			}
+		}
+	}
+	if m := pb.GetMaxConcurrentRaces(); m != nil {
+		if m.GetValue() < 1 {
+			return Config{}, fmt.Errorf("detect: max_concurrent_races: must be at least 1, got %d", m.GetValue())
+		}
+		c.MaxRaces = int(min(m.GetValue(), 1<<20))
 	}
 	names := pb.GetSniffers()
 	if len(names) == 0 {
@@ -81,87 +163,127 @@ func ParseConfig(pb *detectv1.Detect) (Config, error) {
 	return c, nil
 }
 
+// parsePolicy overrides base with the fields that are set; prefix starts
+// error messages ("detect: " or "detect: port_policies[i].").
+func parsePolicy(base Policy, timeout *durationpb.Duration, maxBytes *wrapperspb.UInt32Value,
+	grace *durationpb.Duration, onTimeout detectv1.Detect_TimeoutAction, prefix string) (Policy, error) {
+	p := base
+	var err error
+	if timeout != nil {
+		if p.Timeout, err = positiveDuration(timeout.CheckValid(), timeout.AsDuration()); err != nil {
+			return Policy{}, fmt.Errorf("%stimeout: %w", prefix, err)
+		}
+	}
+	if maxBytes != nil {
+		if maxBytes.GetValue() < MinMaxBytes {
+			return Policy{}, fmt.Errorf("%smax_bytes: must be at least %d, got %d", prefix, MinMaxBytes, maxBytes.GetValue())
+		}
+		p.MaxBytes = int(min(maxBytes.GetValue(), 1<<30))
+	}
+	if grace != nil {
+		if err := grace.CheckValid(); err != nil {
+			return Policy{}, fmt.Errorf("%sserver_first_grace_period: %w", prefix, err)
+		}
+		if p.GracePeriod = grace.AsDuration(); p.GracePeriod < 0 {
+			return Policy{}, fmt.Errorf("%sserver_first_grace_period: must not be negative, got %v", prefix, p.GracePeriod)
+		}
+	}
+	switch onTimeout {
+	case detectv1.Detect_TIMEOUT_ACTION_UNSPECIFIED:
+	case detectv1.Detect_FAIL_OPEN:
+		p.OnTimeout = TimeoutFailOpen
+	case detectv1.Detect_FAIL_CLOSED:
+		p.OnTimeout = TimeoutFailClosed
+	default:
+		return Policy{}, fmt.Errorf("%son_timeout: unknown action %d", prefix, onTimeout)
+	}
+	return p, nil
+}
+
+func positiveDuration(valid error, d time.Duration) (time.Duration, error) {
+	if valid != nil {
+		return 0, valid
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("must be positive, got %v", d)
+	}
+	return d, nil
+}
+
 // Filter is Sift's protocol-detection listener filter (typed config
-// sift.filters.listener.detect.v1.Detect). It is immutable and safe for
-// concurrent use.
+// sift.filters.listener.detect.v1.Detect). It is immutable (but for its
+// count of races in flight) and safe for concurrent use.
 type Filter struct {
-	timeout  time.Duration
-	maxBytes int
-	sniffers []Sniffer
+	policy     Policy
+	ports      []PortPolicy
+	sniffers   []Sniffer
+	learned    *learn.Table
+	learnAfter int
+	learnTTL   time.Duration
+	maxRaces   int64
+	races      atomic.Int64 // races in flight
 }
 
 var _ filters.ListenerFilter = (*Filter)(nil)
 
 // New returns a detect filter for c, which it validates (a Config from
-// ParseConfig always passes). c.Sniffers is copied.
+// ParseConfig always passes). c.Sniffers and c.Ports are copied.
 func New(c Config) (*Filter, error) {
+	if err := c.Policy.validate("detect: "); err != nil {
+		return nil, err
+	}
+	for i, pp := range c.Ports {
+		if err := pp.Policy.validate(fmt.Sprintf("detect: ports[%d]: ", i)); err != nil {
+			return nil, err
+		}
+	}
 	switch {
-	case c.Timeout <= 0:
-		return nil, fmt.Errorf("detect: timeout: must be positive, got %v", c.Timeout)
-	case c.MaxBytes < MinMaxBytes:
-		return nil, fmt.Errorf("detect: max_bytes: must be at least %d, got %d", MinMaxBytes, c.MaxBytes)
 	case len(c.Sniffers) == 0:
 		return nil, fmt.Errorf("detect: sniffers: none")
+	case c.LearnAfter > 0 && c.LearnTTL <= 0:
+		return nil, fmt.Errorf("detect: learn ttl: must be positive, got %v", c.LearnTTL)
 	}
 	for i, s := range c.Sniffers {
 		if s == nil {
 			return nil, fmt.Errorf("detect: sniffers[%d]: nil", i)
 		}
 	}
-	return &Filter{timeout: c.Timeout, maxBytes: c.MaxBytes, sniffers: slices.Clone(c.Sniffers)}, nil
+	if c.MaxRaces <= 0 {
+		c.MaxRaces = DefaultMaxRaces
+	}
+	return &Filter{policy: c.Policy, ports: slices.Clone(c.Ports), sniffers: slices.Clone(c.Sniffers),
+		learned: c.Learned, learnAfter: c.LearnAfter, learnTTL: c.LearnTTL, maxRaces: int64(c.MaxRaces)}, nil
+}
+
+func (p Policy) validate(prefix string) error {
+	switch {
+	case p.Timeout <= 0:
+		return fmt.Errorf("%stimeout: must be positive, got %v", prefix, p.Timeout)
+	case p.MaxBytes < MinMaxBytes:
+		return fmt.Errorf("%smax_bytes: must be at least %d, got %d", prefix, MinMaxBytes, p.MaxBytes)
+	case p.GracePeriod < 0:
+		return fmt.Errorf("%sserver_first_grace_period: must not be negative, got %v", prefix, p.GracePeriod)
+	case p.OnTimeout > TimeoutFailClosed:
+		return fmt.Errorf("%son_timeout: unknown action %d", prefix, p.OnTimeout)
+	}
+	return nil
+}
+
+// policyFor returns the policy for a destination port.
+func (f *Filter) policyFor(port uint16) *Policy {
+	for i := range f.ports {
+		if pp := &f.ports[i]; port >= pp.First && port <= pp.Last {
+			return &pp.Policy
+		}
+	}
+	return &f.policy
 }
 
 // Provides implements filters.ListenerFilter: server name, transport
 // protocol and application protocols.
 func (f *Filter) Provides() filters.Field { return filters.FieldsDetected }
 
-// OnAccept implements filters.ListenerFilter. It runs every sniffer in one
-// peek loop (see Run) with its own deadline, the connection's accept time
-// (info.AcceptedAt; OnAccept's start without one) plus the configured
-// timeout (the listener filters' deadline may end it sooner), and
-// sets info:
-//
-//   - TLS: TransportProtocol "tls", ServerName (SNI, lower-case),
-//     ApplicationProtocols = the ALPN list (nil without ALPN);
-//   - HTTP/1.0, HTTP/1.1, h2c, or a plugin's protocol: TransportProtocol
-//     "raw_buffer", ApplicationProtocols = that one protocol;
-//   - otherwise — no sniffer matched, the client stayed silent until the
-//     deadline, closed or half-closed first, or the byte cap was reached —
-//     it fails open to opaque: TransportProtocol "raw_buffer", no application
-//     protocols (ServerName is left alone).
-//
-// info.Detection is always filled: Ran, Protocol ("opaque" when failing open),
-// Reason, Bytes and Duration (from the same start). The only error, which
-// closes the connection, is a read error other than end of stream, timeout
-// or cap; Detection then has Reason "error" and no Protocol.
-func (f *Filter) OnAccept(p filters.Peeker, info *filters.ConnInfo) error {
-	start := info.AcceptedAt
-	if start.IsZero() {
-		start = time.Now()
-	}
-	o, err := Run(p, f.sniffers, f.maxBytes, start.Add(f.timeout))
-	info.Detection = filters.Detection{Ran: true, Bytes: o.Bytes, Duration: time.Since(start)}
-	if err != nil {
-		info.Detection.Reason = filters.ReasonError
-		return err
-	}
-	info.Detection.Protocol, info.Detection.Reason = o.Protocol(), o.Reason
-	switch {
-	case o.Reason != filters.ReasonMatch:
-		info.TransportProtocol = filters.TransportRawBuffer
-		info.ApplicationProtocols = nil
-	case o.Result.Protocol == ProtocolTLS:
-		info.TransportProtocol = filters.TransportTLS
-		info.ServerName = o.Result.ServerName
-		info.ApplicationProtocols = slices.Clone(o.Result.ALPN)
-	default:
-		info.TransportProtocol = filters.TransportRawBuffer
-		info.ApplicationProtocols = []string{o.Result.Protocol}
-	}
-	return nil
-}
-
-func buildDetect(cfg proto.Message, _ filters.BuildContext) (filters.ListenerFilter, error) {
+func buildDetect(cfg proto.Message, bc filters.BuildContext) (filters.ListenerFilter, error) {
 	pb, ok := cfg.(*detectv1.Detect)
 	if !ok {
 		return nil, fmt.Errorf("detect: config is %T, want *detectv1.Detect", cfg)
@@ -170,6 +292,7 @@ func buildDetect(cfg proto.Message, _ filters.BuildContext) (filters.ListenerFil
 	if err != nil {
 		return nil, err
 	}
+	c.Learned = bc.Learned
 	return New(c)
 }
 

@@ -10,6 +10,10 @@ import (
 	"github.com/siftmesh/sift/filters"
 )
 
+// reasonInterrupted ends a Run whose Peek was interrupted (the server spoke
+// first); the detect filter replaces it with the race's reason.
+const reasonInterrupted = "interrupted"
+
 // Protocols named by this package (the HTTP ones are filters.Protocol*).
 const (
 	// ProtocolTLS is the tls sniffer's Result.Protocol.
@@ -31,6 +35,22 @@ type Outcome struct {
 	Result Result
 	// Bytes is how many bytes had been peeked when Run returned.
 	Bytes int
+	// Verdicts are the sniffers' last answers, in sniffer order (the first
+	// filters.MaxRecordedVerdicts of them).
+	Verdicts    [filters.MaxRecordedVerdicts]filters.SnifferVerdict
+	NumVerdicts uint8
+}
+
+// verdictNames are Verdict values as filters.SnifferVerdict spells them.
+var verdictNames = [...]string{NeedMore: "need_more", Match: "match", NoMatch: "no_match"}
+
+// record fills o.Verdicts from the sniffers' last answers.
+func (o *Outcome) record(sniffers []Sniffer, last []Verdict) {
+	n := min(len(sniffers), len(o.Verdicts))
+	for i := range n {
+		o.Verdicts[i] = filters.SnifferVerdict{Sniffer: sniffers[i].Name(), Verdict: verdictNames[last[i]]}
+	}
+	o.NumVerdicts = uint8(n)
 }
 
 // Protocol is the detected protocol: the match's protocol, or ProtocolOpaque.
@@ -67,12 +87,11 @@ func (o Outcome) Protocol() string {
 // It blocks only inside p.Peek, never past the deadline.
 //
 // Run keeps no state between calls — the Peeker holds the bytes and sniffers
-// are pure — so detection can be run in steps. That is the seam for the coming
-// server-speaks-first race: run with a short deadline first; on ReasonTimeout
-// with Bytes == 0, start the opaque chain's upstream connection, and run
-// again with the rest of the budget while watching that upstream; whichever
-// side speaks first decides. Plugin sniffers are simply appended to sniffers,
-// after the built-ins (see Builtins).
+// are pure — so detection can be run in steps: the detect filter runs it with
+// the grace period as deadline first, and again, with the rest of the budget,
+// once the server-first race has been decided for the client (see
+// Filter.OnAccept). Plugin sniffers are simply appended to sniffers, after
+// the built-ins (see Builtins).
 func Run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time) (Outcome, error) {
 	o, err := run(p, sniffers, maxBytes, deadline)
 	if err != nil {
@@ -83,10 +102,18 @@ func Run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time)
 
 // run is Run, returning the Peeker's error as is.
 func run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time) (Outcome, error) {
-	var declinedBuf [8]bool // no allocation for the usual few sniffers
-	declined := declinedBuf[:]
-	if len(sniffers) > len(declinedBuf) {
-		declined = make([]bool, len(sniffers))
+	var lastBuf [filters.MaxRecordedVerdicts]Verdict // no allocation for the usual few sniffers
+	last := lastBuf[:]
+	if len(sniffers) > len(lastBuf) {
+		last = make([]Verdict, len(sniffers))
+	} else {
+		last = last[:len(sniffers)]
+	}
+	var o Outcome
+	done := func(reason string, n int) (Outcome, error) {
+		o.Reason, o.Bytes = reason, n
+		o.record(sniffers, last)
+		return o, nil
 	}
 	var (
 		b     = p.Peeked()
@@ -103,7 +130,7 @@ func run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time)
 		next := -1          // the next length worth peeking for
 		eofDecided := false // some sniffer decided only because the stream ended
 		for i, s := range sniffers {
-			if declined[i] {
+			if last[i] == NoMatch {
 				continue
 			}
 			r := s.Sniff(view, false)
@@ -111,9 +138,11 @@ func run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time)
 				eofDecided = true
 				r = s.Sniff(view, true)
 			}
+			last[i] = r.Verdict
 			switch r.Verdict {
 			case Match:
-				return Outcome{Reason: filters.ReasonMatch, Sniffer: s.Name(), Result: r, Bytes: len(b)}, nil
+				o.Sniffer, o.Result = s.Name(), r
+				return done(filters.ReasonMatch, len(b))
 			case NeedMore:
 				if !viewEOF {
 					n := r.Need
@@ -126,17 +155,17 @@ func run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time)
 					continue
 				}
 			}
-			declined[i] = true
+			last[i] = NoMatch
 		}
 		switch {
 		case next < 0 && eofDecided:
-			return Outcome{Reason: filters.ReasonEOF, Bytes: len(b)}, nil
+			return done(filters.ReasonEOF, len(b))
 		case next < 0:
-			return Outcome{Reason: filters.ReasonNoMatch, Bytes: len(b)}, nil
+			return done(filters.ReasonNoMatch, len(b))
 		case stop != "":
-			return Outcome{Reason: stop, Bytes: len(b)}, nil
+			return done(stop, len(b))
 		case maxBytes > 0 && next > maxBytes:
-			return Outcome{Reason: filters.ReasonByteCap, Bytes: len(b)}, nil
+			return done(filters.ReasonByteCap, len(b))
 		}
 		var err error
 		b, err = p.Peek(next, deadline)
@@ -148,6 +177,8 @@ func run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time)
 			stop = filters.ReasonTimeout
 		case errors.Is(err, filters.ErrPeekCap):
 			stop = filters.ReasonByteCap
+		case errors.Is(err, filters.ErrPeekInterrupted):
+			stop = reasonInterrupted
 		default:
 			return Outcome{Bytes: len(b)}, err
 		}

@@ -53,7 +53,7 @@ func TestSniffers(t *testing.T) {
 					want = detect.Result{Verdict: detect.NoMatch}
 				}
 				got := sn.Sniff(s.in, s.atEOF)
-				if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+				if diff := cmp.Diff(want, got, cmpopts.EquateEmpty(), ignoreVerdicts); diff != "" {
 					t.Errorf("%s.Sniff(%q, %v) (-want +got):\n%s", sn.Name(), abbrev(s.in), s.atEOF, diff)
 				}
 			})
@@ -198,6 +198,9 @@ type memPeeker struct {
 
 func (p *memPeeker) Peeked() []byte { return p.data[:p.n] }
 
+// Interrupt is never called: memPeeker runs no race.
+func (p *memPeeker) Interrupt() { panic("memPeeker: Interrupt") }
+
 func (p *memPeeker) Peek(n int, _ time.Time) ([]byte, error) {
 	if p.n >= n {
 		return p.Peeked(), nil
@@ -236,7 +239,7 @@ func TestRunSamples(t *testing.T) {
 				if !exact {
 					want.Bytes = len(s.in)
 				}
-				if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+				if diff := cmp.Diff(want, got, cmpopts.EquateEmpty(), ignoreVerdicts); diff != "" {
 					t.Errorf("Run (-want +got):\n%s", diff)
 				}
 			})
@@ -306,7 +309,7 @@ func TestRunByteCap(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Run: %v", err)
 			}
-			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty()); diff != "" {
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty(), ignoreVerdicts); diff != "" {
 				t.Errorf("Run (-want +got):\n%s", diff)
 			}
 			if p.peeks != tt.wantPeeks {
@@ -332,4 +335,34 @@ func abbrev(b []byte) []byte {
 		return append(b[:60:60], "..."...)
 	}
 	return b
+}
+
+// ignoreVerdicts leaves the recorded verdicts out of Outcome comparisons;
+// TestRunRecordsVerdicts checks them.
+var ignoreVerdicts = cmpopts.IgnoreFields(detect.Outcome{}, "Verdicts", "NumVerdicts")
+
+func TestRunRecordsVerdicts(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		in   string
+		want []filters.SnifferVerdict
+	}{
+		{name: "http1", in: "GET / HTTP/1.1\r\n\r\n", want: []filters.SnifferVerdict{
+			{Sniffer: "tls", Verdict: "no_match"}, {Sniffer: "h2", Verdict: "no_match"}, {Sniffer: "http1", Verdict: "match"}}},
+		{name: "opaque", in: "\x00\x01binary", want: []filters.SnifferVerdict{
+			{Sniffer: "tls", Verdict: "no_match"}, {Sniffer: "h2", Verdict: "no_match"}, {Sniffer: "http1", Verdict: "no_match"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			o, err := detect.Run(&memPeeker{data: []byte(tt.in)}, detect.Builtins(), 0, time.Time{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, o.Verdicts[:o.NumVerdicts]); diff != "" {
+				t.Errorf("verdicts (-want +got):\n%s", diff)
+			}
+		})
+	}
 }

@@ -68,7 +68,11 @@ type weightedCluster struct {
 	weight uint32
 }
 
-var _ filters.NetworkFilter = (*Proxy)(nil)
+var (
+	_ filters.NetworkFilter = (*Proxy)(nil)
+	_ filters.Preconnector  = (*Proxy)(nil)
+	_ filters.EarlyAdopter  = (*Proxy)(nil)
+)
 
 // New validates cfg and returns the filter. Clusters are looked up by name on
 // each connection, so a cluster may be defined (or replaced) after the
@@ -166,15 +170,32 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	// With per connection would allocate on every connection.
 	remote := d.Info.RemoteAddr
 
-	clusterName := p.pickCluster()
-	up, err := p.connect(ctx, clusterName)
-	if err != nil {
-		if ctx.Err() == nil {
-			p.log.Warn("upstream connect failed; closing downstream", "remote", remote, "cluster", clusterName, "err", err)
+	var (
+		clusterName string
+		up          *upstream.Conn
+	)
+	if early := d.TakeEarly(); early != nil {
+		// Opened during detection (the server-first race) to this cluster:
+		// what the server already said goes to the client first.
+		clusterName, up = early.Cluster, early.Conn.(*upstream.Conn)
+		defer up.Close()
+		if len(early.Greeting) > 0 {
+			if _, err := down.Write(early.Greeting); err != nil {
+				p.log.Debug("downstream write failed", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
+				return
+			}
 		}
-		return
+	} else {
+		clusterName = p.pickCluster()
+		var err error
+		if up, err = p.connect(ctx, clusterName); err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("upstream connect failed; closing downstream", "remote", remote, "cluster", clusterName, "err", err)
+			}
+			return
+		}
+		defer up.Close()
 	}
-	defer up.Close()
 
 	if peeked := d.Peeked(); len(peeked) > 0 {
 		if _, err := up.Write(peeked); err != nil {
@@ -210,6 +231,32 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 			p.log.Debug("connection ended with an error", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
 		}
 	}
+}
+
+// Preconnect implements filters.Preconnector: it opens the connection
+// ServeConn would open (a cluster picked by weight, max_connect_attempts
+// with backoff), for the server-first race.
+func (p *Proxy) Preconnect(ctx context.Context, _ *filters.ConnInfo) (*filters.EarlyUpstream, error) {
+	name := p.pickCluster()
+	up, err := p.connect(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &filters.EarlyUpstream{Conn: up, Cluster: name, Endpoint: up.Addr}, nil
+}
+
+// CanAdopt implements filters.EarlyAdopter: an early upstream to one of
+// this proxy's clusters, opened by a tcp_proxy, serves the connection.
+func (p *Proxy) CanAdopt(e *filters.EarlyUpstream) bool {
+	if _, ok := e.Conn.(*upstream.Conn); !ok {
+		return false
+	}
+	for _, c := range p.clusters {
+		if c.name == e.Cluster {
+			return true
+		}
+	}
+	return false
 }
 
 // pipe copies src to dst until src ends, then half-closes dst. It returns nil

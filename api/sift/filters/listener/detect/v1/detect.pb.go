@@ -27,6 +27,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Detect_TimeoutAction int32
+
+const (
+	// Fail closed when a chain of the listener that detection can select
+	// enforces HTTP-level policy (authorization) that the fallback chain
+	// would bypass; fail open otherwise.
+	Detect_TIMEOUT_ACTION_UNSPECIFIED Detect_TimeoutAction = 0
+	// Proceed as opaque TCP on the fallback chain (Linkerd's behaviour).
+	Detect_FAIL_OPEN Detect_TimeoutAction = 1
+	// Reset the connection.
+	Detect_FAIL_CLOSED Detect_TimeoutAction = 2
+)
+
+// Enum value maps for Detect_TimeoutAction.
+var (
+	Detect_TimeoutAction_name = map[int32]string{
+		0: "TIMEOUT_ACTION_UNSPECIFIED",
+		1: "FAIL_OPEN",
+		2: "FAIL_CLOSED",
+	}
+	Detect_TimeoutAction_value = map[string]int32{
+		"TIMEOUT_ACTION_UNSPECIFIED": 0,
+		"FAIL_OPEN":                  1,
+		"FAIL_CLOSED":                2,
+	}
+)
+
+func (x Detect_TimeoutAction) Enum() *Detect_TimeoutAction {
+	p := new(Detect_TimeoutAction)
+	*p = x
+	return p
+}
+
+func (x Detect_TimeoutAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Detect_TimeoutAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_sift_filters_listener_detect_v1_detect_proto_enumTypes[0].Descriptor()
+}
+
+func (Detect_TimeoutAction) Type() protoreflect.EnumType {
+	return &file_sift_filters_listener_detect_v1_detect_proto_enumTypes[0]
+}
+
+func (x Detect_TimeoutAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Detect_TimeoutAction.Descriptor instead.
+func (Detect_TimeoutAction) EnumDescriptor() ([]byte, []int) {
+	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 0}
+}
+
 // Detect peeks at a connection's first bytes, never consuming them, and asks
 // every sniffer for a verdict in one read loop. On a match it sets the
 // connection's transport_protocol ("tls"), server name and application
@@ -34,7 +88,16 @@ const (
 // matching. When no sniffer matches, the client stays silent past the
 // timeout, or the byte cap is reached, detection fails open: the connection
 // proceeds as opaque TCP (transport_protocol "raw_buffer", no application
-// protocol).
+// protocol) — or, with on_timeout FAIL_CLOSED, a silent client is reset.
+//
+// Server-speaks-first: when the client has sent nothing for
+// server_first_grace_period, the filter opens the upstream connection the
+// listener's fallback chain (the chain an opaque connection gets) would
+// open, and whichever side speaks first decides. Server bytes first: the
+// connection is opaque at once and the greeting reaches the client
+// immediately. Client bytes first: detection goes on as usual, and the early
+// upstream connection is reused if the chosen chain goes to the same
+// cluster, closed otherwise. See docs/detection.md.
 type Detect struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How long to wait for the client's bytes before failing open to opaque
@@ -44,9 +107,29 @@ type Detect struct {
 	MaxBytes *wrapperspb.UInt32Value `protobuf:"bytes,2,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	// The built-in sniffers to run, by name: "tls", "http1", "h2". Empty means
 	// all of them.
-	Sniffers      []string `protobuf:"bytes,3,rep,name=sniffers,proto3" json:"sniffers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Sniffers []string `protobuf:"bytes,3,rep,name=sniffers,proto3" json:"sniffers,omitempty"`
+	// How long the client may stay silent before the server-first race
+	// starts. Default 50ms (HTTP and TLS clients speak within microseconds of
+	// connecting). 0 disables the race: a silent client waits for the timeout.
+	ServerFirstGracePeriod *durationpb.Duration `protobuf:"bytes,4,opt,name=server_first_grace_period,json=serverFirstGracePeriod,proto3" json:"server_first_grace_period,omitempty"`
+	// What to do when the client stays silent until the timeout (and the
+	// server did not speak first either).
+	OnTimeout Detect_TimeoutAction `protobuf:"varint,5,opt,name=on_timeout,json=onTimeout,proto3,enum=sift.filters.listener.detect.v1.Detect_TimeoutAction" json:"on_timeout,omitempty"`
+	// Remember destinations that proved server-first: they skip the grace
+	// period (the race starts at accept). Defaults apply when unset.
+	LearnServerFirst *Detect_LearnServerFirst `protobuf:"bytes,6,opt,name=learn_server_first,json=learnServerFirst,proto3" json:"learn_server_first,omitempty"`
+	// Per destination port overrides of timeout, max_bytes,
+	// server_first_grace_period and on_timeout. The first entry whose ports
+	// include the connection's destination port applies; fields it leaves
+	// unset keep the values above.
+	PortPolicies []*Detect_PortPolicy `protobuf:"bytes,7,rep,name=port_policies,json=portPolicies,proto3" json:"port_policies,omitempty"`
+	// At most this many server-first races (early upstream connections) are
+	// in flight at once per filter; beyond it, silent clients wait for the
+	// timeout as without the race, so a flood of silent connections cannot
+	// open as many upstream connections. Default 1024.
+	MaxConcurrentRaces *wrapperspb.UInt32Value `protobuf:"bytes,8,opt,name=max_concurrent_races,json=maxConcurrentRaces,proto3" json:"max_concurrent_races,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Detect) Reset() {
@@ -100,15 +183,260 @@ func (x *Detect) GetSniffers() []string {
 	return nil
 }
 
+func (x *Detect) GetServerFirstGracePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.ServerFirstGracePeriod
+	}
+	return nil
+}
+
+func (x *Detect) GetOnTimeout() Detect_TimeoutAction {
+	if x != nil {
+		return x.OnTimeout
+	}
+	return Detect_TIMEOUT_ACTION_UNSPECIFIED
+}
+
+func (x *Detect) GetLearnServerFirst() *Detect_LearnServerFirst {
+	if x != nil {
+		return x.LearnServerFirst
+	}
+	return nil
+}
+
+func (x *Detect) GetPortPolicies() []*Detect_PortPolicy {
+	if x != nil {
+		return x.PortPolicies
+	}
+	return nil
+}
+
+func (x *Detect) GetMaxConcurrentRaces() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.MaxConcurrentRaces
+	}
+	return nil
+}
+
+type Detect_LearnServerFirst struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A destination is learned after it proved server-first this many
+	// times. Default 3; 0 disables learning.
+	After *wrapperspb.UInt32Value `protobuf:"bytes,1,opt,name=after,proto3" json:"after,omitempty"`
+	// How long a learned destination stays learned; each new proof
+	// refreshes it. Default 600s. Must be positive.
+	Ttl           *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Detect_LearnServerFirst) Reset() {
+	*x = Detect_LearnServerFirst{}
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Detect_LearnServerFirst) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Detect_LearnServerFirst) ProtoMessage() {}
+
+func (x *Detect_LearnServerFirst) ProtoReflect() protoreflect.Message {
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Detect_LearnServerFirst.ProtoReflect.Descriptor instead.
+func (*Detect_LearnServerFirst) Descriptor() ([]byte, []int) {
+	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 0}
+}
+
+func (x *Detect_LearnServerFirst) GetAfter() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *Detect_LearnServerFirst) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// An inclusive range of destination ports; end 0 means just start.
+type Detect_PortRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         uint32                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           uint32                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Detect_PortRange) Reset() {
+	*x = Detect_PortRange{}
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Detect_PortRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Detect_PortRange) ProtoMessage() {}
+
+func (x *Detect_PortRange) ProtoReflect() protoreflect.Message {
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Detect_PortRange.ProtoReflect.Descriptor instead.
+func (*Detect_PortRange) Descriptor() ([]byte, []int) {
+	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 1}
+}
+
+func (x *Detect_PortRange) GetStart() uint32 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *Detect_PortRange) GetEnd() uint32 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+type Detect_PortPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ports this policy applies to. At least one.
+	Ports                  []*Detect_PortRange     `protobuf:"bytes,1,rep,name=ports,proto3" json:"ports,omitempty"`
+	Timeout                *durationpb.Duration    `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	MaxBytes               *wrapperspb.UInt32Value `protobuf:"bytes,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	ServerFirstGracePeriod *durationpb.Duration    `protobuf:"bytes,4,opt,name=server_first_grace_period,json=serverFirstGracePeriod,proto3" json:"server_first_grace_period,omitempty"`
+	OnTimeout              Detect_TimeoutAction    `protobuf:"varint,5,opt,name=on_timeout,json=onTimeout,proto3,enum=sift.filters.listener.detect.v1.Detect_TimeoutAction" json:"on_timeout,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *Detect_PortPolicy) Reset() {
+	*x = Detect_PortPolicy{}
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Detect_PortPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Detect_PortPolicy) ProtoMessage() {}
+
+func (x *Detect_PortPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Detect_PortPolicy.ProtoReflect.Descriptor instead.
+func (*Detect_PortPolicy) Descriptor() ([]byte, []int) {
+	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 2}
+}
+
+func (x *Detect_PortPolicy) GetPorts() []*Detect_PortRange {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *Detect_PortPolicy) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *Detect_PortPolicy) GetMaxBytes() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return nil
+}
+
+func (x *Detect_PortPolicy) GetServerFirstGracePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.ServerFirstGracePeriod
+	}
+	return nil
+}
+
+func (x *Detect_PortPolicy) GetOnTimeout() Detect_TimeoutAction {
+	if x != nil {
+		return x.OnTimeout
+	}
+	return Detect_TIMEOUT_ACTION_UNSPECIFIED
+}
+
 var File_sift_filters_listener_detect_v1_detect_proto protoreflect.FileDescriptor
 
 const file_sift_filters_listener_detect_v1_detect_proto_rawDesc = "" +
 	"\n" +
-	",sift/filters/listener/detect/v1/detect.proto\x12\x1fsift.filters.listener.detect.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\x94\x01\n" +
+	",sift/filters/listener/detect/v1/detect.proto\x12\x1fsift.filters.listener.detect.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xc0\t\n" +
 	"\x06Detect\x123\n" +
 	"\atimeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x129\n" +
 	"\tmax_bytes\x18\x02 \x01(\v2\x1c.google.protobuf.UInt32ValueR\bmaxBytes\x12\x1a\n" +
-	"\bsniffers\x18\x03 \x03(\tR\bsniffersBGZEgithub.com/siftmesh/sift/api/sift/filters/listener/detect/v1;detectv1b\x06proto3"
+	"\bsniffers\x18\x03 \x03(\tR\bsniffers\x12T\n" +
+	"\x19server_first_grace_period\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x16serverFirstGracePeriod\x12T\n" +
+	"\n" +
+	"on_timeout\x18\x05 \x01(\x0e25.sift.filters.listener.detect.v1.Detect.TimeoutActionR\tonTimeout\x12f\n" +
+	"\x12learn_server_first\x18\x06 \x01(\v28.sift.filters.listener.detect.v1.Detect.LearnServerFirstR\x10learnServerFirst\x12W\n" +
+	"\rport_policies\x18\a \x03(\v22.sift.filters.listener.detect.v1.Detect.PortPolicyR\fportPolicies\x12N\n" +
+	"\x14max_concurrent_races\x18\b \x01(\v2\x1c.google.protobuf.UInt32ValueR\x12maxConcurrentRaces\x1as\n" +
+	"\x10LearnServerFirst\x122\n" +
+	"\x05after\x18\x01 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x05after\x12+\n" +
+	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x1a3\n" +
+	"\tPortRange\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\rR\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\rR\x03end\x1a\xf1\x02\n" +
+	"\n" +
+	"PortPolicy\x12G\n" +
+	"\x05ports\x18\x01 \x03(\v21.sift.filters.listener.detect.v1.Detect.PortRangeR\x05ports\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x129\n" +
+	"\tmax_bytes\x18\x03 \x01(\v2\x1c.google.protobuf.UInt32ValueR\bmaxBytes\x12T\n" +
+	"\x19server_first_grace_period\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x16serverFirstGracePeriod\x12T\n" +
+	"\n" +
+	"on_timeout\x18\x05 \x01(\x0e25.sift.filters.listener.detect.v1.Detect.TimeoutActionR\tonTimeout\"O\n" +
+	"\rTimeoutAction\x12\x1e\n" +
+	"\x1aTIMEOUT_ACTION_UNSPECIFIED\x10\x00\x12\r\n" +
+	"\tFAIL_OPEN\x10\x01\x12\x0f\n" +
+	"\vFAIL_CLOSED\x10\x02BGZEgithub.com/siftmesh/sift/api/sift/filters/listener/detect/v1;detectv1b\x06proto3"
 
 var (
 	file_sift_filters_listener_detect_v1_detect_proto_rawDescOnce sync.Once
@@ -122,20 +450,37 @@ func file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP() []byte {
 	return file_sift_filters_listener_detect_v1_detect_proto_rawDescData
 }
 
-var file_sift_filters_listener_detect_v1_detect_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_sift_filters_listener_detect_v1_detect_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_sift_filters_listener_detect_v1_detect_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_sift_filters_listener_detect_v1_detect_proto_goTypes = []any{
-	(*Detect)(nil),                 // 0: sift.filters.listener.detect.v1.Detect
-	(*durationpb.Duration)(nil),    // 1: google.protobuf.Duration
-	(*wrapperspb.UInt32Value)(nil), // 2: google.protobuf.UInt32Value
+	(Detect_TimeoutAction)(0),       // 0: sift.filters.listener.detect.v1.Detect.TimeoutAction
+	(*Detect)(nil),                  // 1: sift.filters.listener.detect.v1.Detect
+	(*Detect_LearnServerFirst)(nil), // 2: sift.filters.listener.detect.v1.Detect.LearnServerFirst
+	(*Detect_PortRange)(nil),        // 3: sift.filters.listener.detect.v1.Detect.PortRange
+	(*Detect_PortPolicy)(nil),       // 4: sift.filters.listener.detect.v1.Detect.PortPolicy
+	(*durationpb.Duration)(nil),     // 5: google.protobuf.Duration
+	(*wrapperspb.UInt32Value)(nil),  // 6: google.protobuf.UInt32Value
 }
 var file_sift_filters_listener_detect_v1_detect_proto_depIdxs = []int32{
-	1, // 0: sift.filters.listener.detect.v1.Detect.timeout:type_name -> google.protobuf.Duration
-	2, // 1: sift.filters.listener.detect.v1.Detect.max_bytes:type_name -> google.protobuf.UInt32Value
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5,  // 0: sift.filters.listener.detect.v1.Detect.timeout:type_name -> google.protobuf.Duration
+	6,  // 1: sift.filters.listener.detect.v1.Detect.max_bytes:type_name -> google.protobuf.UInt32Value
+	5,  // 2: sift.filters.listener.detect.v1.Detect.server_first_grace_period:type_name -> google.protobuf.Duration
+	0,  // 3: sift.filters.listener.detect.v1.Detect.on_timeout:type_name -> sift.filters.listener.detect.v1.Detect.TimeoutAction
+	2,  // 4: sift.filters.listener.detect.v1.Detect.learn_server_first:type_name -> sift.filters.listener.detect.v1.Detect.LearnServerFirst
+	4,  // 5: sift.filters.listener.detect.v1.Detect.port_policies:type_name -> sift.filters.listener.detect.v1.Detect.PortPolicy
+	6,  // 6: sift.filters.listener.detect.v1.Detect.max_concurrent_races:type_name -> google.protobuf.UInt32Value
+	6,  // 7: sift.filters.listener.detect.v1.Detect.LearnServerFirst.after:type_name -> google.protobuf.UInt32Value
+	5,  // 8: sift.filters.listener.detect.v1.Detect.LearnServerFirst.ttl:type_name -> google.protobuf.Duration
+	3,  // 9: sift.filters.listener.detect.v1.Detect.PortPolicy.ports:type_name -> sift.filters.listener.detect.v1.Detect.PortRange
+	5,  // 10: sift.filters.listener.detect.v1.Detect.PortPolicy.timeout:type_name -> google.protobuf.Duration
+	6,  // 11: sift.filters.listener.detect.v1.Detect.PortPolicy.max_bytes:type_name -> google.protobuf.UInt32Value
+	5,  // 12: sift.filters.listener.detect.v1.Detect.PortPolicy.server_first_grace_period:type_name -> google.protobuf.Duration
+	0,  // 13: sift.filters.listener.detect.v1.Detect.PortPolicy.on_timeout:type_name -> sift.filters.listener.detect.v1.Detect.TimeoutAction
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_sift_filters_listener_detect_v1_detect_proto_init() }
@@ -148,13 +493,14 @@ func file_sift_filters_listener_detect_v1_detect_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sift_filters_listener_detect_v1_detect_proto_rawDesc), len(file_sift_filters_listener_detect_v1_detect_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   1,
+			NumEnums:      1,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_sift_filters_listener_detect_v1_detect_proto_goTypes,
 		DependencyIndexes: file_sift_filters_listener_detect_v1_detect_proto_depIdxs,
+		EnumInfos:         file_sift_filters_listener_detect_v1_detect_proto_enumTypes,
 		MessageInfos:      file_sift_filters_listener_detect_v1_detect_proto_msgTypes,
 	}.Build()
 	File_sift_filters_listener_detect_v1_detect_proto = out.File

@@ -1,0 +1,207 @@
+package detect
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/siftmesh/sift/filters"
+)
+
+// greetingBufferSize is the most a server's first read may bring during the
+// race; the rest of a longer greeting follows through the network filter.
+const greetingBufferSize = 2048
+
+// Race states: who spoke first.
+const (
+	racing int32 = iota
+	clientFirst
+	serverFirst
+)
+
+// ErrClosedOnTimeout is OnAccept's error when a silent client is reset
+// because the policy fails closed.
+var ErrClosedOnTimeout = errors.New("detect: client silent until the detection timeout; failing closed")
+
+// OnAccept implements filters.ListenerFilter.
+//
+// It runs every sniffer in one peek loop (see Run) until the connection's
+// accept time (info.AcceptedAt) plus the port's timeout (the listener
+// filters' deadline may end it sooner), and sets info:
+//
+//   - TLS: TransportProtocol "tls", ServerName (SNI, lower-case),
+//     ApplicationProtocols = the ALPN list (nil without ALPN);
+//   - HTTP/1.0, HTTP/1.1, h2c, or a plugin's protocol: TransportProtocol
+//     "raw_buffer", ApplicationProtocols = that one protocol;
+//   - otherwise — no sniffer matched, the server spoke first, the client
+//     closed or half-closed first, the byte cap was reached, or the client
+//     stayed silent until the timeout and the policy fails open — opaque:
+//     TransportProtocol "raw_buffer", no application protocols (ServerName
+//     is left alone).
+//
+// The server-first race: when the client has sent nothing within the
+// port's grace period (at once, for a destination learned to be
+// server-first) and the listener offers a Fallback, OnAccept opens the
+// fallback chain's upstream connection (info.Early) and waits for whichever
+// side speaks first. The server first: opaque at once, its bytes kept in
+// info.Early.Greeting for the network filter to deliver. The client first:
+// detection goes on as usual and info.Early stays for the listener to hand
+// on or close. Bytes read from either side are never lost or reordered.
+//
+// info.Detection is always filled. Errors close the connection: a read
+// error other than end of stream, timeout or cap (Detection.Reason
+// "error"), or a silent client under a fail-closed policy
+// (ErrClosedOnTimeout, Reason "timeout_closed").
+func (f *Filter) OnAccept(p filters.Peeker, info *filters.ConnInfo) error {
+	start := info.AcceptedAt
+	if start.IsZero() {
+		start = time.Now()
+	}
+	pol := f.policyFor(info.LocalAddr.Port())
+	deadline := start.Add(pol.Timeout)
+	d := &info.Detection
+	d.Ran = true
+
+	learned := f.learnAfter > 0 && f.learned.Learned(info.LocalAddr)
+	var (
+		o   Outcome
+		err error
+	)
+	raceAt := start
+	if !learned {
+		raceAt = start.Add(pol.GracePeriod)
+	}
+	mayRace := info.Fallback != nil && (learned || pol.GracePeriod > 0) && raceAt.Before(deadline)
+	if mayRace && !learned {
+		// The grace period: most clients (HTTP, TLS) speak within it.
+		o, err = run(p, f.sniffers, pol.MaxBytes, raceAt)
+		mayRace = err == nil && o.Reason == filters.ReasonTimeout && o.Bytes == 0
+		if !mayRace && err == nil && o.Reason == filters.ReasonTimeout {
+			o, err = run(p, f.sniffers, pol.MaxBytes, deadline) // spoke, but not enough yet
+		}
+	}
+	switch {
+	case mayRace:
+		var decided bool
+		o, decided, err = f.race(p, info, pol, deadline, learned)
+		if !decided && err == nil {
+			o, err = run(p, f.sniffers, pol.MaxBytes, deadline)
+		}
+	case o.Reason == "" && err == nil:
+		o, err = run(p, f.sniffers, pol.MaxBytes, deadline)
+	}
+	d.Bytes, d.Duration = o.Bytes, time.Since(start)
+	d.Verdicts, d.NumVerdicts = o.Verdicts, o.NumVerdicts
+	if err != nil {
+		d.Reason = filters.ReasonError
+		return fmt.Errorf("detect: peek: %w", err)
+	}
+	if o.Reason == filters.ReasonTimeout && f.failClosed(pol, info) {
+		d.Reason = filters.ReasonTimeoutClosed
+		return ErrClosedOnTimeout
+	}
+	d.Protocol, d.Reason = o.Protocol(), o.Reason
+	switch {
+	case o.Reason != filters.ReasonMatch:
+		info.TransportProtocol = filters.TransportRawBuffer
+		info.ApplicationProtocols = nil
+	case o.Result.Protocol == ProtocolTLS:
+		d.Sniffer = o.Sniffer
+		info.TransportProtocol = filters.TransportTLS
+		info.ServerName = o.Result.ServerName
+		info.ApplicationProtocols = slices.Clone(o.Result.ALPN)
+	default:
+		d.Sniffer = o.Sniffer
+		info.TransportProtocol = filters.TransportRawBuffer
+		info.ApplicationProtocols = []string{o.Result.Protocol}
+	}
+	return nil
+}
+
+// failClosed reports whether a silent client is reset at the timeout.
+func (f *Filter) failClosed(pol *Policy, info *filters.ConnInfo) bool {
+	switch pol.OnTimeout {
+	case TimeoutFailClosed:
+		return true
+	case TimeoutAuto:
+		return info.Fallback != nil && info.Fallback.GuardsHTTP()
+	}
+	return false
+}
+
+// race opens the fallback chain's upstream and waits, until deadline, for
+// the first bytes from either side. decided is true when the race settled
+// detection (server first: o is opaque with Reason server_first); false
+// when the client spoke first, or the race could not start, and detection
+// must go on with run. On return info.Early holds the early upstream, if
+// one was opened, and no goroutine of the race is left running.
+func (f *Filter) race(p filters.Peeker, info *filters.ConnInfo, pol *Policy, deadline time.Time, learned bool) (o Outcome, decided bool, err error) {
+	if f.races.Add(1) > f.maxRaces {
+		f.races.Add(-1)
+		info.Detection.RaceError = "too many races in flight"
+		return Outcome{}, false, nil
+	}
+	defer f.races.Add(-1)
+	early, err := info.Fallback.Preconnect(info)
+	if err != nil {
+		if !errors.Is(err, filters.ErrNoPreconnect) {
+			info.Detection.Raced = true
+			info.Detection.RaceError = err.Error()
+		}
+		return Outcome{}, false, nil
+	}
+	info.Detection.Raced = true
+	info.Early = early
+
+	// The server's side: one read, then claim the win and wake the client's Peek.
+	var state atomic.Int32
+	done := make(chan struct{})
+	var greeting []byte
+	go func() {
+		defer close(done)
+		buf := make([]byte, greetingBufferSize)
+		n, _ := early.Conn.Read(buf) // an error (EOF, reset) also ends the race: the server "spoke"
+		greeting = buf[:n]
+		if state.CompareAndSwap(racing, serverFirst) {
+			p.Interrupt()
+		}
+	}()
+
+	// The client's side: its first byte, the server's interrupt, or the deadline.
+	b, perr := p.Peek(1, deadline)
+	if len(b) > 0 || !errors.Is(perr, filters.ErrPeekInterrupted) {
+		state.CompareAndSwap(racing, clientFirst)
+	}
+	if state.Load() == clientFirst {
+		// Stop the upstream read; keep whatever it brought (both spoke at once).
+		early.Conn.SetReadDeadline(aLongTimeAgo)
+		<-done
+		if err := early.Conn.SetReadDeadline(time.Time{}); err != nil {
+			return Outcome{}, false, fmt.Errorf("early upstream: %w", err)
+		}
+		if len(greeting) > 0 {
+			early.Greeting = greeting
+		}
+		if len(b) > 0 {
+			f.learned.ClientFirst(info.LocalAddr)
+		}
+		// Detection goes on; after a timeout, end of stream or read error
+		// before any byte, run reports it the usual way, at once.
+		return Outcome{}, false, nil
+	}
+	<-done
+	early.Greeting = greeting
+	if f.learnAfter > 0 {
+		f.learned.ServerFirst(info.LocalAddr, f.learnAfter, f.learnTTL)
+	}
+	o = Outcome{Reason: filters.ReasonServerFirst, Bytes: len(p.Peeked())}
+	if learned {
+		o.Reason = filters.ReasonLearnedServerFirst
+	}
+	return o, true, nil
+}
+
+// aLongTimeAgo is a read deadline in the past: it wakes a blocked Read.
+var aLongTimeAgo = time.Unix(1, 0)
