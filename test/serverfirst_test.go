@@ -1,0 +1,145 @@
+package test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/siftmesh/sift/listener"
+)
+
+// TestServerFirstOnUnconfiguredPort: a client that waits for the server's
+// greeting on a detecting port — the default detect config, no port marked
+// opaque — is greeted after the grace period, not the 10 s timeout; the
+// conversation then goes on through tcp_proxy, and /detections says why.
+func TestServerFirstOnUnconfiguredPort(t *testing.T) {
+	t.Parallel()
+	p, addr := startSifting(t, "10s")
+	for i := range 4 {
+		start := time.Now()
+		c := dial(t, addr)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second)) // a hang guard: the old behaviour took 10 s
+		r := bufio.NewReader(c)
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("connection %d: no greeting: %v", i, err)
+		}
+		t.Logf("connection %d: greeted after %v", i, time.Since(start).Round(10*time.Microsecond))
+		if line != "220 greeter ready\r\n" {
+			t.Fatalf("greeting = %q", line)
+		}
+		io.WriteString(c, "HELO sift\r\n")
+		if line, err = r.ReadString('\n'); err != nil || line != "got HELO sift\r\n" {
+			t.Fatalf("reply = %q, %v", line, err)
+		}
+		c.Close()
+	}
+	recs := p.Detections().Recent(4, func(r *listener.DetectionRecord) bool { return r.Listener == "sift" })
+	var reasons []string
+	for _, r := range recs {
+		if r.Chain != "opaque" || r.Outcome != listener.OutcomeDispatched || r.EarlyUpstream == "" {
+			t.Errorf("record %+v: want the opaque chain, dispatched over the early upstream", r)
+		}
+		reasons = append(reasons, r.Detection.Reason)
+	}
+	// Newest first: the fourth connection went to a learned destination.
+	if got, want := strings.Join(reasons, ","), "learned_server_first,server_first,server_first,server_first"; got != want {
+		t.Errorf("reasons = %s, want %s", got, want)
+	}
+}
+
+// countingEcho is an echo server that counts connections and the bytes it
+// read on each.
+type countingEcho struct {
+	addr  string
+	conns atomic.Int32
+	read  chan int // bytes read by each connection, when it ends
+}
+
+func startCountingEcho(t *testing.T) *countingEcho {
+	e := &countingEcho{read: make(chan int, 16)}
+	e.addr = serveTCP(t, func(c net.Conn) {
+		e.conns.Add(1)
+		n, _ := io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+		e.read <- int(n)
+	})
+	return e
+}
+
+// TestEarlyUpstreamReusedWhenClientSpeaksLate: a client-first protocol whose
+// client speaks after the grace period gets the early upstream — one
+// connection to the backend, not two.
+func TestEarlyUpstreamReusedWhenClientSpeaksLate(t *testing.T) {
+	t.Parallel()
+	backend := startCountingEcho(t)
+	yaml := `
+static_resources:
+  listeners:
+  - name: sift
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - {name: sift.detect, typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, server_first_grace_period: 0.02s}}
+    filter_chains:
+    - {name: http, filter_chain_match: {application_protocols: [http/1.1]}, filters: {{http}}}
+    default_filter_chain: {name: opaque, filters: {{echo}}}
+  clusters:
+` + staticCluster("echo", backend.addr) + staticCluster("http", httpBackend(t, "http1"))
+	p := startProxy(t, yaml, map[string]string{"http": tcpProxy("http"), "echo": tcpProxy("echo")})
+	c := dial(t, p.addr(t, "sift"))
+	time.Sleep(100 * time.Millisecond) // well past the grace period: the race has begun
+	io.WriteString(c, "late but client-first\n")
+	c.CloseWrite()
+	if got := readAllWithin(t, c, 10*time.Second); got != "late but client-first\n" {
+		t.Fatalf("echoed %q", got)
+	}
+	if n := <-backend.read; n != len("late but client-first\n") {
+		t.Errorf("backend read %d bytes", n)
+	}
+	if got := backend.conns.Load(); got != 1 {
+		t.Errorf("backend saw %d connections, want 1 (the early upstream, reused)", got)
+	}
+	r := p.Detections().Recent(1, nil)[0]
+	if !r.Detection.Raced || r.Detection.Reason != "no_match" || r.EarlyUpstream != backend.addr {
+		t.Errorf("record: raced %v reason %q early %q; want a race, no_match, early upstream %s",
+			r.Detection.Raced, r.Detection.Reason, r.EarlyUpstream, backend.addr)
+	}
+}
+
+// TestEarlyUpstreamClosedWhenHTTPChosen: when the late client turns out to
+// speak HTTP, the early opaque upstream is closed without a byte and the
+// request reaches the HTTP chain.
+func TestEarlyUpstreamClosedWhenHTTPChosen(t *testing.T) {
+	t.Parallel()
+	backend := startCountingEcho(t)
+	yaml := `
+static_resources:
+  listeners:
+  - name: sift
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - {name: sift.detect, typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, server_first_grace_period: 0.02s}}
+    filter_chains:
+    - {name: http, filter_chain_match: {application_protocols: [http/1.1]}, filters: {{http}}}
+    default_filter_chain: {name: opaque, filters: {{echo}}}
+  clusters:
+` + staticCluster("echo", backend.addr) + staticCluster("http", httpBackend(t, "http1"))
+	p := startProxy(t, yaml, map[string]string{"http": tcpProxy("http"), "echo": tcpProxy("echo")})
+	c := dial(t, p.addr(t, "sift"))
+	time.Sleep(100 * time.Millisecond)
+	io.WriteString(c, "GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	if got := readAllWithin(t, c, 10*time.Second); !strings.HasSuffix(got, "http1 GET /late HTTP/1.1") {
+		t.Fatalf("response %q", got)
+	}
+	if n := <-backend.read; n != 0 {
+		t.Errorf("the early opaque upstream received %d bytes, want 0", n)
+	}
+	r := p.Detections().Recent(1, nil)[0]
+	if !r.Detection.Raced || r.Chain != "http" || r.EarlyUpstream != "" {
+		t.Errorf("record: raced %v chain %q early %q; want a race, the http chain, no early upstream", r.Detection.Raced, r.Chain, r.EarlyUpstream)
+	}
+}
