@@ -2,8 +2,10 @@ package test
 
 import (
 	"bufio"
+	"encoding/json"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -141,5 +143,90 @@ static_resources:
 	r := p.Detections().Recent(1, nil)[0]
 	if !r.Detection.Raced || r.Chain != "http" || r.EarlyUpstream != "" {
 		t.Errorf("record: raced %v chain %q early %q; want a race, the http chain, no early upstream", r.Detection.Raced, r.Chain, r.EarlyUpstream)
+	}
+}
+
+// TestAdminDetections: /detections and /detections/learned on the admin
+// server answer why recent connections went where they went.
+func TestAdminDetections(t *testing.T) {
+	t.Parallel()
+	yaml := `
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
+static_resources:
+  listeners:
+  - name: sift
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - {name: sift.detect, typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, server_first_grace_period: 0.01s}}
+    filter_chains:
+    - {name: http, filter_chain_match: {application_protocols: [http/1.1]}, filters: {{http}}}
+    default_filter_chain: {name: opaque, filters: {{greeter}}}
+  clusters:
+` + staticCluster("greeter", greeter(t, "220 hi\r\n")) + staticCluster("http", httpBackend(t, "http1"))
+	p := startProxy(t, yaml, map[string]string{"http": tcpProxy("http"), "greeter": tcpProxy("greeter")})
+	addr := p.addr(t, "sift")
+	c := dial(t, addr)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	readAllWithin(t, c, 10*time.Second)
+	c = dial(t, addr)
+	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	admin := "http://" + p.AdminAddr()
+
+	var recs []struct {
+		Reason   string `json:"reason"`
+		Protocol string `json:"protocol"`
+		Chain    string `json:"chain"`
+		Verdicts []struct{ Sniffer, Verdict string }
+	}
+	getJSON(t, admin+"/detections?listener=sift", &recs)
+	if len(recs) != 2 || recs[0].Reason != "server_first" || recs[0].Chain != "opaque" ||
+		recs[1].Reason != "match" || recs[1].Protocol != "http/1.1" || recs[1].Chain != "http" || len(recs[1].Verdicts) != 3 {
+		t.Errorf("/detections = %+v; want the server-first connection, then the HTTP one with three verdicts", recs)
+	}
+	getJSON(t, admin+"/detections?reason=match", &recs)
+	if len(recs) != 1 || recs[0].Protocol != "http/1.1" {
+		t.Errorf("/detections?reason=match = %+v", recs)
+	}
+	text := getText(t, admin+"/detections?format=text")
+	if !strings.Contains(text, "server_first") || !strings.Contains(text, "tls:no_match,h2:no_match,http1:match") {
+		t.Errorf("/detections?format=text =\n%s", text)
+	}
+	var learned struct {
+		Stats        struct{ Entries int }
+		Destinations []struct {
+			Destination string
+			Count       int `json:"server_first_count"`
+		}
+	}
+	getJSON(t, admin+"/detections/learned", &learned)
+	if len(learned.Destinations) != 1 || learned.Destinations[0].Destination != addr || learned.Destinations[0].Count != 1 {
+		t.Errorf("/detections/learned = %+v; want %s counted once", learned, addr)
+	}
+	if resp, err := http.Get(admin + "/detections?port=x"); err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("/detections?port=x: %v %v, want 400", resp.Status, err)
+	}
+}
+
+func getText(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	return string(b)
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(getText(t, url)), v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
 	}
 }
