@@ -10,6 +10,7 @@ package filters
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -326,6 +327,14 @@ func (d *Downstream) Conn() net.Conn {
 type replayConn struct {
 	net.Conn
 	pending []byte
+}
+
+// CloseWrite half-closes the connection when the underlying one can.
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 func (c *replayConn) Read(b []byte) (int, error) {

@@ -24,6 +24,7 @@ import (
 	_ "github.com/siftmesh/sift/filters/connlimit"
 	_ "github.com/siftmesh/sift/filters/detect"
 	_ "github.com/siftmesh/sift/filters/httplb"
+	_ "github.com/siftmesh/sift/filters/opaquetransport"
 	_ "github.com/siftmesh/sift/filters/originaldst"
 	_ "github.com/siftmesh/sift/filters/tcpproxy"
 )

@@ -204,33 +204,55 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 		}
 	}
 
+	// up.Conn, not up: the embedded interface hides *net.TCPConn's ReadFrom,
+	// which is where splice happens.
+	err := Relay(ctx, down, up.Conn, Limits{Idle: p.idleTimeout, MaxDuration: p.maxDuration})
+	if err != nil && !expectedEnd(err) && ctx.Err() == nil {
+		p.log.Debug("connection ended with an error", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
+	}
+}
+
+// Limits bound a relayed connection; zero values mean none.
+type Limits struct {
+	// Idle closes both sides after this long without a byte either way
+	// (Envoy's idle_timeout).
+	Idle time.Duration
+	// MaxDuration closes both sides this long after the relay started
+	// (max_downstream_connection_duration).
+	MaxDuration time.Duration
+}
+
+// Relay copies bytes both ways between down and up until both directions
+// have ended, carrying half-closes across (CloseWrite), by splice(2) when
+// both are raw *net.TCPConn. It closes both connections early when ctx is
+// done, a limit is reached, or one direction fails. It returns the
+// directions' errors (nil when both ended with EOF); the caller still owns
+// and closes down and up.
+func Relay(ctx context.Context, down, up net.Conn, lim Limits) error {
 	var once sync.Once
 	abort := func() { once.Do(func() { down.Close(); up.Close() }) }
 	stopCtx := context.AfterFunc(ctx, abort)
 	defer stopCtx()
-	if p.maxDuration > 0 {
-		t := time.AfterFunc(p.maxDuration, abort)
+	if lim.MaxDuration > 0 {
+		t := time.AfterFunc(lim.MaxDuration, abort)
 		defer t.Stop()
 	}
-	if p.idleTimeout > 0 {
-		w := watchIdle(p.idleTimeout, abort, down, up.Conn)
+	if lim.Idle > 0 {
+		w := watchIdle(lim.Idle, abort, down, up)
 		defer w.stop()
 	}
-
-	// up.Conn, not up: the embedded interface hides *net.TCPConn's ReadFrom,
-	// which is where splice happens.
 	done := make(chan error, 1)
-	go func() { done <- pipe(up.Conn, down) }()
-	errDown := pipe(down, up.Conn)
+	go func() { done <- pipe(up, down) }()
+	errDown := pipe(down, up)
 	if errDown != nil {
 		abort()
 	}
-	if errUp := <-done; errUp != nil || errDown != nil {
+	errUp := <-done
+	if errUp != nil || errDown != nil {
 		abort()
-		if err := errors.Join(errUp, errDown); !expectedEnd(err) && ctx.Err() == nil {
-			p.log.Debug("connection ended with an error", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
-		}
+		return errors.Join(errUp, errDown)
 	}
+	return nil
 }
 
 // Preconnect implements filters.Preconnector: it opens the connection

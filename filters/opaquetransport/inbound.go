@@ -1,0 +1,163 @@
+package opaquetransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	opaquetransportv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
+	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/tcpproxy"
+)
+
+func init() {
+	filters.RegisterNetworkFilter(&opaquetransportv1.Inbound{}, func(cfg proto.Message, bc filters.BuildContext) (filters.NetworkFilter, error) {
+		in, err := NewInbound(cfg.(*opaquetransportv1.Inbound), bc.Logger)
+		if err != nil {
+			return nil, fmt.Errorf("opaque transport: %w", err)
+		}
+		return in, nil
+	})
+}
+
+// Inbound defaults (see opaque_transport.proto).
+const (
+	defaultHeaderTimeout  = 10 * time.Second
+	defaultConnectTimeout = time.Second
+	defaultIdleTimeout    = time.Hour
+)
+
+// Inbound is the inbound opaque-transport network filter. It is immutable
+// and safe for concurrent use.
+type Inbound struct {
+	statPrefix     string
+	address        netip.Addr
+	allowed        []uint16 // sorted; empty: any
+	headerTimeout  time.Duration
+	connectTimeout time.Duration
+	idleTimeout    time.Duration
+	log            *slog.Logger
+}
+
+var _ filters.NetworkFilter = (*Inbound)(nil)
+
+// NewInbound validates cfg; errors name the field.
+func NewInbound(cfg *opaquetransportv1.Inbound, log *slog.Logger) (*Inbound, error) {
+	if len(cfg.ProtoReflect().GetUnknown()) > 0 {
+		return nil, errors.New("config has fields this version of sift does not know (newer API?)")
+	}
+	if cfg.GetStatPrefix() == "" {
+		return nil, errors.New("stat_prefix: must be set")
+	}
+	in := &Inbound{statPrefix: cfg.GetStatPrefix(), address: netip.MustParseAddr("127.0.0.1"),
+		headerTimeout: defaultHeaderTimeout, connectTimeout: defaultConnectTimeout, idleTimeout: defaultIdleTimeout, log: log}
+	if in.log == nil {
+		in.log = slog.Default()
+	}
+	if a := cfg.GetAddress(); a != "" {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("address: %q is not an IP address", a)
+		}
+		in.address = ip
+	}
+	for i, p := range cfg.GetAllowedPorts() {
+		if p == 0 || p > 65535 {
+			return nil, fmt.Errorf("allowed_ports[%d]: %d is not a port (1-65535)", i, p)
+		}
+		in.allowed = append(in.allowed, uint16(p))
+	}
+	slices.Sort(in.allowed)
+	for _, d := range []struct {
+		field string
+		pb    interface {
+			AsDuration() time.Duration
+			CheckValid() error
+		}
+		set    bool
+		dst    *time.Duration
+		zeroOK bool
+	}{
+		{"header_timeout", cfg.GetHeaderTimeout(), cfg.GetHeaderTimeout() != nil, &in.headerTimeout, false},
+		{"connect_timeout", cfg.GetConnectTimeout(), cfg.GetConnectTimeout() != nil, &in.connectTimeout, false},
+		{"idle_timeout", cfg.GetIdleTimeout(), cfg.GetIdleTimeout() != nil, &in.idleTimeout, true},
+	} {
+		if !d.set {
+			continue
+		}
+		v := d.pb.AsDuration()
+		if err := d.pb.CheckValid(); err != nil || v < 0 || (v == 0 && !d.zeroOK) {
+			return nil, fmt.Errorf("%s: must be a positive duration, got %v", d.field, v)
+		}
+		*d.dst = v
+	}
+	return in, nil
+}
+
+// ServeConn implements filters.NetworkFilter: read the header, connect to
+// the named local port, replay what followed the header, then relay.
+func (in *Inbound) ServeConn(ctx context.Context, d *filters.Downstream) {
+	down := d.Conn()
+	defer down.Close()
+	h, rest, err := readHeader(down, in.headerTimeout)
+	if err != nil {
+		in.log.Debug("opaque transport: bad header; closing", "remote", d.Info.RemoteAddr, "err", err)
+		return
+	}
+	if len(in.allowed) > 0 {
+		if _, ok := slices.BinarySearch(in.allowed, h.Port); !ok {
+			in.log.Debug("opaque transport: port not allowed; closing", "remote", d.Info.RemoteAddr, "port", h.Port)
+			return
+		}
+	}
+	target := net.JoinHostPort(in.address.String(), strconv.Itoa(int(h.Port)))
+	dialer := net.Dialer{Timeout: in.connectTimeout, KeepAlive: -1}
+	up, err := dialer.DialContext(ctx, "tcp", target)
+	if err != nil {
+		in.log.Debug("opaque transport: connect failed; closing", "remote", d.Info.RemoteAddr, "target", target, "err", err)
+		return
+	}
+	defer up.Close()
+	if len(rest) > 0 {
+		if _, err := up.Write(rest); err != nil {
+			return
+		}
+	}
+	in.log.Debug("opaque transport", "remote", d.Info.RemoteAddr, "target", target, "protocol", h.Protocol, "server_first", h.ServerFirst)
+	if err := tcpproxy.Relay(ctx, down, up, tcpproxy.Limits{Idle: in.idleTimeout}); err != nil && ctx.Err() == nil {
+		in.log.Debug("opaque transport: connection ended with an error", "remote", d.Info.RemoteAddr, "target", target, "err", err)
+	}
+}
+
+// readHeader reads c until a whole header has arrived, within timeout. It
+// returns the header and the bytes read after it.
+func readHeader(c net.Conn, timeout time.Duration) (Header, []byte, error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return Header{}, nil, err
+	}
+	buf := make([]byte, 0, 512)
+	for {
+		m, err := c.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		h, n, need, perr := Parse(buf)
+		switch {
+		case perr != nil:
+			return Header{}, nil, perr
+		case need == 0:
+			if err := c.SetReadDeadline(time.Time{}); err != nil {
+				return Header{}, nil, err
+			}
+			return h, buf[n:], nil
+		case err != nil:
+			return Header{}, nil, fmt.Errorf("opaque transport: reading the header (%d of %d bytes): %w", len(buf), need, err)
+		}
+	}
+}
