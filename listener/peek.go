@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/siftmesh/sift/filters"
@@ -94,6 +95,14 @@ func (p *PeekConn) Peek(n int, deadline time.Time) ([]byte, error) {
 				if p.interrupted.Load() {
 					return p.buf, p.noteInterrupt()
 				}
+				// Bytes that arrived before the deadline still count.
+				if err := p.readQueued(); err != nil {
+					p.err = err
+					return p.buf, err
+				}
+				if len(p.buf) >= n {
+					return p.buf, nil
+				}
 				if listenerDeadline {
 					p.timedOut = true
 				}
@@ -107,6 +116,48 @@ func (p *PeekConn) Peek(n int, deadline time.Time) ([]byte, error) {
 		}
 	}
 	return p.buf, nil
+}
+
+// readQueued reads, without blocking, what is queued on the socket. Go's
+// poller fails a Read whose deadline has passed before it looks at the
+// socket, so a client whose bytes arrived just before the deadline would
+// otherwise be taken for a silent one (under load, the peek can start late).
+// It returns io.EOF or a read error, nil otherwise.
+func (p *PeekConn) readQueued() error {
+	sc, ok := p.conn.(syscall.Conn)
+	if !ok || len(p.buf) == cap(p.buf) {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	// A passed deadline also stops RawConn.Read before it calls us; the
+	// function below never waits, so no deadline is needed for it.
+	if err := p.conn.SetReadDeadline(time.Time{}); err != nil {
+		return err
+	}
+	p.readDeadline = time.Time{}
+	var (
+		m    int
+		rerr error
+	)
+	if err := raw.Read(func(fd uintptr) bool {
+		m, rerr = syscall.Read(int(fd), p.buf[len(p.buf):cap(p.buf)])
+		return true // one attempt: EAGAIN means nothing is queued
+	}); err != nil {
+		return err
+	}
+	switch {
+	case rerr == syscall.EAGAIN || rerr == syscall.EINTR:
+		return nil
+	case rerr != nil:
+		return rerr
+	case m == 0:
+		return io.EOF
+	}
+	p.buf = p.buf[:len(p.buf)+m]
+	return nil
 }
 
 // Interrupt implements filters.Peeker: a Peek blocked now, or called later,

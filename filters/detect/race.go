@@ -3,6 +3,7 @@ package detect
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -154,6 +155,15 @@ func (f *Filter) race(p filters.Peeker, info *filters.ConnInfo, pol *Policy, dea
 	}
 	info.Detection.Raced = true
 	info.Early = early
+
+	// The client may have spoken while the upstream was being opened: what
+	// is already queued decides without a race.
+	if b, perr := p.Peek(1, time.Now()); len(b) > 0 || (perr != nil && !errors.Is(perr, os.ErrDeadlineExceeded)) {
+		if len(b) > 0 {
+			f.learned.ClientFirst(info.LocalAddr)
+		}
+		return Outcome{}, false, nil
+	}
 
 	// The server's side: one read, then claim the win and wake the client's Peek.
 	var state atomic.Int32

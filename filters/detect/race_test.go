@@ -298,8 +298,9 @@ func TestLearnedDestinationRacesAtAccept(t *testing.T) {
 	}
 	o.info.Early.Close()
 
-	// A client speaking first to it makes the table forget it.
-	info = filters.ConnInfo{LocalAddr: dst, Fallback: &dialFallback{addr: up.addr}}
+	// A client speaking first to it makes the table forget it (to a silent
+	// upstream: one that greets at once could still win the race).
+	info = filters.ConnInfo{LocalAddr: dst, Fallback: &dialFallback{addr: startUpstream(t, nil).addr}}
 	o = accept(t, writeClient([]byte("GET / HTTP/1.1\r\n\r\n")), []filters.ListenerFilter{f}, info, 16384, 0, false)
 	if o.err != nil {
 		t.Fatal(o.err)

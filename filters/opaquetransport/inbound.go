@@ -132,7 +132,7 @@ func (in *Inbound) ServeConn(ctx context.Context, d *filters.Downstream) {
 		}
 	}
 	in.log.Debug("opaque transport", "remote", d.Info.RemoteAddr, "target", target, "protocol", h.Protocol, "server_first", h.ServerFirst)
-	if err := tcpproxy.Relay(ctx, down, up, tcpproxy.Limits{Idle: in.idleTimeout}); err != nil && ctx.Err() == nil {
+	if _, err := tcpproxy.Relay(ctx, down, up, tcpproxy.Limits{Idle: in.idleTimeout}); err != nil && ctx.Err() == nil {
 		in.log.Debug("opaque transport: connection ended with an error", "remote", d.Info.RemoteAddr, "target", target, "err", err)
 	}
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // copyStream copies src to dst until src's EOF, by splice(2) when both are
-// TCP sockets.
+// TCP sockets, and returns how many bytes it moved.
 //
 // Go's TCPConn.ReadFrom splices through a pipe it holds for the whole call —
 // while it waits for data too. A proxy whose connections are mostly idle
@@ -21,29 +21,31 @@ import (
 // one-byte MSG_PEEK (no payload is copied) tells "wait" (EAGAIN) from end of
 // stream (0): readiness alone cannot, since an edge-triggered event may carry
 // the last bytes and the FIN together and will not fire again.
-func copyStream(dst, src net.Conn) error {
+func copyStream(dst, src net.Conn) (int64, error) {
 	tdst, ok1 := dst.(*net.TCPConn)
 	tsrc, ok2 := src.(*net.TCPConn)
 	if !ok1 || !ok2 {
-		_, err := io.Copy(dst, src)
-		return err
+		return io.Copy(dst, src)
 	}
 	raw, err := tsrc.SyscallConn()
 	if err != nil {
-		return err
+		return 0, err
 	}
+	var total int64
 	lr := &io.LimitedReader{R: tsrc}
 	for {
 		n, err := queued(raw)
 		if err != nil {
-			return err
+			return total, err
 		}
 		if n == 0 {
-			return nil // EOF
+			return total, nil // EOF
 		}
 		lr.N = int64(n)
-		if _, err := tdst.ReadFrom(lr); err != nil {
-			return err
+		m, err := tdst.ReadFrom(lr)
+		total += m
+		if err != nil {
+			return total, err
 		}
 		if lr.N > 0 {
 			// ReadFrom stopped early: the peer sent EOF or the copy was cut.

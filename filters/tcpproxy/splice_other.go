@@ -8,7 +8,6 @@ import (
 )
 
 // copyStream copies src to dst until src's EOF.
-func copyStream(dst, src net.Conn) error {
-	_, err := io.Copy(dst, src)
-	return err
+func copyStream(dst, src net.Conn) (int64, error) {
+	return io.Copy(dst, src)
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/internal/pbcheck"
+	"github.com/siftmesh/sift/telemetry/streaminfo"
 	"github.com/siftmesh/sift/upstream"
 )
 
@@ -166,50 +167,73 @@ func duration(field string, d time.Duration, valid error) (time.Duration, error)
 func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	down := d.Raw()
 	defer down.Close()
+	rec := streaminfo.Conn{Start: d.Info.AcceptedAt, Filter: "tcp_proxy", StatPrefix: p.statPrefix, Info: d.Info}
+	defer p.report(&rec)
 	// Attributes go on the rare log lines themselves: a logger built with
 	// With per connection would allocate on every connection.
 	remote := d.Info.RemoteAddr
 
-	var (
-		clusterName string
-		up          *upstream.Conn
-	)
+	var up *upstream.Conn
 	if early := d.TakeEarly(); early != nil {
 		// Opened during detection (the server-first race) to this cluster:
 		// what the server already said goes to the client first.
-		clusterName, up = early.Cluster, early.Conn.(*upstream.Conn)
+		rec.Cluster, up = early.Cluster, early.Conn.(*upstream.Conn)
+		rec.Endpoint = up.Addr
 		defer up.Close()
 		if len(early.Greeting) > 0 {
-			if _, err := down.Write(early.Greeting); err != nil {
-				p.log.Debug("downstream write failed", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
+			n, err := down.Write(early.Greeting)
+			rec.BytesSent += int64(n)
+			if err != nil {
+				rec.Err = err
+				p.log.Debug("downstream write failed", "remote", remote, "cluster", rec.Cluster, "upstream", up.Addr, "err", err)
 				return
 			}
 		}
 	} else {
-		clusterName = p.pickCluster()
+		rec.Cluster = p.pickCluster()
 		var err error
-		if up, err = p.connect(ctx, clusterName); err != nil {
+		if up, err = p.connect(ctx, rec.Cluster); err != nil {
+			rec.ConnectFailed, rec.Err = true, err
 			if ctx.Err() == nil {
-				p.log.Warn("upstream connect failed; closing downstream", "remote", remote, "cluster", clusterName, "err", err)
+				p.log.Warn("upstream connect failed; closing downstream", "remote", remote, "cluster", rec.Cluster, "err", err)
 			}
 			return
 		}
+		rec.Endpoint = up.Addr
 		defer up.Close()
 	}
 
 	if peeked := d.Peeked(); len(peeked) > 0 {
-		if _, err := up.Write(peeked); err != nil {
-			p.log.Debug("upstream write failed", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
+		n, err := up.Write(peeked)
+		rec.BytesReceived += int64(n)
+		if err != nil {
+			rec.Err = err
+			p.log.Debug("upstream write failed", "remote", remote, "cluster", rec.Cluster, "upstream", up.Addr, "err", err)
 			return
 		}
 	}
 
 	// up.Conn, not up: the embedded interface hides *net.TCPConn's ReadFrom,
 	// which is where splice happens.
-	err := Relay(ctx, down, up.Conn, Limits{Idle: p.idleTimeout, MaxDuration: p.maxDuration})
+	counts, err := Relay(ctx, down, up.Conn, Limits{Idle: p.idleTimeout, MaxDuration: p.maxDuration})
+	rec.BytesReceived += counts.Upstream
+	rec.BytesSent += counts.Downstream
+	rec.Err = err
 	if err != nil && !expectedEnd(err) && ctx.Err() == nil {
-		p.log.Debug("connection ended with an error", "remote", remote, "cluster", clusterName, "upstream", up.Addr, "err", err)
+		p.log.Debug("connection ended with an error", "remote", remote, "cluster", rec.Cluster, "upstream", up.Addr, "err", err)
 	}
+}
+
+// report hands a finished connection's record to the process-wide hook.
+func (p *Proxy) report(rec *streaminfo.Conn) {
+	if !streaminfo.HasConnHook() {
+		return
+	}
+	if !rec.Start.IsZero() {
+		rec.Duration = time.Since(rec.Start)
+	}
+	r := *rec // the hook may keep it; rec lives on ServeConn's stack
+	streaminfo.ReportConn(&r)
 }
 
 // Limits bound a relayed connection; zero values mean none.
@@ -222,13 +246,19 @@ type Limits struct {
 	MaxDuration time.Duration
 }
 
+// Counts are the bytes a Relay moved each way.
+type Counts struct {
+	// Upstream went from down to up; Downstream from up to down.
+	Upstream, Downstream int64
+}
+
 // Relay copies bytes both ways between down and up until both directions
 // have ended, carrying half-closes across (CloseWrite), by splice(2) when
 // both are raw *net.TCPConn. It closes both connections early when ctx is
-// done, a limit is reached, or one direction fails. It returns the
-// directions' errors (nil when both ended with EOF); the caller still owns
-// and closes down and up.
-func Relay(ctx context.Context, down, up net.Conn, lim Limits) error {
+// done, a limit is reached, or one direction fails. It returns the bytes
+// moved and the directions' errors (nil when both ended with EOF); the
+// caller still owns and closes down and up.
+func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
 	var once sync.Once
 	abort := func() { once.Do(func() { down.Close(); up.Close() }) }
 	stopCtx := context.AfterFunc(ctx, abort)
@@ -241,18 +271,26 @@ func Relay(ctx context.Context, down, up net.Conn, lim Limits) error {
 		w := watchIdle(lim.Idle, abort, down, up)
 		defer w.stop()
 	}
-	done := make(chan error, 1)
-	go func() { done <- pipe(up, down) }()
-	errDown := pipe(down, up)
+	var (
+		c     Counts
+		errUp error
+		done  = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		c.Upstream, errUp = pipe(up, down)
+	}()
+	var errDown error
+	c.Downstream, errDown = pipe(down, up)
 	if errDown != nil {
 		abort()
 	}
-	errUp := <-done
+	<-done
 	if errUp != nil || errDown != nil {
 		abort()
-		return errors.Join(errUp, errDown)
+		return c, errors.Join(errUp, errDown)
 	}
-	return nil
+	return c, nil
 }
 
 // Preconnect implements filters.Preconnector: it opens the connection
@@ -283,14 +321,15 @@ func (p *Proxy) CanAdopt(e *filters.EarlyUpstream) bool {
 
 // pipe copies src to dst until src ends, then half-closes dst. It returns nil
 // when src ended with EOF: the other direction may go on.
-func pipe(dst, src net.Conn) error {
-	if err := copyStream(dst, src); err != nil {
-		return err
+func pipe(dst, src net.Conn) (int64, error) {
+	n, err := copyStream(dst, src)
+	if err != nil {
+		return n, err
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
+		return n, cw.CloseWrite()
 	}
-	return nil
+	return n, nil
 }
 
 // expectedEnd reports errors that are ordinary ways for a connection to end.

@@ -1,0 +1,103 @@
+// Package streaminfo holds what Sift knows about a proxied connection or
+// request once it is done (Envoy's StreamInfo): the one record that metrics,
+// access logs and tracing all read, so that each network filter fills one
+// struct and every consumer sees the same facts.
+//
+// Records are filled by the filter that served the stream, then handed to
+// hooks on the stream's goroutine; they are not reused afterwards, so a hook
+// may keep one. Hooks must not block.
+package streaminfo
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/siftmesh/sift/filters"
+)
+
+// Conn is one TCP connection served by an opaque network filter (tcp_proxy,
+// the inbound opaque transport).
+type Conn struct {
+	// Start is when the listener accepted the connection; Duration runs to
+	// when both directions had ended.
+	Start    time.Time
+	Duration time.Duration
+	// Filter names the network filter ("tcp_proxy", "opaque_transport") and
+	// StatPrefix its stat_prefix.
+	Filter, StatPrefix string
+	// Info is the downstream connection's facts: addresses, detection, TLS
+	// identities. Read-only.
+	Info *filters.ConnInfo
+
+	Cluster  string // "" when no cluster was involved
+	Endpoint string // "ip:port" of the upstream, "" when none was reached
+	// ConnectFailed is set when no upstream connection could be opened.
+	ConnectFailed bool
+
+	// BytesReceived came from the downstream (and went upstream, peeked
+	// bytes included); BytesSent went to the downstream.
+	BytesReceived, BytesSent int64
+	// Err is why the connection ended, nil for an orderly end on both sides.
+	Err error
+}
+
+// Request is one HTTP request served by the HTTP connection manager.
+// Durations are from Start.
+type Request struct {
+	Start time.Time
+	// Duration is until the response was complete (or the request failed).
+	Duration time.Duration
+	// UpstreamHeaders is until the upstream's response headers arrived
+	// (0 when none did).
+	UpstreamHeaders time.Duration
+
+	Protocol  string // downstream: "HTTP/1.1", "HTTP/2.0", ...
+	Method    string
+	Authority string
+	Path      string
+	RequestID string // x-request-id sent upstream ("" when not generated)
+
+	Route       string // route name ("" for unnamed routes)
+	VirtualHost string
+	Cluster     string
+	Endpoint    string // "ip:port" of the last attempt
+	Attempts    int    // upstream attempts (1 + retries)
+
+	Status int // the status sent downstream; 499 when the client went away first
+	// Error is the local reply's reason (x-sift-error), "" when the
+	// upstream answered.
+	Error string
+
+	BytesReceived int64 // request body bytes read from the client
+	BytesSent     int64 // response body bytes written to the client
+}
+
+// ConnHook receives a Conn once the connection has ended.
+type ConnHook interface {
+	OnConn(c *Conn)
+}
+
+type connHookBox struct{ h ConnHook }
+
+var connHook atomic.Pointer[connHookBox]
+
+// SetConnHook installs the process-wide connection hook (metrics); nil
+// removes it. Filters call it for every connection from then on.
+func SetConnHook(h ConnHook) {
+	if h == nil {
+		connHook.Store(nil)
+		return
+	}
+	connHook.Store(&connHookBox{h})
+}
+
+// ReportConn hands c to the process-wide hook, if one is installed.
+func ReportConn(c *Conn) {
+	if b := connHook.Load(); b != nil {
+		b.h.OnConn(c)
+	}
+}
+
+// HasConnHook reports whether a hook is installed, so that filters can skip
+// building records nobody reads.
+func HasConnHook() bool { return connHook.Load() != nil }
