@@ -1,11 +1,7 @@
 package upstream
 
 import (
-	"context"
-	"net"
-	"syscall"
 	"testing"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/google/go-cmp/cmp"
@@ -77,69 +73,9 @@ func TestPickerHealth(t *testing.T) {
 	}
 }
 
-// slowDialer delays connecting to addr by delay (its Control hook runs just
-// before connect(2)); other addresses connect at once. The connection itself
-// is real.
-func slowDialer(addr string, delay time.Duration) *net.Dialer {
-	return &net.Dialer{KeepAlive: -1, ControlContext: func(ctx context.Context, _, address string, _ syscall.RawConn) error {
-		if address != addr {
-			return nil
-		}
-		t := time.NewTimer(delay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}}
-}
-
-// Under peak EWMA, Dial observes connect times: a cluster whose endpoints are
-// equally loaded sends new connections to the one that connects fast, where
-// least request (the control) spreads them.
-func TestDialPeakEWMAPrefersFastEndpoint(t *testing.T) {
-	t.Parallel()
-	const dials = 30
-	tests := []struct {
-		name     string
-		policy   string
-		wantSlow func(n int) bool
-	}{
-		// The slow endpoint may win the first pick, before anything is
-		// known; its first connect time then keeps it out.
-		{"peak EWMA", peakEWMA(`,"defaultRtt":"0.001s"`), func(n int) bool { return n <= 1 }},
-		{"least request", `"lbPolicy":"LEAST_REQUEST",`, func(n int) bool { return n >= dials/4 }},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			fast, slow := newBackend(t), newBackend(t)
-			c := build(t, clusterJSON(t, staticCluster("ewma", tt.policy, fast.addr, slow.addr)),
-				Options{Dialer: slowDialer(slow.addr, 50*time.Millisecond), rand: seeded(8)})
-			got := map[string]int{}
-			for range dials {
-				conn, err := c.Dial(t.Context())
-				if err != nil {
-					t.Fatal(err)
-				}
-				got[conn.Addr]++
-				conn.Close()
-			}
-			if !tt.wantSlow(got[slow.addr]) {
-				t.Errorf("connections: fast %d, slow %d", got[fast.addr], got[slow.addr])
-			}
-			if diff := cmp.Diff([]int64{0, 0}, actives(c)); diff != "" {
-				t.Errorf("active counts after closing (-want +got):\n%s", diff)
-			}
-		})
-	}
-}
-
-// Under peak EWMA open connections raise an endpoint's cost: the fast
-// endpoint takes connections until its cost, connect time × (open + 1),
-// passes the slow one's.
+// Under peak EWMA open connections raise an endpoint's cost, connect-time
+// estimate × (open + 1). (filters/tcpproxy's TestPeakEWMAPrefersFastEndpoint
+// shows the connect times at work, through a real tcp_proxy.)
 func TestDialPeakEWMACountsOpenConnections(t *testing.T) {
 	t.Parallel()
 	a, b := newBackend(t), newBackend(t)
