@@ -80,15 +80,7 @@ func TestDialPeakEWMACountsOpenConnections(t *testing.T) {
 	t.Parallel()
 	a, b := newBackend(t), newBackend(t)
 	c := build(t, clusterJSON(t, staticCluster("ewma", peakEWMA(`,"defaultRtt":"1s"`), a.addr, b.addr)), Options{rand: seeded(9)})
-	got := map[string]int{}
-	for range 20 {
-		conn, err := c.Dial(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[conn.Addr]++
-		defer conn.Close()
-	}
+	got := dialOpen(t, c, 20)
 	// Both connect in far less than the 1 s default, which a faster
 	// observation barely moves within the test: costs are about
 	// 1 s × (open + 1), so open connections alternate.

@@ -17,16 +17,8 @@ var t0 = time.Unix(1_000_000, 0)
 // fixed is a clock stopped at t0.
 func fixed() time.Time { return t0 }
 
-// seeded returns a reproducible rnd for Build.
-func seeded(seed uint64) func(int) int {
-	var mu sync.Mutex
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	return func(n int) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return r.IntN(n)
-	}
-}
+// seeded returns a reproducible rnd for Build, for one goroutine.
+func seeded(seed uint64) func(int) int { return rand.New(rand.NewPCG(seed, seed)).IntN }
 
 // endpoints makes endpoints named a, b, c… with the given weights.
 func endpoints(weights ...uint32) []*Endpoint {
