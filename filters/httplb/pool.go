@@ -97,8 +97,6 @@ func (p *clusterPool) rebuild() *pickerState {
 		return st
 	}
 	next := make(map[string]*endpoint, len(eps))
-	health := make(map[*endpoint]balancer.Health, len(eps))
-	all := make([]*endpoint, 0, len(eps))
 	for _, e := range eps {
 		ep := p.eps[e.Addr]
 		if ep == nil || ep.Weight != e.Weight || ep.hostname != e.Hostname {
@@ -112,8 +110,6 @@ func (p *clusterPool) rebuild() *pickerState {
 			}
 		}
 		next[e.Addr] = ep
-		health[ep] = e.LBHealth()
-		all = append(all, ep)
 	}
 	for addr, ep := range p.eps {
 		if next[addr] == nil {
@@ -121,11 +117,11 @@ func (p *clusterPool) rebuild() *pickerState {
 		}
 	}
 	p.eps = next
-	eligible := balancer.Eligible(all, func(ep *endpoint) balancer.Health { return health[ep] })
+	eligible := balancer.Eligible(eps, upstream.Endpoint.LBHealth)
 	st := &pickerState{version: version, n: len(eligible), byAddr: next}
 	bes := make([]*balancer.Endpoint, len(eligible))
-	for i, ep := range eligible {
-		bes[i] = ep.Endpoint
+	for i, e := range eligible {
+		bes[i] = next[e.Addr].Endpoint
 	}
 	var pickable []*balancer.Endpoint
 	pickable, st.ejected, st.unejectAt = balancer.Pickable(bes, now)
