@@ -6,6 +6,8 @@ import (
 	"sync"
 )
 
+var _ Picker = (*edfPicker)(nil)
+
 // edfPicker is an earliest-deadline-first schedule (Envoy's weighted round
 // robin): each endpoint is due 1/weight after it was last picked; the
 // earliest due is picked, ties going to the one scheduled first. With static

@@ -23,6 +23,8 @@ func newLeastRequest(eps []*Endpoint, choiceCount int, bias float64, rnd func(in
 	return &leastPicker{eps: eps, choices: min(n, 16*len(eps)), rnd: rnd}
 }
 
+var _ Picker = (*leastPicker)(nil)
+
 type leastPicker struct {
 	eps     []*Endpoint
 	choices int

@@ -2,6 +2,8 @@ package balancer
 
 import "time"
 
+var _ Picker = (*ewmaPicker)(nil)
+
 // ewmaPicker is Linkerd's (Tower's) peak-EWMA balancer with power of two
 // choices: two distinct endpoints at random, the lower cost wins, cost =
 // latency estimate × (load + 1) (see Endpoint.cost). Weights are ignored.

@@ -1,5 +1,7 @@
 package balancer
 
+var _ Picker = randomPicker{}
+
 // randomPicker is Envoy's RANDOM: uniform over the endpoints, ignoring
 // weights, as Envoy's does.
 type randomPicker struct {

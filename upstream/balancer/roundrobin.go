@@ -13,6 +13,8 @@ func newRoundRobin(eps []*Endpoint, rnd func(int) int) Picker {
 	return p
 }
 
+var _ Picker = (*rrPicker)(nil)
+
 type rrPicker struct {
 	eps  []*Endpoint
 	next atomic.Uint64
