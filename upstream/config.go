@@ -13,13 +13,14 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/siftmesh/sift/upstream/balancer"
 )
 
 // Envoy's defaults (cluster.proto).
 const (
 	defaultConnectTimeout = 5 * time.Second
 	defaultDNSRefreshRate = 5 * time.Second
-	defaultChoiceCount    = 2
 	minDNSRefreshRate     = time.Millisecond
 )
 
@@ -32,21 +33,14 @@ const (
 	discoveryEDS
 )
 
-type lbPolicy uint8
-
-const (
-	lbRoundRobin lbPolicy = iota
-	lbLeastRequest
-	lbRandom
-)
-
 // config is a validated Cluster: plain values, no protos.
 type config struct {
 	name           string
 	discovery      discovery
 	connectTimeout time.Duration
-	lb             lbPolicy
-	choiceCount    int // LEAST_REQUEST only
+	// lb is the load-balancing policy, for connections (Dial) and requests
+	// (filters/httplb) alike: lb_policy, or load_balancing_policy (http.go).
+	lb balancer.Config
 	// endpoints in configuration order. For STATIC clusters host is an IP
 	// address; for STRICT_DNS clusters a name to resolve (or an IP literal).
 	endpoints []endpointSpec
@@ -107,13 +101,14 @@ func parse(pb *clusterv3.Cluster) (*config, error) {
 
 	// Likewise the policy: "RING_HASH is not supported" before
 	// "ring_hash_lb_config is not supported".
+	c.lb = balancer.Config{ChoiceCount: balancer.DefaultChoiceCount, ActiveRequestBias: 1}
 	switch p := pb.GetLbPolicy(); p {
 	case clusterv3.Cluster_ROUND_ROBIN:
-		c.lb = lbRoundRobin
+		c.lb.Policy = balancer.RoundRobin
 	case clusterv3.Cluster_LEAST_REQUEST:
-		c.lb = lbLeastRequest
+		c.lb.Policy = balancer.LeastRequest
 	case clusterv3.Cluster_RANDOM:
-		c.lb = lbRandom
+		c.lb.Policy = balancer.Random
 	default:
 		return nil, fmt.Errorf("lb_policy: %s is not supported by Sift (supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM)", p)
 	}
@@ -159,19 +154,18 @@ func parse(pb *clusterv3.Cluster) (*config, error) {
 }
 
 func (c *config) parseLB(pb *clusterv3.Cluster) error {
-	if pb.GetRoundRobinLbConfig() != nil && c.lb != lbRoundRobin {
+	if pb.GetRoundRobinLbConfig() != nil && c.lb.Policy != balancer.RoundRobin {
 		return fmt.Errorf("round_robin_lb_config: set, but lb_policy is %s", pb.GetLbPolicy())
 	}
-	c.choiceCount = defaultChoiceCount
 	if lr := pb.GetLeastRequestLbConfig(); lr != nil {
-		if c.lb != lbLeastRequest {
+		if c.lb.Policy != balancer.LeastRequest {
 			return fmt.Errorf("least_request_lb_config: set, but lb_policy is %s", pb.GetLbPolicy())
 		}
 		if cc := lr.GetChoiceCount(); cc != nil {
 			if cc.GetValue() < 2 {
 				return fmt.Errorf("least_request_lb_config.choice_count: %d: must be at least 2", cc.GetValue())
 			}
-			c.choiceCount = int(min(cc.GetValue(), math.MaxInt32))
+			c.lb.ChoiceCount = int(min(cc.GetValue(), math.MaxInt32))
 		}
 		if b := lr.GetActiveRequestBias(); b != nil && b.GetDefaultValue() != 1.0 {
 			return fmt.Errorf("least_request_lb_config.active_request_bias.default_value: %v: only 1.0 (Envoy's default) is supported", b.GetDefaultValue())

@@ -72,27 +72,13 @@ func TestDialLeastRequest(t *testing.T) {
 	t.Parallel()
 	busy, idle := newBackend(t), newBackend(t)
 	c := build(t, clusterJSON(t, staticCluster("lr", `"lbPolicy":"LEAST_REQUEST",`, busy.addr)), Options{rand: seeded(7)})
-	for range 20 {
-		conn, err := c.Dial(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-	}
+	dialOpen(t, c, 20)
 	// The endpoint set grows (as an EDS update would): busy keeps its count.
 	c.setEndpoints([]resolvedEndpoint{{addr: busy.addr, weight: 1}, {addr: idle.addr, weight: 1}})
 	if diff := cmp.Diff([]int64{20, 0}, actives(c)); diff != "" {
 		t.Fatalf("active counts after update (-want +got):\n%s", diff)
 	}
-	got := map[string]int{}
-	for range 20 {
-		conn, err := c.Dial(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		got[conn.Addr]++
-		defer conn.Close()
-	}
+	got := dialOpen(t, c, 20)
 	// Busy is picked only when both choices fall on it: about 1 in 4.
 	if got[busy.addr] > 10 || got[idle.addr] < 10 {
 		t.Errorf("new connections: busy %d, idle %d; want most on idle", got[busy.addr], got[idle.addr])
@@ -100,6 +86,22 @@ func TestDialLeastRequest(t *testing.T) {
 	if diff := cmp.Diff([]int64{20 + int64(got[busy.addr]), int64(got[idle.addr])}, actives(c)); diff != "" {
 		t.Errorf("active counts (-want +got):\n%s", diff)
 	}
+}
+
+// dialOpen dials c n times and counts the connections per endpoint. They
+// stay open until the test ends.
+func dialOpen(t *testing.T, c *Cluster, n int) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		conn, err := c.Dial(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[conn.Addr]++
+		t.Cleanup(func() { conn.Close() })
+	}
+	return got
 }
 
 func actives(c *Cluster) []int64 {

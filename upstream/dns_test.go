@@ -192,3 +192,14 @@ func TestStrictDNSDialWaitTimeout(t *testing.T) {
 		t.Errorf("error:\n got %s\nwant %s", err, want)
 	}
 }
+
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+	var got []int
+	for n := range 6 {
+		got = append(got, int(backoff(100, 1000, n)))
+	}
+	if diff := cmp.Diff([]int{100, 200, 400, 800, 1000, 1000}, got); diff != "" {
+		t.Errorf("backoff (-want +got):\n%s", diff)
+	}
+}

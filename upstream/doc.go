@@ -1,12 +1,14 @@
-// Package upstream holds clusters: their endpoints (static, or resolved by
-// STRICT_DNS), the connection-level load balancer that picks one for a new
-// connection, and the Manager that names them for the data path.
+// Package upstream holds clusters: their endpoints (static, STRICT_DNS or
+// EDS), the load balancing that picks one for a new connection (with the
+// policies of package upstream/balancer, which the HTTP router uses for
+// requests too), and the Manager that names them for the data path.
 //
 // Build turns an Envoy v3 Cluster into a running *Cluster after validating it
 // completely. A Cluster keeps its endpoint set and load-balancing picker in an
 // immutable snapshot that is swapped atomically when the endpoints change (a
-// DNS refresh; later EDS, through the same seam); per-endpoint
-// active-connection counts are atomics that survive the swap.
+// DNS refresh; later EDS, through the same seam); per-endpoint balancing
+// state (open connections, the peak-EWMA connect-time estimate) lives in
+// atomics on balancer.Endpoints that survive the swap.
 //
 // # Configuration
 //
@@ -20,7 +22,7 @@
 //   - name; type STATIC or STRICT_DNS. EDS, LOGICAL_DNS, ORIGINAL_DST and
 //     cluster_type are rejected.
 //   - connect_timeout (default 5 s).
-//   - lb_policy ROUND_ROBIN, LEAST_REQUEST, RANDOM (see newPicker);
+//   - lb_policy ROUND_ROBIN, LEAST_REQUEST, RANDOM (package balancer);
 //     least_request_lb_config.choice_count (default 2) and
 //     active_request_bias 1.0 only; round_robin_lb_config without slow start;
 //     common_lb_config.healthy_panic_threshold 0 only.
@@ -35,9 +37,11 @@
 //     use_downstream_protocol_config, common_http_protocol_options idle_timeout and
 //     max_response_headers_kb), the deprecated http2_protocol_options,
 //     http_protocol_options, common_http_protocol_options and protocol_selection;
-//     load_balancing_policy (Envoy's round_robin, least_request, random, and Sift's
-//     peak_ewma); outlier_detection (consecutive 5xx and gateway failures);
-//     circuit_breakers DEFAULT max_connections and max_requests.
+//     load_balancing_policy (Envoy's round_robin, least_request, random, and
+//     Sift's peak_ewma), which Dial honours too (under peak_ewma a
+//     connection's latency sample is its connect time); outlier_detection
+//     (consecutive 5xx and gateway failures); circuit_breakers DEFAULT
+//     max_connections and max_requests.
 //
 // Accepted and ignored, because Envoy treats them as tuning or statistics, or
 // because they are inert given what Sift rejects (the reason for each is in

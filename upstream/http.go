@@ -20,11 +20,12 @@ import (
 
 	peakewmav1 "github.com/siftmesh/sift/api/sift/extensions/load_balancing_policies/peak_ewma/v1"
 	"github.com/siftmesh/sift/internal/pbcheck"
+	"github.com/siftmesh/sift/upstream/balancer"
 )
 
 // This file holds what a cluster means to HTTP: the upstream protocol and
-// connection-pool options, the request load-balancing policy, and outlier
-// detection. The cluster validates them (in Build) and exposes them as plain
+// connection-pool options, load_balancing_policy (which Dial honours too),
+// and outlier detection. The cluster validates them (in Build) and exposes them as plain
 // values; the HTTP connection manager (filters/httplb) keeps the
 // request-level state — per-endpoint connection pools and balancer state —
 // in the cluster's extension slot (Extension).
@@ -32,8 +33,6 @@ import (
 // Envoy's defaults.
 const (
 	defaultHTTPIdleTimeout = time.Hour
-	defaultEjectionTime    = 30 * time.Second
-	defaultMaxEjectionTime = 300 * time.Second
 	defaultOutlierInterval = 10 * time.Second
 	httpOptionsName        = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
@@ -74,58 +73,24 @@ type HTTPOptions struct {
 	MaxRequests int
 }
 
-// RequestPolicy names a request load balancer.
-type RequestPolicy uint8
-
-const (
-	RequestRoundRobin RequestPolicy = iota
-	RequestLeastRequest
-	RequestRandom
-	RequestPeakEWMA
-)
-
-// RequestBalancing is a cluster's validated request load-balancing policy:
-// lb_policy, or the first supported entry of load_balancing_policy.
-type RequestBalancing struct {
-	Policy RequestPolicy
-	// LeastRequest: choice_count (default 2) and active_request_bias
-	// (default 1.0).
-	ChoiceCount       int
-	ActiveRequestBias float64
-	// PeakEWMA: default_rtt (default 30 ms) and decay (default 10 s).
-	DefaultRTT time.Duration
-	Decay      time.Duration
-}
-
-// OutlierDetection is a cluster's validated outlier_detection (consecutive
-// 5xx and gateway failures; success-rate and failure-percentage ejection
-// are not implemented).
-type OutlierDetection struct {
-	Consecutive5xx          int32
-	EnforcingConsecutive5xx int32
-	ConsecutiveGateway      int32
-	EnforcingGateway        int32
-	BaseEjectionTime        time.Duration
-	MaxEjectionTime         time.Duration
-	MaxEjectionPercent      int
-	Interval                time.Duration
-}
-
 // httpConfig is the HTTP part of a config.
 type httpConfig struct {
 	opts    HTTPOptions
-	lb      RequestBalancing
-	outlier *OutlierDetection
+	outlier *balancer.Outlier
 }
 
 // HTTPOptions returns the cluster's HTTP upstream options.
 func (c *Cluster) HTTPOptions() HTTPOptions { return c.cfg.http.opts }
 
-// RequestBalancing returns the cluster's request load-balancing policy.
-func (c *Cluster) RequestBalancing() RequestBalancing { return c.cfg.http.lb }
+// Balancing returns the cluster's load-balancing policy: lb_policy, or the
+// first entry of load_balancing_policy that Sift supports. Dial balances
+// connections with it; filters/httplb balances requests with it.
+func (c *Cluster) Balancing() balancer.Config { return c.cfg.lb }
 
-// OutlierDetection returns the cluster's outlier detection, or nil.
-func (c *Cluster) OutlierDetection() *OutlierDetection { return c.cfg.http.outlier }
+// OutlierDetection returns the cluster's outlier detection (consecutive 5xx
+// and gateway failures; success-rate and failure-percentage ejection are not
+// implemented), or nil. filters/httplb applies it to requests.
+func (c *Cluster) OutlierDetection() *balancer.Outlier { return c.cfg.http.outlier }
 
 var httpPolicy = pbcheck.Policy{
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pbcheck.Fields("common_http_protocol_options, " +
@@ -234,13 +199,6 @@ func (c *config) parseHTTP(pb *clusterv3.Cluster) error {
 	if err := c.parseCircuitBreakers(pb.GetCircuitBreakers()); err != nil {
 		return err
 	}
-	h.lb = RequestBalancing{ChoiceCount: c.choiceCount, ActiveRequestBias: 1}
-	switch c.lb {
-	case lbLeastRequest:
-		h.lb.Policy = RequestLeastRequest
-	case lbRandom:
-		h.lb.Policy = RequestRandom
-	}
 	if lbp := pb.GetLoadBalancingPolicy(); lbp != nil {
 		if err := c.parseLBPolicy(lbp); err != nil {
 			return fmt.Errorf("load_balancing_policy.%w", err)
@@ -295,21 +253,19 @@ func (c *config) parseLBPolicy(lbp *clusterv3.LoadBalancingPolicy) error {
 		if err := httpPolicy.Check(msg); err != nil {
 			return fmt.Errorf("%s.%w", path, err)
 		}
-		lb := &c.http.lb
+		lb := &c.lb
 		switch m := msg.(type) {
 		case *roundrobinv3.RoundRobin:
-			c.lb, lb.Policy = lbRoundRobin, RequestRoundRobin
+			lb.Policy = balancer.RoundRobin
 		case *randomv3.Random:
-			c.lb, lb.Policy = lbRandom, RequestRandom
+			lb.Policy = balancer.Random
 		case *leastrequestv3.LeastRequest:
-			c.lb, lb.Policy = lbLeastRequest, RequestLeastRequest
-			c.choiceCount, lb.ChoiceCount = defaultChoiceCount, defaultChoiceCount
+			lb.Policy, lb.ChoiceCount = balancer.LeastRequest, balancer.DefaultChoiceCount
 			if cc := m.GetChoiceCount(); cc != nil {
 				if cc.GetValue() < 2 {
 					return fmt.Errorf("%s.choice_count: %d: must be at least 2", path, cc.GetValue())
 				}
-				c.choiceCount = int(min(cc.GetValue(), math.MaxInt32))
-				lb.ChoiceCount = c.choiceCount
+				lb.ChoiceCount = int(min(cc.GetValue(), math.MaxInt32))
 			}
 			if b := m.GetActiveRequestBias(); b != nil {
 				if b.GetDefaultValue() < 0 {
@@ -318,13 +274,13 @@ func (c *config) parseLBPolicy(lbp *clusterv3.LoadBalancingPolicy) error {
 				lb.ActiveRequestBias = b.GetDefaultValue()
 			}
 		case *peakewmav1.PeakEwma:
-			// Connections: least connections over two choices.
-			c.lb, lb.Policy = lbLeastRequest, RequestPeakEWMA
-			c.choiceCount = defaultChoiceCount
-			if lb.DefaultRTT, err = duration(m.GetDefaultRtt(), path+".default_rtt", 30*time.Millisecond, 1); err != nil {
+			// Requests observe the time to response headers, connections
+			// (Dial) their connect time.
+			lb.Policy = balancer.PeakEWMA
+			if lb.DefaultRTT, err = duration(m.GetDefaultRtt(), path+".default_rtt", balancer.DefaultRTT, 1); err != nil {
 				return err
 			}
-			if lb.Decay, err = duration(m.GetDecay(), path+".decay", 10*time.Second, 1); err != nil {
+			if lb.Decay, err = duration(m.GetDecay(), path+".decay", balancer.DefaultDecay, 1); err != nil {
 				return err
 			}
 		default:
@@ -337,11 +293,11 @@ func (c *config) parseLBPolicy(lbp *clusterv3.LoadBalancingPolicy) error {
 		"round_robin, least_request, random, and sift.extensions.load_balancing_policies.peak_ewma.v1.PeakEwma)", names)
 }
 
-func parseOutlier(od *clusterv3.OutlierDetection) (*OutlierDetection, error) {
+func parseOutlier(od *clusterv3.OutlierDetection) (*balancer.Outlier, error) {
 	if err := httpPolicy.Check(od); err != nil {
 		return nil, err
 	}
-	o := &OutlierDetection{Consecutive5xx: 5, EnforcingConsecutive5xx: 100, ConsecutiveGateway: 5, MaxEjectionPercent: 10}
+	o := balancer.DefaultOutlier()
 	u32 := func(v interface{ GetValue() uint32 }, field string, dst *int32, percent bool) error {
 		if v == nil {
 			return nil
@@ -384,16 +340,19 @@ func parseOutlier(od *clusterv3.OutlierDetection) (*OutlierDetection, error) {
 		return nil, errors.New("split_external_local_origin_errors: not supported by Sift")
 	}
 	var err error
-	if o.BaseEjectionTime, err = duration(od.GetBaseEjectionTime(), "base_ejection_time", defaultEjectionTime, 1); err != nil {
+	if o.BaseEjection, err = duration(od.GetBaseEjectionTime(), "base_ejection_time", o.BaseEjection, 1); err != nil {
 		return nil, err
 	}
-	if o.MaxEjectionTime, err = duration(od.GetMaxEjectionTime(), "max_ejection_time", max(defaultMaxEjectionTime, o.BaseEjectionTime), 1); err != nil {
+	if o.MaxEjection, err = duration(od.GetMaxEjectionTime(), "max_ejection_time", max(o.MaxEjection, o.BaseEjection), 1); err != nil {
 		return nil, err
 	}
-	if o.Interval, err = duration(od.GetInterval(), "interval", defaultOutlierInterval, 1); err != nil {
+	// interval is validated but unused: Sift ejects on the failure that
+	// crosses the threshold and returns an endpoint when its time is up,
+	// with no periodic sweep.
+	if _, err = duration(od.GetInterval(), "interval", defaultOutlierInterval, 1); err != nil {
 		return nil, err
 	}
-	return o, nil
+	return &o, nil
 }
 
 // DialEndpoint connects to addr ("ip:port", one of the cluster's endpoints
@@ -425,7 +384,7 @@ func (c *Cluster) EndpointsVersion() (any, []Endpoint) {
 	}
 	out := make([]Endpoint, len(s.hosts))
 	for i, h := range s.hosts {
-		out[i] = Endpoint{Addr: h.addr, Weight: h.weight, Health: h.health.String(), Hostname: h.hostname, Active: h.active.Load()}
+		out[i] = h.view()
 	}
 	return s, out
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	_ "github.com/siftmesh/sift/api/sift/extensions/load_balancing_policies/peak_ewma/v1"
+	"github.com/siftmesh/sift/upstream/balancer"
 )
 
 func buildJSON(t *testing.T, js string) *Cluster {
@@ -50,7 +51,7 @@ func TestHTTPOptions(t *testing.T) {
 	}
 }
 
-func TestRequestBalancing(t *testing.T) {
+func TestBalancing(t *testing.T) {
 	t.Parallel()
 	policy := func(typed string) string {
 		return `{"name": "c", "loadBalancingPolicy": {"policies": [{"typedExtensionConfig": {"name": "unknown", "typedConfig": {"@type": "type.googleapis.com/google.protobuf.Empty"}}},
@@ -58,28 +59,24 @@ func TestRequestBalancing(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		name, js string
-		want     RequestBalancing
-		conn     lbPolicy
+		want     balancer.Config
 	}{
-		{"lb_policy default", `{"name": "c"}`, RequestBalancing{Policy: RequestRoundRobin, ChoiceCount: 2, ActiveRequestBias: 1}, lbRoundRobin},
+		{"lb_policy default", `{"name": "c"}`, balancer.Config{Policy: balancer.RoundRobin, ChoiceCount: 2, ActiveRequestBias: 1}},
 		{"lb_policy LEAST_REQUEST", `{"name": "c", "lbPolicy": "LEAST_REQUEST", "leastRequestLbConfig": {"choiceCount": 3}}`,
-			RequestBalancing{Policy: RequestLeastRequest, ChoiceCount: 3, ActiveRequestBias: 1}, lbLeastRequest},
+			balancer.Config{Policy: balancer.LeastRequest, ChoiceCount: 3, ActiveRequestBias: 1}},
+		{"lb_policy RANDOM", `{"name": "c", "lbPolicy": "RANDOM"}`, balancer.Config{Policy: balancer.Random, ChoiceCount: 2, ActiveRequestBias: 1}},
 		{"peak EWMA defaults, first supported policy wins", policy(`{"@type": "type.googleapis.com/sift.extensions.load_balancing_policies.peak_ewma.v1.PeakEwma"}`),
-			RequestBalancing{Policy: RequestPeakEWMA, ChoiceCount: 2, ActiveRequestBias: 1, DefaultRTT: 30 * time.Millisecond, Decay: 10 * time.Second}, lbLeastRequest},
+			balancer.Config{Policy: balancer.PeakEWMA, ChoiceCount: 2, ActiveRequestBias: 1, DefaultRTT: 30 * time.Millisecond, Decay: 10 * time.Second}},
 		{"peak EWMA set", policy(`{"@type": "type.googleapis.com/sift.extensions.load_balancing_policies.peak_ewma.v1.PeakEwma", "defaultRtt": "0.1s", "decay": "5s"}`),
-			RequestBalancing{Policy: RequestPeakEWMA, ChoiceCount: 2, ActiveRequestBias: 1, DefaultRTT: 100 * time.Millisecond, Decay: 5 * time.Second}, lbLeastRequest},
+			balancer.Config{Policy: balancer.PeakEWMA, ChoiceCount: 2, ActiveRequestBias: 1, DefaultRTT: 100 * time.Millisecond, Decay: 5 * time.Second}},
 		{"envoy least_request", policy(`{"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest", "choiceCount": 4, "activeRequestBias": {"defaultValue": 0.5}}`),
-			RequestBalancing{Policy: RequestLeastRequest, ChoiceCount: 4, ActiveRequestBias: 0.5}, lbLeastRequest},
+			balancer.Config{Policy: balancer.LeastRequest, ChoiceCount: 4, ActiveRequestBias: 0.5}},
 		{"envoy random", policy(`{"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random"}`),
-			RequestBalancing{Policy: RequestRandom, ChoiceCount: 2, ActiveRequestBias: 1}, lbRandom},
+			balancer.Config{Policy: balancer.Random, ChoiceCount: 2, ActiveRequestBias: 1}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := buildJSON(t, tt.js)
-			if d := cmp.Diff(tt.want, c.RequestBalancing()); d != "" {
-				t.Errorf("RequestBalancing (-want +got):\n%s", d)
-			}
-			if c.cfg.lb != tt.conn {
-				t.Errorf("connection policy %d, want %d", c.cfg.lb, tt.conn)
+			if d := cmp.Diff(tt.want, buildJSON(t, tt.js).Balancing()); d != "" {
+				t.Errorf("Balancing (-want +got):\n%s", d)
 			}
 		})
 	}
@@ -88,8 +85,8 @@ func TestRequestBalancing(t *testing.T) {
 func TestOutlierDetectionConfig(t *testing.T) {
 	t.Parallel()
 	c := buildJSON(t, `{"name": "c", "outlierDetection": {"consecutive5xx": 3, "baseEjectionTime": "1s", "enforcingSuccessRate": 0}}`)
-	want := &OutlierDetection{Consecutive5xx: 3, EnforcingConsecutive5xx: 100, ConsecutiveGateway: 5, BaseEjectionTime: time.Second,
-		MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 10, Interval: 10 * time.Second}
+	want := &balancer.Outlier{Consecutive5xx: 3, EnforcingConsecutive5xx: 100, ConsecutiveGateway: 5, BaseEjection: time.Second,
+		MaxEjection: 300 * time.Second, MaxEjectionPercent: 10}
 	if d := cmp.Diff(want, c.OutlierDetection()); d != "" {
 		t.Errorf("OutlierDetection (-want +got):\n%s", d)
 	}

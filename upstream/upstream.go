@@ -16,6 +16,8 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/siftmesh/sift/upstream/balancer"
 )
 
 // ErrNoHealthyEndpoint is returned (wrapped) by Dial when the cluster has no
@@ -67,7 +69,40 @@ type Cluster struct {
 // snapshot is one endpoint set and the picker built for it. Immutable.
 type snapshot struct {
 	hosts  []*host
-	picker picker // nil: no host may be picked
+	picker balancer.Picker // nil: no host may be picked
+}
+
+// host is one endpoint of a cluster. Everything is immutable but the
+// balancing state in ep (its load: the connections open to it from Dial,
+// including ones still connecting; its connect-time estimate). A host keeps
+// its identity, and so that state, across endpoint updates for as long as its
+// address, weight, health and hostname stay in the set.
+type host struct {
+	ep       *balancer.Endpoint // Addr, Weight
+	health   corev3.HealthStatus
+	hostname string
+}
+
+// lbHealth is what balancing makes of a health_status.
+func lbHealth(s corev3.HealthStatus) balancer.Health {
+	switch s {
+	case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
+		return balancer.Healthy
+	case corev3.HealthStatus_DEGRADED:
+		return balancer.Degraded
+	}
+	return balancer.Unavailable
+}
+
+// newPicker builds the picker over the hosts that may be picked
+// (balancer.Eligible), or returns nil when there is none.
+func (c *Cluster) newPicker(hosts []*host) balancer.Picker {
+	eligible := balancer.Eligible(hosts, func(h *host) balancer.Health { return lbHealth(h.health) })
+	eps := make([]*balancer.Endpoint, len(eligible))
+	for i, h := range eligible {
+		eps[i] = h.ep
+	}
+	return c.cfg.lb.Build(eps, c.rnd, nil)
 }
 
 // Build validates pb and starts the cluster (STRICT_DNS clusters start
@@ -140,11 +175,13 @@ func (c *Cluster) ConnectTimeout() time.Duration { return c.cfg.connectTimeout }
 // STRICT_DNS ones — Envoy's cluster warming. It is also closed by Close.
 func (c *Cluster) Ready() <-chan struct{} { return c.ready }
 
-// Dial picks an endpoint with the cluster's load-balancing policy and connects
-// to it within connect_timeout (or ctx's deadline, if sooner). If the cluster
-// is still warming (see Ready), Dial first waits for it within the same
-// deadline. The returned Conn must be closed; closing it releases the
-// endpoint's active-connection count (LEAST_REQUEST).
+// Dial picks an endpoint with the cluster's load-balancing policy (package
+// balancer; the load it counts is open connections) and connects to it within
+// connect_timeout (or ctx's deadline, if sooner). If the cluster is still
+// warming (see Ready), Dial first waits for it within the same deadline. The
+// returned Conn must be closed; closing it releases the endpoint's
+// active-connection count (LEAST_REQUEST, PeakEWMA). Under PeakEWMA the
+// connect time of each successful Dial is the endpoint's latency sample.
 //
 // Errors: ErrNoHealthyEndpoint (wrapped) when there is nothing to pick, a
 // *DialError when the connection fails. Dial does not retry; a caller that
@@ -164,25 +201,27 @@ func (c *Cluster) Dial(ctx context.Context) (*Conn, error) {
 			return nil, fmt.Errorf("upstream: cluster %q: waiting for the first DNS resolution: %w", c.cfg.name, dctx.Err())
 		}
 	}
-	var h *host
-	if s != nil && s.picker != nil {
-		h = s.picker.pick()
-	}
-	if h == nil {
+	if s == nil || s.picker == nil {
 		return nil, fmt.Errorf("upstream: cluster %q: %w", c.cfg.name, ErrNoHealthyEndpoint)
 	}
-	h.active.Add(1)
-	nc, err := c.dialer.DialContext(dctx, "tcp", h.addr)
+	ep := s.picker.Pick()
+	ep.Start()
+	start := time.Now()
+	nc, err := c.dialer.DialContext(dctx, "tcp", ep.Addr)
 	if err != nil {
-		h.active.Add(-1)
-		de := &DialError{Cluster: c.cfg.name, Addr: h.addr, Err: err}
+		ep.Done()
+		de := &DialError{Cluster: c.cfg.name, Addr: ep.Addr, Err: err}
 		// The caller's context is still live but ours expired: connect_timeout.
 		if ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
 			de.connectTimeout = c.cfg.connectTimeout
 		}
 		return nil, de
 	}
-	return &Conn{Conn: nc, Addr: h.addr, host: h}, nil
+	// Peak EWMA: the connection's latency is its connect time (a failed
+	// connect is not observed).
+	now := time.Now()
+	c.cfg.lb.Observe(ep, now.Sub(start), now)
+	return &Conn{Conn: nc, Addr: ep.Addr, ep: ep}, nil
 }
 
 // Close stops the cluster's background work (DNS refresh) and waits for it to
@@ -215,6 +254,11 @@ type Endpoint struct {
 	Active int64
 }
 
+// LBHealth is what balancing makes of e's Health.
+func (e Endpoint) LBHealth() balancer.Health {
+	return lbHealth(corev3.HealthStatus(corev3.HealthStatus_value[e.Health]))
+}
+
 // Endpoints returns the current endpoint set, in configuration order (for
 // STRICT_DNS, each name's addresses sorted), or nil while the cluster is
 // warming.
@@ -225,9 +269,13 @@ func (c *Cluster) Endpoints() []Endpoint {
 	}
 	out := make([]Endpoint, len(s.hosts))
 	for i, h := range s.hosts {
-		out[i] = Endpoint{Addr: h.addr, Weight: h.weight, Health: h.health.String(), Hostname: h.hostname, Active: h.active.Load()}
+		out[i] = h.view()
 	}
 	return out
+}
+
+func (h *host) view() Endpoint {
+	return Endpoint{Addr: h.ep.Addr, Weight: h.ep.Weight, Health: h.health.String(), Hostname: h.hostname, Active: h.ep.Load()}
 }
 
 // resolvedEndpoint is an endpoint with an IP address: the input to
@@ -268,14 +316,15 @@ func (c *Cluster) setEndpoints(eps []resolvedEndpoint) {
 		}
 	}
 	hosts := make([]*host, len(eps))
+	now := time.Now()
 	for i, ep := range eps {
 		if hs := reuse[ep]; len(hs) > 0 {
 			hosts[i], reuse[ep] = hs[0], hs[1:]
 			continue
 		}
-		hosts[i] = &host{addr: ep.addr, weight: ep.weight, health: ep.health, hostname: ep.hostname}
+		hosts[i] = &host{ep: c.cfg.lb.NewEndpoint(ep.addr, ep.weight, now), health: ep.health, hostname: ep.hostname}
 	}
-	c.snap.Store(&snapshot{hosts: hosts, picker: newPicker(c.cfg.lb, c.cfg.choiceCount, hosts, c.rnd)})
+	c.snap.Store(&snapshot{hosts: hosts, picker: c.newPicker(hosts)})
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.markReady()
@@ -290,7 +339,7 @@ func (c *Cluster) changedCh() <-chan struct{} {
 }
 
 func (h *host) key() resolvedEndpoint {
-	return resolvedEndpoint{addr: h.addr, weight: h.weight, health: h.health, hostname: h.hostname}
+	return resolvedEndpoint{addr: h.ep.Addr, weight: h.ep.Weight, health: h.health, hostname: h.hostname}
 }
 
 func sameEndpoints(hosts []*host, eps []resolvedEndpoint) bool {
@@ -347,7 +396,7 @@ type Conn struct {
 	// Addr is the endpoint's address ("ip:port").
 	Addr string
 
-	host     *host
+	ep       *balancer.Endpoint
 	released atomic.Bool
 }
 
@@ -355,8 +404,8 @@ type Conn struct {
 // endpoint's active-connection count.
 func (c *Conn) Close() error {
 	err := c.Conn.Close()
-	if c.host != nil && c.released.CompareAndSwap(false, true) {
-		c.host.active.Add(-1)
+	if c.ep != nil && c.released.CompareAndSwap(false, true) {
+		c.ep.Done()
 	}
 	return err
 }

@@ -4,8 +4,10 @@
 // upgrades and terminated CONNECT on a downstream connection, routes each
 // request with a route table (package route), and balances requests — not
 // connections — over the endpoints of the chosen cluster, with per-endpoint
-// connection pools (package balancer holds the balancers: round robin,
-// random, least request, and peak-EWMA, the mesh default).
+// connection pools (package upstream/balancer holds the balancers, shared
+// with tcp_proxy: round robin, random, least request, and peak-EWMA, the mesh
+// default; here the load they count is requests in flight and the latency
+// peak-EWMA observes is the time to response headers).
 //
 // # Shape
 //

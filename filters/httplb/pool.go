@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/siftmesh/sift/filters/httplb/balancer"
 	"github.com/siftmesh/sift/upstream"
+	"github.com/siftmesh/sift/upstream/balancer"
 )
 
 // errNoHealthy: the cluster has no endpoint that may take the request.
@@ -25,14 +25,14 @@ type poolKey struct{}
 
 // clusterPool is the request-level state of one cluster, shared by every
 // HCM that routes to it: per-endpoint connection pools and balancer state,
-// kept by address across endpoint updates, and the picker in service.
+// kept by address across endpoint updates, and the picker in service. The
+// load its balancer.Endpoints count is requests in flight (the cluster's own
+// endpoints, used by Dial for tcp_proxy, count connections).
 type clusterPool struct {
 	c       *upstream.Cluster
 	opts    upstream.HTTPOptions
-	policy  balancer.Policy
-	outlier *balancer.Outlier
-	decay   time.Duration // peak EWMA; 0 for other policies
-	newRTT  time.Duration
+	lb      balancer.Config
+	outlier *balancer.Outlier // nil: no outlier detection
 	now     func() time.Time
 
 	inflight atomic.Int64
@@ -68,30 +68,8 @@ func poolFor(c *upstream.Cluster) *clusterPool {
 }
 
 func newClusterPool(c *upstream.Cluster) *clusterPool {
-	p := &clusterPool{c: c, opts: c.HTTPOptions(), eps: map[string]*endpoint{}, now: time.Now}
-	lb := c.RequestBalancing()
-	switch lb.Policy {
-	case upstream.RequestLeastRequest:
-		p.policy = balancer.LeastRequest{ChoiceCount: lb.ChoiceCount, Bias: lb.ActiveRequestBias}
-	case upstream.RequestRandom:
-		p.policy = balancer.Random{}
-	case upstream.RequestPeakEWMA:
-		p.policy = balancer.PeakEWMA{DefaultRTT: lb.DefaultRTT, Decay: lb.Decay}.WithDefaults()
-		p.decay, p.newRTT = lb.Decay, lb.DefaultRTT
-	default:
-		p.policy = balancer.RoundRobin{}
-	}
-	if p.newRTT == 0 {
-		p.newRTT = balancer.DefaultRTT
-	}
-	if od := c.OutlierDetection(); od != nil {
-		p.outlier = &balancer.Outlier{
-			Consecutive5xx: od.Consecutive5xx, EnforcingConsecutive5xx: od.EnforcingConsecutive5xx,
-			ConsecutiveGateway: od.ConsecutiveGateway, EnforcingGateway: od.EnforcingGateway,
-			BaseEjection: od.BaseEjectionTime, MaxEjection: od.MaxEjectionTime, MaxEjectionPercent: od.MaxEjectionPercent,
-		}
-	}
-	return p
+	return &clusterPool{c: c, opts: c.HTTPOptions(), lb: c.Balancing(), outlier: c.OutlierDetection(),
+		eps: map[string]*endpoint{}, now: time.Now}
 }
 
 // pick returns the endpoint for one request, rebuilding the picker first if
@@ -119,12 +97,11 @@ func (p *clusterPool) rebuild() *pickerState {
 		return st
 	}
 	next := make(map[string]*endpoint, len(eps))
-	var healthy, degraded []*endpoint
 	for _, e := range eps {
 		ep := p.eps[e.Addr]
 		if ep == nil || ep.Weight != e.Weight || ep.hostname != e.Hostname {
 			old := ep
-			ep = &endpoint{Endpoint: balancer.NewEndpoint(e.Addr, e.Weight, p.newRTT, now), hostname: e.Hostname}
+			ep = &endpoint{Endpoint: p.lb.NewEndpoint(e.Addr, e.Weight, now), hostname: e.Hostname}
 			if old != nil { // a new weight or name: keep the pools and the estimate
 				old.mu.Lock()
 				ep.h1, ep.h2 = old.h1, old.h2
@@ -133,12 +110,6 @@ func (p *clusterPool) rebuild() *pickerState {
 			}
 		}
 		next[e.Addr] = ep
-		switch e.Health {
-		case "UNKNOWN", "HEALTHY":
-			healthy = append(healthy, ep)
-		case "DEGRADED":
-			degraded = append(degraded, ep)
-		}
 	}
 	for addr, ep := range p.eps {
 		if next[addr] == nil {
@@ -146,32 +117,15 @@ func (p *clusterPool) rebuild() *pickerState {
 		}
 	}
 	p.eps = next
-	eligible := healthy
-	if len(eligible) == 0 {
-		eligible = degraded
-	}
+	eligible := balancer.Eligible(eps, upstream.Endpoint.LBHealth)
 	st := &pickerState{version: version, n: len(eligible), byAddr: next}
+	bes := make([]*balancer.Endpoint, len(eligible))
+	for i, e := range eligible {
+		bes[i] = next[e.Addr].Endpoint
+	}
 	var pickable []*balancer.Endpoint
-	for _, ep := range eligible {
-		if ep.Ejected(now) {
-			st.ejected++
-			if u := ep.EjectedUntil(); st.unejectAt.IsZero() || u.Before(st.unejectAt) {
-				st.unejectAt = u
-			}
-			continue
-		}
-		pickable = append(pickable, ep.Endpoint)
-	}
-	if len(pickable) == 0 && len(eligible) > 0 {
-		// Every eligible endpoint is ejected: balance over them anyway, as
-		// Envoy's panic mode would, rather than fail every request.
-		for _, ep := range eligible {
-			pickable = append(pickable, ep.Endpoint)
-		}
-	}
-	if len(pickable) > 0 {
-		st.picker = p.policy.Build(pickable)
-	}
+	pickable, st.ejected, st.unejectAt = balancer.Pickable(bes, now)
+	st.picker = p.lb.Build(pickable, nil, p.now)
 	p.cur.Store(st)
 	return st
 }
@@ -193,11 +147,9 @@ func (p *clusterPool) report(ep *endpoint, status int) {
 	p.cur.Store(&pickerState{version: nil}) // force a rebuild
 }
 
-// observe records a round trip on ep (peak EWMA).
+// observe records a round trip, to response headers, on ep (peak EWMA).
 func (p *clusterPool) observe(ep *endpoint, rtt time.Duration) {
-	if p.decay > 0 {
-		ep.Observe(rtt, p.now(), p.decay)
-	}
+	p.lb.Observe(ep.Endpoint, rtt, p.now())
 }
 
 // transport returns ep's connection pool for HTTP/2 or HTTP/1.

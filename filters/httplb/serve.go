@@ -167,8 +167,8 @@ func (h *HCM) tunnel(w http.ResponseWriter, r *http.Request, st *reqState) {
 		return
 	}
 	st.rec.Endpoint, st.rec.Attempts = ep.Addr, 1
-	ep.Begin()
-	defer ep.End()
+	ep.Start()
+	defer ep.Done()
 	up, err := st.pool.c.DialEndpoint(r.Context(), ep.Addr)
 	if err != nil {
 		st.pool.report(ep, 0)

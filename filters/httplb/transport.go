@@ -93,7 +93,7 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 		if policy != nil && policy.PerTryTimeout > 0 {
 			perTry = time.AfterFunc(policy.PerTryTimeout, func() { tryTimedOut.Store(true); cancel() })
 		}
-		ep.Begin()
+		ep.Start()
 		t0 := time.Now()
 		resp, err := p.transport(ep, h2).RoundTrip(areq)
 		if perTry != nil {
@@ -108,7 +108,7 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 			if canRetry && policy.RetriableStatus(resp.StatusCode, grpcStatus(resp.Header)) {
 				io.CopyN(io.Discard, resp.Body, 64<<10)
 				resp.Body.Close()
-				ep.End()
+				ep.Done()
 				cancel()
 				if !sleepCtx(req.Context(), policy.Backoff(attempt)) {
 					return nil, classify(req.Context().Err(), false, req.Context())
@@ -117,7 +117,7 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			released = true
 			var once sync.Once
-			done := func() { once.Do(func() { ep.End(); cancel(); p.inflight.Add(-1) }) }
+			done := func() { once.Do(func() { ep.Done(); cancel(); p.inflight.Add(-1) }) }
 			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 				resp.Body = &doneRWBody{ReadWriteCloser: rwc, done: done}
 			} else {
@@ -125,7 +125,7 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return resp, nil
 		}
-		ep.End()
+		ep.Done()
 		cancel()
 		ue := classify(err, tryTimedOut.Load(), req.Context())
 		if ue.class != failCancelled && ue.class != failRouteTimeout {

@@ -4,7 +4,7 @@
 // 	protoc        v3.21.12
 // source: sift/extensions/load_balancing_policies/peak_ewma/v1/peak_ewma.proto
 
-// Sift's peak-EWMA request load balancer, the mesh default for HTTP. Configure
+// Sift's peak-EWMA load balancer, the mesh default for HTTP. Configure
 // it in a Cluster's load_balancing_policy.policies[].typed_extension_config
 // with this message as typed_config (or an xds.type.v3.TypedStruct naming it).
 
@@ -34,8 +34,10 @@ const (
 // faster ones — and toward zero while an endpoint is idle, so a slow endpoint
 // is tried again later. Endpoint weights are ignored, as in Linkerd.
 //
-// For connections (tcp_proxy) the cluster balances like LEAST_REQUEST with two
-// choices over open connections.
+// For connections (tcp_proxy) the same balancer picks the endpoint of each new
+// connection: the load is the connections open to an endpoint and the latency
+// observed is the time to connect (the TCP handshake), as Linkerd balances
+// opaque connections by EWMA too.
 type PeakEwma struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The latency estimate of an endpoint with no observation yet. Default
