@@ -9,12 +9,24 @@ import (
 
 	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/internal/pbcheck"
 )
 
 func init() {
 	filters.RegisterListenerFilter(&detectv1.Detect{}, buildDetect)
 	filters.RegisterListenerFilter(tlsInspectorConfig(), buildTLSInspector)
 	filters.RegisterListenerFilter(httpInspectorConfig(), buildHTTPInspector)
+}
+
+// policy lists the fields of the listener filters' configs this package
+// implements (see ParseConfig, NewTLSInspector, NewHTTPInspector); a config
+// with any other field set, or one this build does not know, is rejected.
+var policy = pbcheck.Policy{
+	"sift.filters.listener.detect.v1.Detect": pbcheck.Fields("timeout, max_bytes, sniffers"),
+	"envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": pbcheck.Fields("max_client_hello_size, "+
+		"close_connection_on_client_hello_parsing_errors, enable_ja3_fingerprinting, enable_ja4_fingerprinting").
+		Ignore("initial_read_buffer_size", "the listener's Peeker sizes its own buffer"),
+	"envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": pbcheck.Fields(""),
 }
 
 // Detect filter defaults and limits (see detect.proto).
@@ -42,17 +54,13 @@ type Config struct {
 // built-ins. Named sniffers run in the built-in order (tls, h2, http1)
 // whatever order they are listed in. Errors name the offending field.
 func ParseConfig(pb *detectv1.Detect) (Config, error) {
-	if err := checkUnknownFields(pb, "detect"); err != nil {
-		return Config{}, err
+	if err := policy.Check(pb); err != nil {
+		return Config{}, fmt.Errorf("detect: %w", err)
 	}
-	c := Config{Timeout: DefaultTimeout, MaxBytes: DefaultMaxBytes}
-	if t := pb.GetTimeout(); t != nil {
-		if err := t.CheckValid(); err != nil {
-			return Config{}, fmt.Errorf("detect: timeout: %w", err)
-		}
-		if c.Timeout = t.AsDuration(); c.Timeout <= 0 {
-			return Config{}, fmt.Errorf("detect: timeout: must be positive, got %v", c.Timeout)
-		}
+	c := Config{MaxBytes: DefaultMaxBytes}
+	var err error
+	if c.Timeout, err = pbcheck.Duration(pb.GetTimeout(), "timeout", DefaultTimeout, pbcheck.Positive); err != nil {
+		return Config{}, fmt.Errorf("detect: %w", err)
 	}
 	if m := pb.GetMaxBytes(); m != nil {
 		if m.GetValue() < MinMaxBytes {
@@ -97,7 +105,7 @@ var _ filters.ListenerFilter = (*Filter)(nil)
 func New(c Config) (*Filter, error) {
 	switch {
 	case c.Timeout <= 0:
-		return nil, fmt.Errorf("detect: timeout: must be positive, got %v", c.Timeout)
+		return nil, fmt.Errorf("detect: timeout: %v: must be positive", c.Timeout)
 	case c.MaxBytes < MinMaxBytes:
 		return nil, fmt.Errorf("detect: max_bytes: must be at least %d, got %d", MinMaxBytes, c.MaxBytes)
 	case len(c.Sniffers) == 0:
@@ -171,15 +179,4 @@ func buildDetect(cfg proto.Message, _ filters.BuildContext) (filters.ListenerFil
 		return nil, err
 	}
 	return New(c)
-}
-
-// checkUnknownFields rejects a config carrying fields this build does not
-// know (sent by a control plane with a newer API): Sift does not implement
-// them, and silently ignoring one could change behaviour.
-// prefix starts the error message.
-func checkUnknownFields(m proto.Message, prefix string) error {
-	if len(m.ProtoReflect().GetUnknown()) > 0 {
-		return fmt.Errorf("%s: config has fields this version of sift does not know (newer API?)", prefix)
-	}
-	return nil
 }
