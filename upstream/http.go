@@ -133,8 +133,9 @@ var httpPolicy = pbcheck.Policy{
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": pbcheck.Fields("http_protocol_options, http2_protocol_options"),
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig": pbcheck.Fields("http_protocol_options, " +
 		"http2_protocol_options"),
-	"envoy.config.core.v3.HttpProtocolOptions":  pbcheck.Fields("idle_timeout, max_response_headers_kb"),
-	"envoy.config.core.v3.Http1ProtocolOptions": pbcheck.Fields("enable_trailers"),
+	"envoy.config.core.v3.HttpProtocolOptions": pbcheck.Fields("idle_timeout, max_response_headers_kb"),
+	"envoy.config.core.v3.Http1ProtocolOptions": pbcheck.Fields("").
+		Ignore("enable_trailers", "Sift's HTTP/1 codec (Go's net/http) has no trailer switch"),
 	"envoy.config.core.v3.Http2ProtocolOptions": pbcheck.Fields("max_concurrent_streams, initial_stream_window_size, " +
 		"initial_connection_window_size, connection_keepalive"),
 	"envoy.config.core.v3.KeepaliveSettings": pbcheck.Fields("interval, timeout"),

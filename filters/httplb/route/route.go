@@ -6,8 +6,7 @@
 // Implemented (see policy for the accepted fields; anything else set is an
 // error naming it):
 //   - RouteConfiguration: name, virtual_hosts, request/response headers to
-//     add/remove, ignore_port_in_host_matching, validate_clusters (ignored:
-//     clusters are resolved per request, as Envoy does for CDS clusters).
+//     add/remove, ignore_port_in_host_matching, internal_only_headers.
 //   - VirtualHost: name, domains (exact, "*.suffix", "prefix.*", "*", with or
 //     without a port), routes, header edits, retry_policy (the default for
 //     its routes), per_request_buffer_limit_bytes.
@@ -34,7 +33,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/siftmesh/sift/internal/pbcheck"
 )
@@ -51,15 +49,18 @@ const (
 )
 
 var policy = pbcheck.Policy{
-	"envoy.config.route.v3.RouteConfiguration": pbcheck.Fields("name, virtual_hosts, response_headers_to_add, " +
-		"response_headers_to_remove, request_headers_to_add, request_headers_to_remove, validate_clusters, " +
-		"ignore_port_in_host_matching, internal_only_headers"),
+	"envoy.config.route.v3.RouteConfiguration": pbcheck.Fields("name, virtual_hosts, response_headers_to_add, "+
+		"response_headers_to_remove, request_headers_to_add, request_headers_to_remove, "+
+		"ignore_port_in_host_matching, internal_only_headers").
+		Ignore("validate_clusters", "clusters are resolved per request, as Envoy does for clusters from CDS"),
 	"envoy.config.route.v3.VirtualHost": pbcheck.Fields("name, domains, routes, request_headers_to_add, " +
 		"request_headers_to_remove, response_headers_to_add, response_headers_to_remove, retry_policy, " +
 		"per_request_buffer_limit_bytes"),
-	"envoy.config.route.v3.Route": pbcheck.Fields("name, match, route, direct_response, request_headers_to_add, " +
-		"request_headers_to_remove, response_headers_to_add, response_headers_to_remove, per_request_buffer_limit_bytes, " +
-		"metadata, decorator, stat_prefix"),
+	"envoy.config.route.v3.Route": pbcheck.Fields("name, match, route, direct_response, request_headers_to_add, "+
+		"request_headers_to_remove, response_headers_to_add, response_headers_to_remove, per_request_buffer_limit_bytes").
+		Ignore("metadata", "descriptive: read by filters and tools, not by the router").
+		Ignore("decorator", "names the route's tracing span: Sift does not trace yet").
+		Ignore("stat_prefix", "statistics only"),
 	"envoy.config.route.v3.RouteMatch": pbcheck.Fields("prefix, path, safe_regex, connect_matcher, " +
 		"path_separated_prefix, case_sensitive, headers, grpc"),
 	"envoy.config.route.v3.HeaderMatcher": pbcheck.Fields("name, exact_match, safe_regex_match, present_match, " +
@@ -471,18 +472,13 @@ func (r *Route) decodeAction(a *routev3.RouteAction, vhRetry *RetryPolicy) error
 		r.AutoHostRewrite = h.AutoHostRewrite.GetValue()
 	}
 	var err error
-	r.Timeout = DefaultTimeout
-	if a.GetTimeout() != nil {
-		if r.Timeout, err = dur(a.GetTimeout(), "timeout"); err != nil {
-			return err
-		}
+	if r.Timeout, err = pbcheck.Duration(a.GetTimeout(), "timeout", DefaultTimeout, pbcheck.NonNegative); err != nil {
+		return err
 	}
-	if a.GetIdleTimeout() != nil {
-		if r.IdleTimeout, err = dur(a.GetIdleTimeout(), "idle_timeout"); err != nil {
-			return err
-		}
-		r.HasIdleTimeout = true
+	if r.IdleTimeout, err = pbcheck.Duration(a.GetIdleTimeout(), "idle_timeout", 0, pbcheck.NonNegative); err != nil {
+		return err
 	}
+	r.HasIdleTimeout = a.GetIdleTimeout() != nil
 	r.Retry = vhRetry
 	if rp := a.GetRetryPolicy(); rp != nil {
 		if r.Retry, err = decodeRetry(rp); err != nil {
@@ -506,21 +502,18 @@ func (r *Route) decodeAction(a *routev3.RouteAction, vhRetry *RetryPolicy) error
 		}
 	}
 	if m := a.GetMaxStreamDuration(); m != nil {
-		if m.GetMaxStreamDuration() != nil {
-			if r.MaxStreamDuration, err = dur(m.GetMaxStreamDuration(), "max_stream_duration.max_stream_duration"); err != nil {
-				return err
-			}
+		if r.MaxStreamDuration, err = pbcheck.Duration(m.GetMaxStreamDuration(), "max_stream_duration.max_stream_duration",
+			0, pbcheck.NonNegative); err != nil {
+			return err
 		}
-		if m.GetGrpcTimeoutHeaderMax() != nil {
-			if r.GRPCTimeoutHeaderMax, err = dur(m.GetGrpcTimeoutHeaderMax(), "max_stream_duration.grpc_timeout_header_max"); err != nil {
-				return err
-			}
-			r.HasGRPCTimeoutHeaderMax = true
+		if r.GRPCTimeoutHeaderMax, err = pbcheck.Duration(m.GetGrpcTimeoutHeaderMax(), "max_stream_duration.grpc_timeout_header_max",
+			0, pbcheck.NonNegative); err != nil {
+			return err
 		}
-		if m.GetGrpcTimeoutHeaderOffset() != nil {
-			if r.GRPCTimeoutHeaderOffset, err = dur(m.GetGrpcTimeoutHeaderOffset(), "max_stream_duration.grpc_timeout_header_offset"); err != nil {
-				return err
-			}
+		r.HasGRPCTimeoutHeaderMax = m.GetGrpcTimeoutHeaderMax() != nil
+		if r.GRPCTimeoutHeaderOffset, err = pbcheck.Duration(m.GetGrpcTimeoutHeaderOffset(), "max_stream_duration.grpc_timeout_header_offset",
+			0, pbcheck.NonNegative); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -562,10 +555,8 @@ func decodeRetry(rp *routev3.RetryPolicy) (*RetryPolicy, error) {
 		p.NumRetries = int(min(n.GetValue(), 100))
 	}
 	var err error
-	if rp.GetPerTryTimeout() != nil {
-		if p.PerTryTimeout, err = dur(rp.GetPerTryTimeout(), "per_try_timeout"); err != nil {
-			return nil, err
-		}
+	if p.PerTryTimeout, err = pbcheck.Duration(rp.GetPerTryTimeout(), "per_try_timeout", 0, pbcheck.NonNegative); err != nil {
+		return nil, err
 	}
 	for i, c := range rp.GetRetriableStatusCodes() {
 		if c < 100 || c > 599 {
@@ -577,29 +568,17 @@ func decodeRetry(rp *routev3.RetryPolicy) (*RetryPolicy, error) {
 		if b.GetBaseInterval() == nil {
 			return nil, errors.New("retry_back_off.base_interval: must be set")
 		}
-		if p.BackoffBase, err = dur(b.GetBaseInterval(), "retry_back_off.base_interval"); err != nil || p.BackoffBase <= 0 {
-			return nil, errors.New("retry_back_off.base_interval: must be positive")
+		if p.BackoffBase, err = pbcheck.Duration(b.GetBaseInterval(), "retry_back_off.base_interval", 0, pbcheck.Positive); err != nil {
+			return nil, err
 		}
-		if b.GetMaxInterval() != nil {
-			if p.BackoffMax, err = dur(b.GetMaxInterval(), "retry_back_off.max_interval"); err != nil {
-				return nil, err
-			}
-			if p.BackoffMax < p.BackoffBase {
-				return nil, errors.New("retry_back_off.max_interval: must not be less than base_interval")
-			}
+		if p.BackoffMax, err = pbcheck.Duration(b.GetMaxInterval(), "retry_back_off.max_interval", 0, p.BackoffBase); err != nil {
+			return nil, err
 		}
 	}
 	if p.BackoffMax == 0 {
 		p.BackoffMax = 10 * p.BackoffBase
 	}
 	return p, nil
-}
-
-func dur(d *durationpb.Duration, field string) (time.Duration, error) {
-	if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
-		return 0, fmt.Errorf("%s: invalid duration", field)
-	}
-	return d.AsDuration(), nil
 }
 
 // VirtualHost selects the virtual host for authority with Envoy's domain
