@@ -28,7 +28,7 @@ var (
 )
 
 const (
-	whyHTTP      = "HTTP upstream settings are not supported yet"
+	whyHTTP      = "this HTTP upstream setting is not supported"
 	whyStats     = "statistics only"
 	whyNoHC      = "inert: Sift has no active health checking"
 	whyOneLevel  = "inert: Sift has one priority level and no locality weighting"
