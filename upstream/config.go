@@ -195,18 +195,8 @@ func (c *config) parseDNS(pb *clusterv3.Cluster) error {
 	}
 	d.failureBase, d.failureMax = d.refresh, d.refresh
 	if fr := pb.GetDnsFailureRefreshRate(); fr != nil {
-		if fr.GetBaseInterval() == nil {
-			return errors.New("dns_failure_refresh_rate.base_interval: must be set")
-		}
-		if d.failureBase, err = duration(fr.GetBaseInterval(), "dns_failure_refresh_rate.base_interval", 0, minDNSRefreshRate); err != nil {
+		if d.failureBase, d.failureMax, err = pbcheck.Backoff("dns_failure_refresh_rate", fr.GetBaseInterval(), fr.GetMaxInterval(), minDNSRefreshRate); err != nil {
 			return err
-		}
-		// Envoy: max_interval defaults to 10 times base_interval.
-		if d.failureMax, err = duration(fr.GetMaxInterval(), "dns_failure_refresh_rate.max_interval", 10*d.failureBase, minDNSRefreshRate); err != nil {
-			return err
-		}
-		if d.failureMax < d.failureBase {
-			return fmt.Errorf("dns_failure_refresh_rate.max_interval: %v: must not be less than base_interval %v", d.failureMax, d.failureBase)
 		}
 	}
 	d.family = pb.GetDnsLookupFamily()

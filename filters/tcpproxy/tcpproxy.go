@@ -129,19 +129,11 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 		}
 		p.connectAttempts = int(min(n.GetValue(), 1000))
 	}
+	p.backoffMax = defaultBackoffMaxRatio * p.backoffBase
 	if b := cfg.GetBackoffOptions(); b != nil {
-		if b.GetBaseInterval() == nil {
-			return nil, errors.New("backoff_options.base_interval: must be set")
-		}
-		if p.backoffBase, err = pbcheck.Duration(b.GetBaseInterval(), "backoff_options.base_interval", 0, pbcheck.Positive); err != nil {
+		if p.backoffBase, p.backoffMax, err = pbcheck.Backoff("backoff_options", b.GetBaseInterval(), b.GetMaxInterval(), pbcheck.Positive); err != nil {
 			return nil, err
 		}
-		if p.backoffMax, err = pbcheck.Duration(b.GetMaxInterval(), "backoff_options.max_interval", 0, p.backoffBase); err != nil {
-			return nil, err
-		}
-	}
-	if p.backoffMax == 0 {
-		p.backoffMax = defaultBackoffMaxRatio * p.backoffBase
 	}
 	return p, nil
 }

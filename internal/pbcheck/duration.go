@@ -39,3 +39,24 @@ func Duration(d *durationpb.Duration, field string, def, minimum time.Duration) 
 	}
 	return 0, fmt.Errorf("%s: %v: must be at least %v", field, v, minimum)
 }
+
+// Backoff converts Envoy's back-off pair — base_interval and max_interval of
+// a RetryBackOff, BackoffStrategy or Cluster.RefreshRate — held by the field
+// at path: base_interval must be set and at least minimum; max_interval
+// defaults to 10 times base_interval, as in Envoy, and must not be less
+// than it.
+func Backoff(path string, base, max *durationpb.Duration, minimum time.Duration) (b, m time.Duration, err error) {
+	if base == nil {
+		return 0, 0, fmt.Errorf("%s.base_interval: must be set", path)
+	}
+	if b, err = Duration(base, path+".base_interval", 0, minimum); err != nil {
+		return 0, 0, err
+	}
+	if m, err = Duration(max, path+".max_interval", 10*b, minimum); err != nil {
+		return 0, 0, err
+	}
+	if m < b {
+		return 0, 0, fmt.Errorf("%s.max_interval: %v: must not be less than base_interval %v", path, m, b)
+	}
+	return b, m, nil
+}

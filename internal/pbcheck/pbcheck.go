@@ -277,7 +277,7 @@ func hasRule(m Message, f protoreflect.Name) bool {
 func lookup(name protoreflect.FullName) (protoreflect.MessageDescriptor, error) {
 	d, err := protoregistry.GlobalFiles.FindDescriptorByName(name)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, fmt.Errorf("%s: no such registered type (misspelt, or its package not imported)", name)
 	}
 	md, ok := d.(protoreflect.MessageDescriptor)
 	if !ok {

@@ -75,12 +75,7 @@ func TestCheck(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			err := testPolicy.Check(tt.msg)
-			got := ""
-			if err != nil {
-				got = err.Error()
-			}
-			if got != tt.wantErr {
+			if got := errString(testPolicy.Check(tt.msg)); got != tt.wantErr {
 				t.Errorf("Check() = %q, want %q", got, tt.wantErr)
 			}
 		})
@@ -149,19 +144,14 @@ func TestAudit(t *testing.T) {
 		{name: "typo", policy: Policy{"envoy.config.listener.v3.Filter": Fields("name, typed_conifg")},
 			wantErr: "pbcheck: policy: envoy.config.listener.v3.Filter has no field typed_conifg"},
 		{name: "unknown message", policy: Policy{"envoy.nothing.Here": Fields("a")},
-			wantErr: `pbcheck: policy: envoy.nothing.Here: proto: not found`},
+			wantErr: "pbcheck: policy: envoy.nothing.Here: no such registered type (misspelt, or its package not imported)"},
 		{name: "not a message", policy: Policy{"envoy.config.core.v3.TrafficDirection": Fields("")},
 			wantErr: "pbcheck: policy: envoy.config.core.v3.TrafficDirection is not a message"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			err := tt.policy.Audit()
-			got := ""
-			if err != nil {
-				got = err.Error()
-			}
-			if got != tt.wantErr {
+			if got := errString(tt.policy.Audit()); got != tt.wantErr {
 				t.Errorf("Audit() = %q, want %q", got, tt.wantErr)
 			}
 		})
@@ -256,4 +246,46 @@ func TestLogIgnored(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+	sec := func(f float64) *durationpb.Duration { return durationpb.New(time.Duration(f * float64(time.Second))) }
+	tests := []struct {
+		name      string
+		base, max *durationpb.Duration
+		minimum   time.Duration
+		wantBase  time.Duration
+		wantMax   time.Duration
+		wantErr   string
+	}{
+		{name: "max defaults to 10 times base", base: sec(0.5), minimum: Positive, wantBase: 500 * time.Millisecond, wantMax: 5 * time.Second},
+		{name: "both set", base: sec(1), max: sec(30), minimum: Positive, wantBase: time.Second, wantMax: 30 * time.Second},
+		{name: "max equal to base", base: sec(2), max: sec(2), minimum: Positive, wantBase: 2 * time.Second, wantMax: 2 * time.Second},
+		{name: "base unset", max: sec(1), minimum: Positive, wantErr: "r.base_interval: must be set"},
+		{name: "base zero", base: sec(0), minimum: Positive, wantErr: "r.base_interval: 0s: must be positive"},
+		{name: "base below minimum", base: sec(0.0005), minimum: time.Millisecond, wantErr: "r.base_interval: 500µs: must be at least 1ms"},
+		{name: "max below base", base: sec(2), max: sec(1), minimum: Positive, wantErr: "r.max_interval: 1s: must not be less than base_interval 2s"},
+		{name: "max invalid", base: sec(1), max: &durationpb.Duration{Nanos: -1, Seconds: 1}, minimum: Positive,
+			wantErr: "r.max_interval: invalid duration: "}, // the rest is protobuf's wording
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b, m, err := Backoff("r", tt.base, tt.max, tt.minimum)
+			if got := errString(err); (tt.wantErr == "") != (err == nil) || !strings.HasPrefix(got, tt.wantErr) {
+				t.Fatalf("Backoff() error = %q, want %q", got, tt.wantErr)
+			}
+			if err == nil && (b != tt.wantBase || m != tt.wantMax) {
+				t.Errorf("Backoff() = %v, %v, want %v, %v", b, m, tt.wantBase, tt.wantMax)
+			}
+		})
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }

@@ -1,7 +1,6 @@
 package route
 
 import (
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -134,19 +133,11 @@ func decodeRetry(rp *routev3.RetryPolicy) (*RetryPolicy, error) {
 		}
 		p.StatusCodes = append(p.StatusCodes, int(c))
 	}
+	p.BackoffMax = 10 * p.BackoffBase
 	if b := rp.GetRetryBackOff(); b != nil {
-		if b.GetBaseInterval() == nil {
-			return nil, errors.New("retry_back_off.base_interval: must be set")
-		}
-		if p.BackoffBase, err = pbcheck.Duration(b.GetBaseInterval(), "retry_back_off.base_interval", 0, pbcheck.Positive); err != nil {
+		if p.BackoffBase, p.BackoffMax, err = pbcheck.Backoff("retry_back_off", b.GetBaseInterval(), b.GetMaxInterval(), pbcheck.Positive); err != nil {
 			return nil, err
 		}
-		if p.BackoffMax, err = pbcheck.Duration(b.GetMaxInterval(), "retry_back_off.max_interval", 0, p.BackoffBase); err != nil {
-			return nil, err
-		}
-	}
-	if p.BackoffMax == 0 {
-		p.BackoffMax = 10 * p.BackoffBase
 	}
 	return p, nil
 }
