@@ -1,7 +1,9 @@
 package upstream
 
 import (
+	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -263,5 +265,21 @@ func TestParseDNS(t *testing.T) {
 				t.Errorf("dns config (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// Build logs each field it accepts and ignores, with the reason, at debug.
+func TestBuildLogsIgnoredFields(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	log := slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	build(t, clusterJSON(t, staticCluster("c", `"altStatName":"x","respectDnsTtl":true,`, "127.0.0.1:80")), Options{Logger: log})
+	for _, want := range []string{
+		`field=alt_stat_name reason="statistics only" cluster=c`,
+		`field=respect_dns_ttl reason="Go's resolver does not report TTLs: Sift refreshes every dns_refresh_rate" cluster=c`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, b.String())
+		}
 	}
 }
