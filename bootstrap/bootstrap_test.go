@@ -155,3 +155,11 @@ func FuzzParse(f *testing.F) {
 		_ = Validate(b)
 	})
 }
+
+// Every rule of the policy (with xds.Policy) names a real field of its message.
+func TestPolicyAudit(t *testing.T) {
+	t.Parallel()
+	if err := policy.Audit(); err != nil {
+		t.Error(err)
+	}
+}

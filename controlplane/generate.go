@@ -35,7 +35,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
-	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/internal/envoynames"
 	"github.com/siftmesh/sift/mesh"
 )
 
@@ -208,7 +208,7 @@ func chainMatch(ip netip.Addr, port uint16, transport string, appProtocols ...st
 }
 
 // httpProtocols are what detection reports for plaintext HTTP.
-var httpProtocols = []string{filters.ProtocolHTTP11, filters.ProtocolHTTP10, filters.ProtocolH2C}
+var httpProtocols = []string{envoynames.ProtocolHTTP11, envoynames.ProtocolHTTP10, envoynames.ProtocolH2C}
 
 // outboundListener: the listener the application's connections are
 // redirected to. Each (service cluster IP, port) gets chains by treatment:
@@ -245,7 +245,7 @@ func (g *generator) outboundListener() {
 				default:
 					chains = append(chains,
 						g.httpChain("http|"+base, chainMatch(ip, p.Port, "", httpProtocols...), cluster, mesh.ProtocolUnknown),
-						chain("tls|"+base, chainMatch(ip, p.Port, filters.TransportTLS), tcpProxy("tls", cluster)),
+						chain("tls|"+base, chainMatch(ip, p.Port, envoynames.TransportTLS), tcpProxy("tls", cluster)),
 						chain("opaque|"+base, chainMatch(ip, p.Port, ""), tcpProxy("opaque", cluster)))
 				}
 			}

@@ -14,20 +14,23 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/siftmesh/sift/internal/envoynames"
 )
 
-// Transport protocols, as Envoy's FilterChainMatch.transport_protocol names them.
+// Transport protocols, as Envoy's FilterChainMatch.transport_protocol names
+// them (defined in internal/envoynames, which the control plane imports).
 const (
-	TransportRawBuffer = "raw_buffer"
-	TransportTLS       = "tls"
+	TransportRawBuffer = envoynames.TransportRawBuffer
+	TransportTLS       = envoynames.TransportTLS
 )
 
 // Application protocols set by Envoy's http_inspector and Sift's detect filter
-// (FilterChainMatch.application_protocols).
+// (FilterChainMatch.application_protocols; defined in internal/envoynames).
 const (
-	ProtocolHTTP10 = "http/1.0"
-	ProtocolHTTP11 = "http/1.1"
-	ProtocolH2C    = "h2c"
+	ProtocolHTTP10 = envoynames.ProtocolHTTP10
+	ProtocolHTTP11 = envoynames.ProtocolHTTP11
+	ProtocolH2C    = envoynames.ProtocolH2C
 )
 
 // Field is a bit set of the connection facts a listener filter can establish.

@@ -63,14 +63,14 @@ type FilterChain struct {
 const defaultListenerFiltersTimeout = 15 * time.Second
 
 var listenerPolicy = pbcheck.Policy{
-	// per_connection_buffer_limit_bytes and enable_reuse_port tune Envoy's
-	// own buffers and worker threads; Sift's buffers are fixed and smaller,
-	// and it has one accept loop, so both are accepted without effect.
-	// traffic_direction, stat_prefix and metadata are descriptive.
-	"envoy.config.listener.v3.Listener": pbcheck.Fields("name, address, filter_chains, default_filter_chain, " +
-		"listener_filters, listener_filters_timeout, continue_on_listener_filters_timeout, use_original_dst, " +
-		"bind_to_port, stat_prefix, traffic_direction, metadata, per_connection_buffer_limit_bytes, enable_reuse_port"),
-	"envoy.config.listener.v3.FilterChain":    pbcheck.Fields("filter_chain_match, filters, name, metadata"),
+	"envoy.config.listener.v3.Listener": pbcheck.Fields("name, address, filter_chains, default_filter_chain, "+
+		"listener_filters, listener_filters_timeout, continue_on_listener_filters_timeout, use_original_dst, bind_to_port").
+		Ignore("stat_prefix", "statistics only").
+		Ignore("traffic_direction, metadata", "descriptive: read by filters and tools, not by the listener").
+		Ignore("per_connection_buffer_limit_bytes", "tunes Envoy's buffers: Sift's are fixed and smaller").
+		Ignore("enable_reuse_port", "tunes Envoy's worker threads: Sift has one accept loop per listener"),
+	"envoy.config.listener.v3.FilterChain": pbcheck.Fields("filter_chain_match, filters, name").
+		Ignore("metadata", "descriptive: read by filters and tools, not by the listener"),
 	"envoy.config.listener.v3.Filter":         pbcheck.Fields("name, typed_config"),
 	"envoy.config.listener.v3.ListenerFilter": pbcheck.Fields("name, typed_config, filter_disabled"),
 	"envoy.config.core.v3.Address":            pbcheck.Fields("socket_address"),
@@ -91,6 +91,7 @@ func decode(pb *listenerv3.Listener, bc filters.BuildContext) (*Config, error) {
 	if err := listenerPolicy.Check(pb); err != nil {
 		return nil, err
 	}
+	listenerPolicy.LogIgnored(bc.Logger, pb, "listener", pb.GetName())
 	if pb.GetName() == "" {
 		return nil, errors.New("name: must be set")
 	}
@@ -107,14 +108,12 @@ func decode(pb *listenerv3.Listener, bc filters.BuildContext) (*Config, error) {
 		Address:                  addr.String(),
 		BindToPort:               pb.GetBindToPort() == nil || pb.GetBindToPort().GetValue(),
 		UseOriginalDst:           pb.GetUseOriginalDst().GetValue(),
-		FiltersTimeout:           defaultListenerFiltersTimeout,
 		ContinueOnFiltersTimeout: pb.GetContinueOnListenerFiltersTimeout(),
 	}
-	if t := pb.GetListenerFiltersTimeout(); t != nil {
-		if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
-			return nil, fmt.Errorf("listener_filters_timeout: invalid duration %v", t)
-		}
-		cfg.FiltersTimeout = t.AsDuration() // 0 disables, as in Envoy
+	// 0 disables, as in Envoy.
+	if cfg.FiltersTimeout, err = pbcheck.Duration(pb.GetListenerFiltersTimeout(), "listener_filters_timeout",
+		defaultListenerFiltersTimeout, pbcheck.NonNegative); err != nil {
+		return nil, err
 	}
 	for i, lf := range pb.GetListenerFilters() {
 		f, err := filters.BuildListenerFilter(lf.GetTypedConfig(), bc)

@@ -49,7 +49,7 @@ filter_chains: [{filters: [` + tp + `]}]`, wantErr: "filter_disabled: destinatio
 		{name: "filter_disabled or needs two", listener: `listener_filters: [{name: d, typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect}, filter_disabled: {or_match: {rules: [{any_match: true}]}}}]
 filter_chains: [{filters: [` + tp + `]}]`, wantErr: "or_match.rules: at least 2 rules are required"},
 		{name: "negative timeout", listener: `listener_filters_timeout: -1s
-filter_chains: [{filters: [` + tp + `]}]`, wantErr: "listener_filters_timeout: invalid duration"},
+filter_chains: [{filters: [` + tp + `]}]`, wantErr: "listener_filters_timeout: -1s: must not be negative"},
 		{name: "tcp_proxy without cluster", listener: `filter_chains: [{filters: [{name: t, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s}}]}]`,
 			wantErr: "tcp_proxy: cluster or weighted_clusters: one must be set"},
 		{name: "tcp_proxy unsupported field", listener: `filter_chains: [{filters: [{name: t, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c, hash_policy: [{}]}}]}]`,

@@ -12,8 +12,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/upstream/balancer"
 )
 
@@ -79,8 +79,8 @@ func parse(pb *clusterv3.Cluster) (*config, error) {
 		return nil, errors.New("name: must be set")
 	}
 
-	// The discovery type first: an EDS cluster carries eds_cluster_config, and
-	// "EDS is not supported yet" is the useful message, not the field check.
+	// The discovery type first: "LOGICAL_DNS is not supported" is the useful
+	// message for such a cluster, not a field check on what it carries.
 	switch t := pb.GetClusterDiscoveryType().(type) {
 	case nil:
 		c.discovery = discoveryStatic
@@ -113,7 +113,7 @@ func parse(pb *clusterv3.Cluster) (*config, error) {
 		return nil, fmt.Errorf("lb_policy: %s is not supported by Sift (supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM)", p)
 	}
 
-	if err := checkFields(pb.ProtoReflect(), ""); err != nil {
+	if err := policy.Check(pb); err != nil {
 		return nil, err
 	}
 
@@ -188,18 +188,8 @@ func (c *config) parseDNS(pb *clusterv3.Cluster) error {
 	}
 	d.failureBase, d.failureMax = d.refresh, d.refresh
 	if fr := pb.GetDnsFailureRefreshRate(); fr != nil {
-		if fr.GetBaseInterval() == nil {
-			return errors.New("dns_failure_refresh_rate.base_interval: must be set")
-		}
-		if d.failureBase, err = duration(fr.GetBaseInterval(), "dns_failure_refresh_rate.base_interval", 0, minDNSRefreshRate); err != nil {
+		if d.failureBase, d.failureMax, err = pbcheck.Backoff("dns_failure_refresh_rate", fr.GetBaseInterval(), fr.GetMaxInterval(), minDNSRefreshRate); err != nil {
 			return err
-		}
-		// Envoy: max_interval defaults to 10 times base_interval.
-		if d.failureMax, err = duration(fr.GetMaxInterval(), "dns_failure_refresh_rate.max_interval", 10*d.failureBase, minDNSRefreshRate); err != nil {
-			return err
-		}
-		if d.failureMax < d.failureBase {
-			return fmt.Errorf("dns_failure_refresh_rate.max_interval: %v: must not be less than base_interval %v", d.failureMax, d.failureBase)
 		}
 	}
 	d.family = pb.GetDnsLookupFamily()
@@ -210,9 +200,9 @@ func (c *config) parseDNS(pb *clusterv3.Cluster) error {
 }
 
 // parseAssignment validates the values of a ClusterLoadAssignment whose
-// fields checkFields has accepted. For STATIC clusters (and, later, EDS
-// updates, which will call it with discoveryStatic and hand the result to
-// Cluster.setEndpoints) addresses must be IPs; for STRICT_DNS they are names.
+// fields policy has accepted. For STATIC clusters and EDS updates (which
+// call it with discoveryStatic, see parseEDSAssignment) addresses must be
+// IPs; for STRICT_DNS they are names.
 func parseAssignment(la *endpointv3.ClusterLoadAssignment, d discovery) ([]endpointSpec, error) {
 	var eps []endpointSpec
 	for i, lle := range la.GetEndpoints() {
@@ -277,21 +267,6 @@ func parseLbEndpoint(lbe *endpointv3.LbEndpoint, d discovery, path string) (endp
 	return ep, nil
 }
 
-// duration converts an optional Duration: def when unset, an error when it is
-// invalid or below minimum (a zero minimum allows zero; 1 means "> 0").
-func duration(d *durationpb.Duration, field string, def, minimum time.Duration) (time.Duration, error) {
-	if d == nil {
-		return def, nil
-	}
-	if err := d.CheckValid(); err != nil {
-		return 0, fmt.Errorf("%s: %w", field, err)
-	}
-	v := d.AsDuration()
-	if v < minimum {
-		if minimum == 1 {
-			return 0, fmt.Errorf("%s: %v: must be positive", field, v)
-		}
-		return 0, fmt.Errorf("%s: %v: must be at least %v", field, v, minimum)
-	}
-	return v, nil
-}
+// duration is pbcheck.Duration, Sift's one duration validator; minimum 1
+// (pbcheck.Positive) means "> 0".
+var duration = pbcheck.Duration

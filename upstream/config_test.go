@@ -1,15 +1,17 @@
 package upstream
 
 import (
+	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/reflect/protoregistry"
+
+	"github.com/siftmesh/sift/internal/pbcheck"
 )
 
 const lbe = `{"endpoint":{"address":{"socketAddress":{"address":"127.0.0.1","portValue":80}}}}`
@@ -205,7 +207,7 @@ func TestBuildUnknownField(t *testing.T) {
 	ep := pb.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint()
 	ep.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
 	_, err := Build(pb, Options{})
-	want := `upstream: cluster "c": load_assignment.endpoints[0].lb_endpoints[0].endpoint: unknown field number 99: not supported by Sift`
+	want := `upstream: cluster "c": load_assignment.endpoints[0].lb_endpoints[0].endpoint: unknown field number 99 (newer API?): not supported by Sift`
 	if err == nil || err.Error() != want {
 		t.Fatalf("Build: %v, want %s", err, want)
 	}
@@ -224,34 +226,13 @@ func TestBuildKeepalive(t *testing.T) {
 // real field: the list in fields.go is complete and has no typo.
 func TestPolicyComplete(t *testing.T) {
 	t.Parallel()
-	for msgName, rules := range policy {
-		d, err := protoregistry.GlobalFiles.FindDescriptorByName(msgName)
-		if err != nil {
-			t.Errorf("policy: %s: %v", msgName, err)
-			continue
+	for _, p := range []pbcheck.Policy{policy, httpPolicy} {
+		if err := p.Audit(); err != nil {
+			t.Error(err)
 		}
-		md := d.(protoreflect.MessageDescriptor)
-		fields := md.Fields()
-		for i := 0; i < fields.Len(); i++ {
-			fd := fields.Get(i)
-			r, ok := rules[fd.Name()]
-			if !ok {
-				t.Errorf("policy: %s.%s has no rule", msgName, fd.Name())
-				continue
-			}
-			if r.kind == walked {
-				if fd.Message() == nil {
-					t.Errorf("policy: %s.%s is walked but is not a message", msgName, fd.Name())
-				} else if _, ok := policy[fd.Message().FullName()]; !ok {
-					t.Errorf("policy: %s.%s is walked but %s has no entry", msgName, fd.Name(), fd.Message().FullName())
-				}
-			}
-		}
-		for name := range rules {
-			if fields.ByName(name) == nil {
-				t.Errorf("policy: %s has no field %s", msgName, name)
-			}
-		}
+	}
+	for _, f := range policy.Unruled() {
+		t.Errorf("policy: %s has no rule", f)
 	}
 	if _, ok := policy[(&clusterv3.Cluster{}).ProtoReflect().Descriptor().FullName()]; !ok {
 		t.Error("policy has no entry for Cluster")
@@ -284,5 +265,21 @@ func TestParseDNS(t *testing.T) {
 				t.Errorf("dns config (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// Build logs each field it accepts and ignores, with the reason, at debug.
+func TestBuildLogsIgnoredFields(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	log := slog.New(slog.NewTextHandler(&b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	build(t, clusterJSON(t, staticCluster("c", `"altStatName":"x","respectDnsTtl":true,`, "127.0.0.1:80")), Options{Logger: log})
+	for _, want := range []string{
+		`field=alt_stat_name reason="statistics only" cluster=c`,
+		`field=respect_dns_ttl reason="Go's resolver does not report TTLs: Sift refreshes every dns_refresh_rate" cluster=c`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, b.String())
+		}
 	}
 }

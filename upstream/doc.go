@@ -1,25 +1,29 @@
-// Package upstream holds clusters: their endpoints (static, STRICT_DNS or
-// EDS), the load balancing that picks one for a new connection (with the
-// policies of package upstream/balancer, which the HTTP router uses for
-// requests too), and the Manager that names them for the data path.
+// Package upstream holds clusters: their endpoints (static, resolved by
+// STRICT_DNS, or delivered by EDS), the load balancing that picks one for a
+// new connection (with the policies of package upstream/balancer, which the
+// HTTP router uses for requests too), and the Manager that names them for
+// the data path.
 //
 // Build turns an Envoy v3 Cluster into a running *Cluster after validating it
 // completely. A Cluster keeps its endpoint set and load-balancing picker in an
 // immutable snapshot that is swapped atomically when the endpoints change (a
-// DNS refresh; later EDS, through the same seam); per-endpoint balancing
-// state (open connections, the peak-EWMA connect-time estimate) lives in
-// atomics on balancer.Endpoints that survive the swap.
+// DNS refresh, or an EDS ClusterLoadAssignment through UpdateLoadAssignment);
+// per-endpoint balancing state (open connections, the peak-EWMA connect-time
+// estimate) lives in atomics on balancer.Endpoints that survive the swap.
 //
 // # Configuration
 //
-// fields.go gives the rule for every field of every message Build reads; a
-// set field that is not accepted there, or a field this version does not
-// know, is an error naming it by its path from the cluster, e.g.
+// fields.go gives the rule for every field of every message Build reads, in
+// internal/pbcheck's policy language (http.go adds those of the HTTP
+// options, load-balancing policies, outlier detection and circuit
+// breakers); a set field that is not accepted there, or a field this version
+// does not know, is an error naming it by its path from the cluster, e.g.
 //
 //	upstream: cluster "web": load_assignment.endpoints[0].lb_endpoints[1].endpoint.address.pipe: not supported by Sift (unix socket endpoints are not supported)
 //
 // Implemented, with Envoy's semantics:
-//   - name; type STATIC or STRICT_DNS. EDS, LOGICAL_DNS, ORIGINAL_DST and
+//   - name; type STATIC, STRICT_DNS or EDS (eds_cluster_config.eds_config
+//     and service_name; see eds.go). LOGICAL_DNS, ORIGINAL_DST and
 //     cluster_type are rejected.
 //   - connect_timeout (default 5 s).
 //   - lb_policy ROUND_ROBIN, LEAST_REQUEST, RANDOM (package balancer);
@@ -45,7 +49,8 @@
 //
 // Accepted and ignored, because Envoy treats them as tuning or statistics, or
 // because they are inert given what Sift rejects (the reason for each is in
-// fields.go): alt_stat_name, stats_matcher, track_timeout_budgets,
+// the policy, fields.go or http.go, and Build logs each one a cluster sets at
+// debug level): alt_stat_name, stats_matcher, track_timeout_budgets,
 // track_cluster_stats, per_connection_buffer_limit_bytes, respect_dns_ttl,
 // use_tcp_for_dns_lookups, wait_for_warm_on_init, cleanup_interval, metadata,
 // preconnect_policy, close_connections_on_host_health_failure,
@@ -58,7 +63,8 @@
 // endpoints[]'s locality, metadata, load_balancing_weight (locality weights:
 // inert in Envoy too without locality_weighted_lb_config) and proximity;
 // lb_endpoints[].metadata; endpoint.health_check_config and
-// observability_name; socket_address.ipv4_compat.
+// observability_name; socket_address.ipv4_compat; circuit_breakers'
+// max_pending_requests, max_retries and track_remaining; enable_trailers.
 //
 // Everything else is rejected: health checks, transport sockets (TLS), custom DNS
 // resolvers, subset and hashing load balancers, upstream filters, load
@@ -70,8 +76,11 @@
 //     over all hosts once fewer than half are healthy; Sift never picks an
 //     UNHEALTHY, DRAINING or TIMEOUT host. DEGRADED hosts are used only when
 //     no host is HEALTHY or UNKNOWN (Envoy spills over gradually).
-//   - No circuit breakers, so Envoy's implicit defaults (1024 connections per
-//     cluster, and so on) do not apply.
+//   - Circuit breakers apply only where a cluster sets them, and to HTTP
+//     traffic: Envoy's implicit defaults (1024 connections and 1024 requests
+//     per cluster) do not apply; max_connections caps each endpoint's pool
+//     where Envoy caps the cluster; max_pending_requests and max_retries are
+//     not enforced.
 //   - respect_dns_ttl is ignored (Go's resolver does not report TTLs), and a
 //     STRICT_DNS cluster has one refresh timer rather than one per name.
 package upstream

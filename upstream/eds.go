@@ -70,7 +70,7 @@ func CheckLoadAssignment(cla *endpointv3.ClusterLoadAssignment) error {
 }
 
 func parseEDSAssignment(cla *endpointv3.ClusterLoadAssignment) ([]endpointSpec, error) {
-	if err := checkFields(cla.ProtoReflect(), "load_assignment"); err != nil {
+	if err := policy.CheckAt(cla, "load_assignment"); err != nil {
 		return nil, fmt.Errorf("ClusterLoadAssignment %q: %w", cla.GetClusterName(), err)
 	}
 	specs, err := parseAssignment(cla, discoveryStatic) // EDS endpoints are IP addresses

@@ -1,58 +1,43 @@
 package upstream
 
-import (
-	"fmt"
-
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/reflect/protoreflect"
-)
+import "github.com/siftmesh/sift/internal/pbcheck"
 
 // This file is the field-by-field contract between Envoy's Cluster resource
-// and Sift: every field of every message Build reads is listed with what Sift
-// does with it, and checkFields rejects any set field that is not accepted, so
-// no configuration is silently dropped.
+// and Sift, in internal/pbcheck's policy language: every field of every
+// message Build reads is listed with what Sift does with it, and
+// policy.Check rejects any set field that is not accepted, or a field this
+// version does not know, so no configuration is silently dropped.
 //
-//   - used: Build reads it and Sift implements Envoy's semantics (see config.go
-//     for the value checks and documented approximations).
-//   - walked: used, and the message's own fields are checked against its entry.
-//   - ignored: accepted and has no effect. Only fields that Envoy itself treats
+//   - use: Build reads it and Sift implements Envoy's semantics (see config.go
+//     for the value checks and documented approximations). A message field
+//     is entered, and checked against its own entry when it has one.
+//   - ignore: accepted and has no effect. Only fields that Envoy itself treats
 //     as optional tuning, statistics, or that are inert given what Sift rejects
 //     elsewhere (e.g. health-check settings without health checks) are here;
 //     the reason is given beside each.
-//   - rejected, or absent from the list: Build fails, naming the field.
+//   - reject, or absent from the list: Build fails, naming the field.
 //
 // A test checks that every field of every listed message has an entry, so a
 // new go-control-plane release forces a decision on its new fields.
 
-type ruleKind uint8
-
-const (
-	used ruleKind = iota + 1
-	walked
-	ignored
-	rejected
+// Shorthands, so that the table below reads as a table.
+var (
+	use    = pbcheck.Use
+	ignore = pbcheck.Ignore
+	reject = pbcheck.Reject
 )
 
-type rule struct {
-	kind ruleKind
-	why  string
-}
-
-func use() rule              { return rule{kind: used} }
-func walk() rule             { return rule{kind: walked} }
-func ignore(why string) rule { return rule{kind: ignored, why: why} }
-func reject(why string) rule { return rule{kind: rejected, why: why} }
-
 const (
-	whyHTTP      = "HTTP upstream settings are not supported yet"
+	whyHTTP      = "this HTTP upstream setting is not supported"
 	whyStats     = "statistics only"
 	whyNoHC      = "inert: Sift has no active health checking"
 	whyOneLevel  = "inert: Sift has one priority level and no locality weighting"
 	whyLBNotImpl = "its lb_policy is not supported by Sift"
+	whyNoRuntime = "Sift has no runtime layer: the default value applies, as in Envoy when the key is absent"
 )
 
 // policy maps a message's full name to the rule for each of its fields.
-var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
+var policy = pbcheck.Policy{
 	"envoy.config.cluster.v3.Cluster": {
 		"name":                        use(),
 		"type":                        use(),
@@ -60,15 +45,15 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 		"eds_cluster_config":          use(),
 		"connect_timeout":             use(),
 		"lb_policy":                   use(),
-		"load_assignment":             walk(),
+		"load_assignment":             use(),
 		"dns_refresh_rate":            use(),
 		"dns_jitter":                  use(),
-		"dns_failure_refresh_rate":    walk(),
+		"dns_failure_refresh_rate":    use(),
 		"dns_lookup_family":           use(),
-		"least_request_lb_config":     walk(),
-		"round_robin_lb_config":       walk(),
-		"common_lb_config":            walk(),
-		"upstream_connection_options": walk(),
+		"least_request_lb_config":     use(),
+		"round_robin_lb_config":       use(),
+		"common_lb_config":            use(),
+		"upstream_connection_options": use(),
 
 		"alt_stat_name":                            ignore(whyStats),
 		"stats_matcher":                            ignore(whyStats),
@@ -120,12 +105,12 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 	},
 	"envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": {
 		"choice_count":        use(),
-		"active_request_bias": walk(),
+		"active_request_bias": use(),
 		"slow_start_config":   reject("slow start is not supported"),
 	},
 	"envoy.config.core.v3.RuntimeDouble": {
 		"default_value": use(),
-		"runtime_key":   ignore("Sift has no runtime layer: the default value applies, as in Envoy when the key is absent"),
+		"runtime_key":   ignore(whyNoRuntime),
 	},
 	"envoy.config.cluster.v3.Cluster.RoundRobinLbConfig": {
 		"slow_start_config": reject("slow start is not supported"),
@@ -147,8 +132,8 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 	},
 	"envoy.config.endpoint.v3.ClusterLoadAssignment": {
 		"cluster_name":    ignore("Envoy ignores it for STATIC and STRICT_DNS clusters"),
-		"endpoints":       walk(),
-		"policy":          walk(),
+		"endpoints":       use(),
+		"policy":          use(),
 		"named_endpoints": reject("named endpoints are not supported"),
 	},
 	"envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": {
@@ -158,7 +143,7 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 		"drop_overloads":           reject("drop overloads are not supported"),
 	},
 	"envoy.config.endpoint.v3.LocalityLbEndpoints": {
-		"lb_endpoints":                 walk(),
+		"lb_endpoints":                 use(),
 		"priority":                     use(),
 		"locality":                     ignore(whyOneLevel),
 		"metadata":                     ignore("read by filters, not by the cluster"),
@@ -168,21 +153,21 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 		"leds_cluster_locality_config": reject("LEDS is not supported: use lb_endpoints"),
 	},
 	"envoy.config.endpoint.v3.LbEndpoint": {
-		"endpoint":              walk(),
+		"endpoint":              use(),
 		"health_status":         use(),
 		"load_balancing_weight": use(),
 		"metadata":              ignore("read by filters, not by the cluster"),
 		"endpoint_name":         reject("named endpoints are not supported: use endpoint"),
 	},
 	"envoy.config.endpoint.v3.Endpoint": {
-		"address":              walk(),
+		"address":              use(),
 		"hostname":             use(),
 		"health_check_config":  ignore(whyNoHC),
 		"observability_name":   ignore(whyStats),
 		"additional_addresses": reject("additional addresses are not supported"),
 	},
 	"envoy.config.core.v3.Address": {
-		"socket_address":         walk(),
+		"socket_address":         use(),
 		"pipe":                   reject("unix socket endpoints are not supported"),
 		"envoy_internal_address": reject("internal addresses are not supported"),
 	},
@@ -195,61 +180,4 @@ var policy = map[protoreflect.FullName]map[protoreflect.Name]rule{
 		"resolver_name":              reject("custom resolvers are not supported"),
 		"network_namespace_filepath": reject("network namespaces are not supported"),
 	},
-}
-
-// checkFields returns an error naming the first set field of m (in
-// declaration order, depth first) that policy does not accept, or unknown
-// fields. path is m's path from the Cluster ("" for the Cluster itself).
-func checkFields(m protoreflect.Message, path string) error {
-	d := m.Descriptor()
-	rules, ok := policy[d.FullName()]
-	if !ok {
-		// A walked field whose message has no entry: a bug in policy.
-		return fmt.Errorf("%s: internal error: no field policy for %s", path, d.FullName())
-	}
-	if u := m.GetUnknown(); len(u) > 0 {
-		num, _, _ := protowire.ConsumeTag(u)
-		return fmt.Errorf("%s: unknown field number %d: not supported by Sift", orRoot(path), num)
-	}
-	fields := d.Fields()
-	for i := 0; i < fields.Len(); i++ {
-		fd := fields.Get(i)
-		if !m.Has(fd) {
-			continue
-		}
-		p := join(path, string(fd.Name()))
-		r, ok := rules[fd.Name()]
-		switch {
-		case !ok:
-			return fmt.Errorf("%s: not supported by Sift", p)
-		case r.kind == rejected:
-			return fmt.Errorf("%s: not supported by Sift (%s)", p, r.why)
-		case r.kind == walked && fd.IsList():
-			l := m.Get(fd).List()
-			for j := 0; j < l.Len(); j++ {
-				if err := checkFields(l.Get(j).Message(), fmt.Sprintf("%s[%d]", p, j)); err != nil {
-					return err
-				}
-			}
-		case r.kind == walked:
-			if err := checkFields(m.Get(fd).Message(), p); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func join(path, name string) string {
-	if path == "" {
-		return name
-	}
-	return path + "." + name
-}
-
-func orRoot(path string) string {
-	if path == "" {
-		return "cluster"
-	}
-	return path
 }

@@ -98,8 +98,9 @@ var httpPolicy = pbcheck.Policy{
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": pbcheck.Fields("http_protocol_options, http2_protocol_options"),
 	"envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig": pbcheck.Fields("http_protocol_options, " +
 		"http2_protocol_options"),
-	"envoy.config.core.v3.HttpProtocolOptions":  pbcheck.Fields("idle_timeout, max_response_headers_kb"),
-	"envoy.config.core.v3.Http1ProtocolOptions": pbcheck.Fields("enable_trailers"),
+	"envoy.config.core.v3.HttpProtocolOptions": pbcheck.Fields("idle_timeout, max_response_headers_kb"),
+	"envoy.config.core.v3.Http1ProtocolOptions": pbcheck.Fields("").
+		Ignore("enable_trailers", "Sift's HTTP/1 codec (Go's net/http) has no trailer switch"),
 	"envoy.config.core.v3.Http2ProtocolOptions": pbcheck.Fields("max_concurrent_streams, initial_stream_window_size, " +
 		"initial_connection_window_size, connection_keepalive"),
 	"envoy.config.core.v3.KeepaliveSettings": pbcheck.Fields("interval, timeout"),
@@ -110,12 +111,14 @@ var httpPolicy = pbcheck.Policy{
 	"envoy.config.cluster.v3.LoadBalancingPolicy.Policy": pbcheck.Fields("typed_extension_config"),
 	"envoy.config.core.v3.TypedExtensionConfig":          pbcheck.Fields("name, typed_config"),
 	"envoy.config.cluster.v3.CircuitBreakers":            pbcheck.Fields("thresholds"),
-	"envoy.config.cluster.v3.CircuitBreakers.Thresholds": pbcheck.Fields("priority, max_connections, max_requests, " +
-		"max_pending_requests, max_retries, track_remaining"),
+	"envoy.config.cluster.v3.CircuitBreakers.Thresholds": pbcheck.Fields("priority, max_connections, max_requests").
+		Ignore("max_pending_requests, max_retries", "they bound queues Sift does not keep: requests wait for a connection in Go's pool").
+		Ignore("track_remaining", "statistics only"),
 	"envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin":     nil,
 	"envoy.extensions.load_balancing_policies.random.v3.Random":              nil,
 	"envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest": pbcheck.Fields("choice_count, active_request_bias"),
-	"envoy.config.core.v3.RuntimeDouble":                                     pbcheck.Fields("default_value, runtime_key"),
+	"envoy.config.core.v3.RuntimeDouble": pbcheck.Fields("default_value").
+		Ignore("runtime_key", whyNoRuntime),
 }
 
 // parseHTTP validates the Cluster fields about HTTP and request balancing,
@@ -229,9 +232,6 @@ func (c *config) parseCircuitBreakers(cb *clusterv3.CircuitBreakers) error {
 		if v := t.GetMaxRequests(); v != nil {
 			c.http.opts.MaxRequests = int(min(v.GetValue(), math.MaxInt32))
 		}
-		// max_pending_requests and max_retries bound queues Sift does not
-		// keep (requests wait for a connection in Go's pool); track_remaining
-		// is statistics.
 	}
 	return nil
 }

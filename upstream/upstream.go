@@ -35,7 +35,8 @@ type Options struct {
 	// cluster sets upstream_connection_options.tcp_keepalive, a copy of the
 	// Dialer with that KeepAliveConfig is used.
 	Dialer *net.Dialer
-	// Logger receives DNS resolution failures and recoveries (a change of
+	// Logger receives, at debug level, the fields Build accepts and ignores
+	// (with the reason), and DNS resolution failures and recoveries (a change of
 	// state is logged once, not every refresh); nil means slog.Default().
 	Logger *slog.Logger
 
@@ -117,6 +118,7 @@ func Build(pb *clusterv3.Cluster, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream: cluster %q: %w", pb.GetName(), err)
 	}
+	policy.LogIgnored(opts.Logger, pb, "cluster", cfg.name)
 	c := &Cluster{
 		cfg:     cfg,
 		dialer:  opts.Dialer,

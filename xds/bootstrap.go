@@ -21,7 +21,7 @@ var Policy = pbcheck.Policy{
 	"envoy.config.core.v3.ApiConfigSource":                 pbcheck.Fields("api_type, transport_api_version, grpc_services, set_node_on_first_message_only"),
 	"envoy.config.core.v3.GrpcService":                     pbcheck.Fields("envoy_grpc, google_grpc"),
 	"envoy.config.core.v3.GrpcService.EnvoyGrpc":           pbcheck.Fields("cluster_name"),
-	"envoy.config.core.v3.GrpcService.GoogleGrpc":          pbcheck.Fields("target_uri, stat_prefix"),
+	"envoy.config.core.v3.GrpcService.GoogleGrpc":          pbcheck.Fields("target_uri").Ignore("stat_prefix", "statistics only"),
 }
 
 // Dialer opens a connection to an xDS server named by a GrpcService: an
@@ -107,12 +107,9 @@ func Sources(dr *bootstrapv3.Bootstrap_DynamicResources, dial Dialer) (map[strin
 			return fail(err)
 		}
 		sources[t.typeURL] = src
-		timeouts[t.typeURL] = defaultInitialFetchTimeout
-		if d := t.cs.GetInitialFetchTimeout(); d != nil {
-			if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
-				return fail(fmt.Errorf("%s.initial_fetch_timeout: invalid duration", t.field))
-			}
-			timeouts[t.typeURL] = d.AsDuration()
+		if timeouts[t.typeURL], err = pbcheck.Duration(t.cs.GetInitialFetchTimeout(), t.field+".initial_fetch_timeout",
+			defaultInitialFetchTimeout, pbcheck.NonNegative); err != nil {
+			return fail(err)
 		}
 	}
 	// Named types follow their parents' server.

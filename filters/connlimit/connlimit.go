@@ -57,11 +57,9 @@ func New(cfg *connlimitv3.ConnectionLimit) (*Limit, error) {
 		return nil, errors.New("max_connections: must be at least 1")
 	}
 	l := &Limit{max: int64(min(cfg.GetMaxConnections().GetValue(), 1<<62))}
-	if d := cfg.GetDelay(); d != nil {
-		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
-			return nil, errors.New("delay: invalid duration")
-		}
-		l.delay = d.AsDuration()
+	var err error
+	if l.delay, err = pbcheck.Duration(cfg.GetDelay(), "delay", 0, pbcheck.NonNegative); err != nil {
+		return nil, err
 	}
 	return l, nil
 }

@@ -116,12 +116,12 @@ func TestParseConfig(t *testing.T) {
 		{
 			name:    "port policy zero timeout",
 			cfg:     &detectv1.Detect{PortPolicies: []*detectv1.Detect_PortPolicy{{Ports: []*detectv1.Detect_PortRange{{Start: 10}}, Timeout: durationpb.New(0)}}},
-			wantErr: "detect: port_policies[0].timeout: must be positive, got 0s",
+			wantErr: "detect: port_policies[0].timeout: 0s: must be positive",
 		},
 		{
 			name:    "negative grace period",
 			cfg:     &detectv1.Detect{ServerFirstGracePeriod: durationpb.New(-time.Millisecond)},
-			wantErr: "detect: server_first_grace_period: must not be negative, got -1ms",
+			wantErr: "detect: server_first_grace_period: -1ms: must not be negative",
 		},
 		{
 			name:    "unknown timeout action",
@@ -131,7 +131,7 @@ func TestParseConfig(t *testing.T) {
 		{
 			name:    "zero learn ttl",
 			cfg:     &detectv1.Detect{LearnServerFirst: &detectv1.Detect_LearnServerFirst{Ttl: durationpb.New(0)}},
-			wantErr: "detect: learn_server_first.ttl: must be positive, got 0s",
+			wantErr: "detect: learn_server_first.ttl: 0s: must be positive",
 		},
 		{
 			name:    "zero races",
@@ -141,17 +141,17 @@ func TestParseConfig(t *testing.T) {
 		{
 			name:    "zero timeout",
 			cfg:     &detectv1.Detect{Timeout: durationpb.New(0)},
-			wantErr: "detect: timeout: must be positive, got 0s",
+			wantErr: "detect: timeout: 0s: must be positive",
 		},
 		{
 			name:    "negative timeout",
 			cfg:     &detectv1.Detect{Timeout: durationpb.New(-time.Second)},
-			wantErr: "detect: timeout: must be positive, got -1s",
+			wantErr: "detect: timeout: -1s: must be positive",
 		},
 		{
 			name:    "invalid timeout",
 			cfg:     &detectv1.Detect{Timeout: &durationpb.Duration{Seconds: 1, Nanos: -1}},
-			wantErr: "detect: timeout: proto:", // the rest is protobuf's, deliberately unstable
+			wantErr: "detect: timeout: invalid duration: proto:", // the rest is protobuf's, deliberately unstable
 		},
 		{
 			name:    "max_bytes too small",
@@ -199,7 +199,7 @@ func TestNew(t *testing.T) {
 		wantErr string
 	}{
 		{name: "ok with a plugin sniffer", cfg: detect.Config{Policy: detect.Policy{Timeout: time.Second, MaxBytes: 64}, Sniffers: append(detect.Builtins(), detect.H2())}},
-		{name: "zero timeout", cfg: detect.Config{Policy: detect.Policy{MaxBytes: 64}, Sniffers: detect.Builtins()}, wantErr: "detect: timeout: must be positive, got 0s"},
+		{name: "zero timeout", cfg: detect.Config{Policy: detect.Policy{MaxBytes: 64}, Sniffers: detect.Builtins()}, wantErr: "detect: timeout: 0s: must be positive"},
 		{name: "small max bytes", cfg: detect.Config{Policy: detect.Policy{Timeout: time.Second, MaxBytes: 1}, Sniffers: detect.Builtins()}, wantErr: "detect: max_bytes: must be at least 64, got 1"},
 		{name: "no sniffers", cfg: detect.Config{Policy: detect.Policy{Timeout: time.Second, MaxBytes: 64}}, wantErr: "detect: sniffers: none"},
 		{name: "nil sniffer", cfg: detect.Config{Policy: detect.Policy{Timeout: time.Second, MaxBytes: 64}, Sniffers: []detect.Sniffer{detect.TLS(), nil}}, wantErr: "detect: sniffers[1]: nil"},
@@ -243,7 +243,7 @@ func TestBuildErrors(t *testing.T) {
 	}{
 		{name: "detect ok", cfg: mustAny(&detectv1.Detect{})},
 		{name: "detect bad sniffer", cfg: mustAny(&detectv1.Detect{Sniffers: []string{"smtp"}}), wantErr: `detect: sniffers[0]: unknown sniffer "smtp" (known: h2, http1, tls)`},
-		{name: "detect unknown field", cfg: withUnknownField(t, &detectv1.Detect{}), wantErr: "detect: config has fields this version of sift does not know (newer API?)"},
+		{name: "detect unknown field", cfg: withUnknownField(t, &detectv1.Detect{}), wantErr: "detect: Detect: unknown field number 999 (newer API?): not supported by Sift"},
 		{name: "tls_inspector defaults", cfg: mustAny(&tlsinspectorv3.TlsInspector{})},
 		{name: "tls_inspector supported fields", cfg: mustAny(&tlsinspectorv3.TlsInspector{
 			EnableJa3Fingerprinting:                   wrapperspb.Bool(false),
@@ -256,9 +256,9 @@ func TestBuildErrors(t *testing.T) {
 		{name: "tls_inspector ja4", cfg: mustAny(&tlsinspectorv3.TlsInspector{EnableJa4Fingerprinting: wrapperspb.Bool(true)}), wantErr: "detect: tls_inspector: enable_ja4_fingerprinting: not supported by sift"},
 		{name: "tls_inspector initial_read_buffer_size too small", cfg: mustAny(&tlsinspectorv3.TlsInspector{InitialReadBufferSize: wrapperspb.UInt32(255)}), wantErr: "detect: tls_inspector: initial_read_buffer_size: must be in 256..65536, got 255"},
 		{name: "tls_inspector max_client_hello_size too large", cfg: mustAny(&tlsinspectorv3.TlsInspector{MaxClientHelloSize: wrapperspb.UInt32(16385)}), wantErr: "detect: tls_inspector: max_client_hello_size: must be in 256..16384, got 16385"},
-		{name: "tls_inspector unknown field", cfg: withUnknownField(t, &tlsinspectorv3.TlsInspector{}), wantErr: "detect: tls_inspector: config has fields this version of sift does not know (newer API?)"},
+		{name: "tls_inspector unknown field", cfg: withUnknownField(t, &tlsinspectorv3.TlsInspector{}), wantErr: "detect: tls_inspector: TlsInspector: unknown field number 999 (newer API?): not supported by Sift"},
 		{name: "http_inspector", cfg: mustAny(&httpinspectorv3.HttpInspector{})},
-		{name: "http_inspector unknown field", cfg: withUnknownField(t, &httpinspectorv3.HttpInspector{}), wantErr: "detect: http_inspector: config has fields this version of sift does not know (newer API?)"},
+		{name: "http_inspector unknown field", cfg: withUnknownField(t, &httpinspectorv3.HttpInspector{}), wantErr: "detect: http_inspector: HttpInspector: unknown field number 999 (newer API?): not supported by Sift"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,12 +13,28 @@ import (
 	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/detect/learn"
+	"github.com/siftmesh/sift/internal/pbcheck"
 )
 
 func init() {
 	filters.RegisterListenerFilter(&detectv1.Detect{}, buildDetect)
 	filters.RegisterListenerFilter(tlsInspectorConfig(), buildTLSInspector)
 	filters.RegisterListenerFilter(httpInspectorConfig(), buildHTTPInspector)
+}
+
+// policy lists the fields of the listener filters' configs this package
+// implements (see ParseConfig, NewTLSInspector, NewHTTPInspector); a config
+// with any other field set, or one this build does not know, is rejected.
+var policy = pbcheck.Policy{
+	"sift.filters.listener.detect.v1.Detect": pbcheck.Fields("timeout, max_bytes, sniffers, server_first_grace_period, " +
+		"on_timeout, learn_server_first, port_policies, max_concurrent_races"),
+	"sift.filters.listener.detect.v1.Detect.LearnServerFirst": pbcheck.Fields("after, ttl"),
+	"sift.filters.listener.detect.v1.Detect.PortPolicy":       pbcheck.Fields("ports, timeout, max_bytes, server_first_grace_period, on_timeout"),
+	"sift.filters.listener.detect.v1.Detect.PortRange":        pbcheck.Fields("start, end"),
+	"envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": pbcheck.Fields("max_client_hello_size, "+
+		"close_connection_on_client_hello_parsing_errors, enable_ja3_fingerprinting, enable_ja4_fingerprinting").
+		Ignore("initial_read_buffer_size", "the listener's Peeker sizes its own buffer"),
+	"envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": pbcheck.Fields(""),
 }
 
 // Detect filter defaults and limits (see detect.proto).
@@ -95,8 +111,8 @@ type Config struct {
 // built-in order (tls, h2, http1) whatever order they are listed in. Errors
 // name the offending field.
 func ParseConfig(pb *detectv1.Detect) (Config, error) {
-	if err := checkUnknownFields(pb, "detect"); err != nil {
-		return Config{}, err
+	if err := policy.Check(pb); err != nil {
+		return Config{}, fmt.Errorf("detect: %w", err)
 	}
 	c := Config{
 		Policy:     Policy{Timeout: DefaultTimeout, MaxBytes: DefaultMaxBytes, GracePeriod: DefaultGracePeriod},
@@ -130,10 +146,8 @@ func ParseConfig(pb *detectv1.Detect) (Config, error) {
 		if a := l.GetAfter(); a != nil {
 			c.LearnAfter = int(min(a.GetValue(), 1<<20))
 		}
-		if t := l.GetTtl(); t != nil {
-			if c.LearnTTL, err = positiveDuration(t.CheckValid(), t.AsDuration()); err != nil {
-				return Config{}, fmt.Errorf("detect: learn_server_first.ttl: %w", err)
-			}
+		if c.LearnTTL, err = pbcheck.Duration(l.GetTtl(), "learn_server_first.ttl", c.LearnTTL, pbcheck.Positive); err != nil {
+			return Config{}, fmt.Errorf("detect: %w", err)
 		}
 	}
 	if m := pb.GetMaxConcurrentRaces(); m != nil {
@@ -169,10 +183,8 @@ func parsePolicy(base Policy, timeout *durationpb.Duration, maxBytes *wrapperspb
 	grace *durationpb.Duration, onTimeout detectv1.Detect_TimeoutAction, prefix string) (Policy, error) {
 	p := base
 	var err error
-	if timeout != nil {
-		if p.Timeout, err = positiveDuration(timeout.CheckValid(), timeout.AsDuration()); err != nil {
-			return Policy{}, fmt.Errorf("%stimeout: %w", prefix, err)
-		}
+	if p.Timeout, err = pbcheck.Duration(timeout, prefix+"timeout", p.Timeout, pbcheck.Positive); err != nil {
+		return Policy{}, err
 	}
 	if maxBytes != nil {
 		if maxBytes.GetValue() < MinMaxBytes {
@@ -180,13 +192,8 @@ func parsePolicy(base Policy, timeout *durationpb.Duration, maxBytes *wrapperspb
 		}
 		p.MaxBytes = int(min(maxBytes.GetValue(), 1<<30))
 	}
-	if grace != nil {
-		if err := grace.CheckValid(); err != nil {
-			return Policy{}, fmt.Errorf("%sserver_first_grace_period: %w", prefix, err)
-		}
-		if p.GracePeriod = grace.AsDuration(); p.GracePeriod < 0 {
-			return Policy{}, fmt.Errorf("%sserver_first_grace_period: must not be negative, got %v", prefix, p.GracePeriod)
-		}
+	if p.GracePeriod, err = pbcheck.Duration(grace, prefix+"server_first_grace_period", p.GracePeriod, pbcheck.NonNegative); err != nil {
+		return Policy{}, err
 	}
 	switch onTimeout {
 	case detectv1.Detect_TIMEOUT_ACTION_UNSPECIFIED:
@@ -198,16 +205,6 @@ func parsePolicy(base Policy, timeout *durationpb.Duration, maxBytes *wrapperspb
 		return Policy{}, fmt.Errorf("%son_timeout: unknown action %d", prefix, onTimeout)
 	}
 	return p, nil
-}
-
-func positiveDuration(valid error, d time.Duration) (time.Duration, error) {
-	if valid != nil {
-		return 0, valid
-	}
-	if d <= 0 {
-		return 0, fmt.Errorf("must be positive, got %v", d)
-	}
-	return d, nil
 }
 
 // Filter is Sift's protocol-detection listener filter (typed config
@@ -241,7 +238,7 @@ func New(c Config) (*Filter, error) {
 	case len(c.Sniffers) == 0:
 		return nil, fmt.Errorf("detect: sniffers: none")
 	case c.LearnAfter > 0 && c.LearnTTL <= 0:
-		return nil, fmt.Errorf("detect: learn ttl: must be positive, got %v", c.LearnTTL)
+		return nil, fmt.Errorf("detect: learn ttl: %v: must be positive", c.LearnTTL)
 	}
 	for i, s := range c.Sniffers {
 		if s == nil {
@@ -258,11 +255,11 @@ func New(c Config) (*Filter, error) {
 func (p Policy) validate(prefix string) error {
 	switch {
 	case p.Timeout <= 0:
-		return fmt.Errorf("%stimeout: must be positive, got %v", prefix, p.Timeout)
+		return fmt.Errorf("%stimeout: %v: must be positive", prefix, p.Timeout)
 	case p.MaxBytes < MinMaxBytes:
 		return fmt.Errorf("%smax_bytes: must be at least %d, got %d", prefix, MinMaxBytes, p.MaxBytes)
 	case p.GracePeriod < 0:
-		return fmt.Errorf("%sserver_first_grace_period: must not be negative, got %v", prefix, p.GracePeriod)
+		return fmt.Errorf("%sserver_first_grace_period: %v: must not be negative", prefix, p.GracePeriod)
 	case p.OnTimeout > TimeoutFailClosed:
 		return fmt.Errorf("%son_timeout: unknown action %d", prefix, p.OnTimeout)
 	}
@@ -294,15 +291,4 @@ func buildDetect(cfg proto.Message, bc filters.BuildContext) (filters.ListenerFi
 	}
 	c.Learned = bc.Learned
 	return New(c)
-}
-
-// checkUnknownFields rejects a config carrying fields this build does not
-// know (sent by a control plane with a newer API): Sift does not implement
-// them, and silently ignoring one could change behaviour.
-// prefix starts the error message.
-func checkUnknownFields(m proto.Message, prefix string) error {
-	if len(m.ProtoReflect().GetUnknown()) > 0 {
-		return fmt.Errorf("%s: config has fields this version of sift does not know (newer API?)", prefix)
-	}
-	return nil
 }

@@ -65,8 +65,8 @@ var _ filters.ListenerFilter = (*TLSInspector)(nil)
 // enable_ja4_fingerprinting are rejected when true: Sift computes no
 // fingerprints.
 func NewTLSInspector(cfg *tlsinspectorv3.TlsInspector) (*TLSInspector, error) {
-	if err := checkUnknownFields(cfg, "detect: tls_inspector"); err != nil {
-		return nil, err
+	if err := policy.Check(cfg); err != nil {
+		return nil, fmt.Errorf("detect: tls_inspector: %w", err)
 	}
 	if cfg.GetEnableJa3Fingerprinting().GetValue() {
 		return nil, fmt.Errorf("detect: tls_inspector: enable_ja3_fingerprinting: not supported by sift")
@@ -152,11 +152,11 @@ type HTTPInspector struct{}
 
 var _ filters.ListenerFilter = (*HTTPInspector)(nil)
 
-// NewHTTPInspector validates cfg (only that it carries no unknown fields) and
-// returns the filter.
+// NewHTTPInspector validates cfg (it has no fields: only that it carries
+// none this build does not know) and returns the filter.
 func NewHTTPInspector(cfg *httpinspectorv3.HttpInspector) (*HTTPInspector, error) {
-	if err := checkUnknownFields(cfg, "detect: http_inspector"); err != nil {
-		return nil, err
+	if err := policy.Check(cfg); err != nil {
+		return nil, fmt.Errorf("detect: http_inspector: %w", err)
 	}
 	return &HTTPInspector{}, nil
 }

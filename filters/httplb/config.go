@@ -24,21 +24,24 @@ const (
 	routerName               = "envoy.filters.http.router"
 )
 
-// hcmPolicy lists the HttpConnectionManager fields Sift implements (or
-// accepts as tuning with no effect, marked in the comments of decode);
-// anything else set is an error naming the field.
+// hcmPolicy lists the HttpConnectionManager fields Sift implements or
+// accepts without effect (with the reason); anything else set is an error
+// naming the field.
 var hcmPolicy = pbcheck.Policy{
-	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": pbcheck.Fields("codec_type, " +
-		"stat_prefix, rds, route_config, http_filters, common_http_protocol_options, http_protocol_options, " +
-		"http2_protocol_options, server_name, server_header_transformation, max_request_headers_kb, " +
-		"stream_idle_timeout, request_timeout, request_headers_timeout, drain_timeout, delayed_close_timeout, " +
-		"use_remote_address, skip_xff_append, via, generate_request_id, preserve_external_request_id, " +
-		"always_set_request_id_in_response, upgrade_configs, strip_any_host_port, strip_matching_host_port"),
+	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": pbcheck.Fields("codec_type, "+
+		"stat_prefix, rds, route_config, http_filters, common_http_protocol_options, http_protocol_options, "+
+		"http2_protocol_options, server_name, server_header_transformation, max_request_headers_kb, "+
+		"stream_idle_timeout, request_timeout, request_headers_timeout, "+
+		"use_remote_address, skip_xff_append, via, generate_request_id, preserve_external_request_id, "+
+		"always_set_request_id_in_response, upgrade_configs, strip_any_host_port, strip_matching_host_port").
+		Ignore("drain_timeout", "the listener's drain time bounds draining").
+		Ignore("delayed_close_timeout", "Sift closes a connection once its last response is written"),
 	"envoy.extensions.filters.network.http_connection_manager.v3.Rds":                                 pbcheck.Fields("config_source, route_config_name"),
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter":                          pbcheck.Fields("name, typed_config"),
 	"envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": pbcheck.Fields("upgrade_type, enabled"),
 	"envoy.config.core.v3.HttpProtocolOptions":                                                        pbcheck.Fields("idle_timeout, max_headers_count"),
-	"envoy.config.core.v3.Http1ProtocolOptions":                                                       pbcheck.Fields("accept_http_10, enable_trailers"),
+	"envoy.config.core.v3.Http1ProtocolOptions": pbcheck.Fields("accept_http_10").
+		Ignore("enable_trailers", "Sift's HTTP/1 codec (Go's net/http) has no trailer switch"),
 	"envoy.config.core.v3.Http2ProtocolOptions": pbcheck.Fields("max_concurrent_streams, initial_stream_window_size, " +
 		"initial_connection_window_size"),
 }
@@ -142,21 +145,15 @@ func decodeFields(cfg *hcmv3.HttpConnectionManager) (*config, *route.Table, erro
 	}
 	var err error
 	set := func(d *durationpb.Duration, field string, dst *time.Duration) {
-		if d == nil || err != nil {
-			return
+		if err == nil {
+			*dst, err = pbcheck.Duration(d, field, *dst, pbcheck.NonNegative)
 		}
-		if verr := d.CheckValid(); verr != nil || d.AsDuration() < 0 {
-			err = fmt.Errorf("%s: invalid duration", field)
-			return
-		}
-		*dst = d.AsDuration()
 	}
 	set(cfg.GetStreamIdleTimeout(), "stream_idle_timeout", &c.streamIdleTimeout)
 	set(cfg.GetRequestTimeout(), "request_timeout", &c.requestTimeout)
 	set(cfg.GetRequestHeadersTimeout(), "request_headers_timeout", &c.requestHeadersTimeout)
-	// drain_timeout and delayed_close_timeout are accepted and have no
-	// effect: the listener's drain time bounds draining, and Sift closes a
-	// connection once its last response is written.
+	// drain_timeout and delayed_close_timeout have no effect (see hcmPolicy)
+	// but must still be valid.
 	var ignored time.Duration
 	set(cfg.GetDrainTimeout(), "drain_timeout", &ignored)
 	set(cfg.GetDelayedCloseTimeout(), "delayed_close_timeout", &ignored)

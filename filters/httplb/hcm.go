@@ -67,6 +67,7 @@ func New(cfg *hcmv3.HttpConnectionManager, bc filters.BuildContext) (*HCM, error
 		h.log = slog.Default()
 	}
 	h.log = h.log.With("filter", "http_connection_manager", "stat_prefix", c.statPrefix)
+	hcmPolicy.LogIgnored(h.log, cfg)
 	if table != nil {
 		h.routes.Store(table)
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/httplb/route"
+
+	"github.com/siftmesh/sift/internal/pbcheck"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -159,6 +161,16 @@ func TestNewUUID(t *testing.T) {
 	for range 100 {
 		if id := newUUID(); !re.MatchString(id) {
 			t.Fatalf("newUUID() = %q, not a version 4 UUID", id)
+		}
+	}
+}
+
+// Every rule of the policies names a real field of its message.
+func TestPolicyAudit(t *testing.T) {
+	t.Parallel()
+	for _, p := range []pbcheck.Policy{hcmPolicy, routerPolicy} {
+		if err := p.Audit(); err != nil {
+			t.Error(err)
 		}
 	}
 }

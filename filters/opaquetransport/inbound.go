@@ -16,6 +16,7 @@ import (
 	opaquetransportv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/tcpproxy"
+	"github.com/siftmesh/sift/internal/pbcheck"
 )
 
 func init() {
@@ -26,6 +27,11 @@ func init() {
 		}
 		return in, nil
 	})
+}
+
+var policy = pbcheck.Policy{
+	"sift.filters.network.opaque_transport.v1.Inbound": pbcheck.Fields("stat_prefix, address, allowed_ports, " +
+		"header_timeout, connect_timeout, idle_timeout"),
 }
 
 // Inbound defaults (see opaque_transport.proto).
@@ -51,8 +57,8 @@ var _ filters.NetworkFilter = (*Inbound)(nil)
 
 // NewInbound validates cfg; errors name the field.
 func NewInbound(cfg *opaquetransportv1.Inbound, log *slog.Logger) (*Inbound, error) {
-	if len(cfg.ProtoReflect().GetUnknown()) > 0 {
-		return nil, errors.New("config has fields this version of sift does not know (newer API?)")
+	if err := policy.Check(cfg); err != nil {
+		return nil, err
 	}
 	if cfg.GetStatPrefix() == "" {
 		return nil, errors.New("stat_prefix: must be set")
@@ -76,28 +82,15 @@ func NewInbound(cfg *opaquetransportv1.Inbound, log *slog.Logger) (*Inbound, err
 		in.allowed = append(in.allowed, uint16(p))
 	}
 	slices.Sort(in.allowed)
-	for _, d := range []struct {
-		field string
-		pb    interface {
-			AsDuration() time.Duration
-			CheckValid() error
-		}
-		set    bool
-		dst    *time.Duration
-		zeroOK bool
-	}{
-		{"header_timeout", cfg.GetHeaderTimeout(), cfg.GetHeaderTimeout() != nil, &in.headerTimeout, false},
-		{"connect_timeout", cfg.GetConnectTimeout(), cfg.GetConnectTimeout() != nil, &in.connectTimeout, false},
-		{"idle_timeout", cfg.GetIdleTimeout(), cfg.GetIdleTimeout() != nil, &in.idleTimeout, true},
-	} {
-		if !d.set {
-			continue
-		}
-		v := d.pb.AsDuration()
-		if err := d.pb.CheckValid(); err != nil || v < 0 || (v == 0 && !d.zeroOK) {
-			return nil, fmt.Errorf("%s: must be a positive duration, got %v", d.field, v)
-		}
-		*d.dst = v
+	var err error
+	if in.headerTimeout, err = pbcheck.Duration(cfg.GetHeaderTimeout(), "header_timeout", in.headerTimeout, pbcheck.Positive); err != nil {
+		return nil, err
+	}
+	if in.connectTimeout, err = pbcheck.Duration(cfg.GetConnectTimeout(), "connect_timeout", in.connectTimeout, pbcheck.Positive); err != nil {
+		return nil, err
+	}
+	if in.idleTimeout, err = pbcheck.Duration(cfg.GetIdleTimeout(), "idle_timeout", in.idleTimeout, pbcheck.NonNegative); err != nil {
+		return nil, err
 	}
 	return in, nil
 }

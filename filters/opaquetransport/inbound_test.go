@@ -143,7 +143,7 @@ func TestNewInboundErrors(t *testing.T) {
 		{name: "no stat prefix", cfg: &opaquetransportv1.Inbound{}, wantErr: "stat_prefix: must be set"},
 		{name: "bad address", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", Address: "localhost"}, wantErr: `address: "localhost" is not an IP address`},
 		{name: "port 0", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", AllowedPorts: []uint32{80, 0}}, wantErr: "allowed_ports[1]: 0 is not a port (1-65535)"},
-		{name: "zero header timeout", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", HeaderTimeout: durationpb.New(0)}, wantErr: "header_timeout: must be a positive duration, got 0s"},
+		{name: "zero header timeout", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", HeaderTimeout: durationpb.New(0)}, wantErr: "header_timeout: 0s: must be positive"},
 		{name: "idle 0 is allowed", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", IdleTimeout: durationpb.New(0)}},
 	}
 	for _, tt := range tests {

@@ -121,15 +121,12 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 		return nil, errors.New("cluster or weighted_clusters: one must be set")
 	}
 	var err error
-	if d := cfg.GetIdleTimeout(); d != nil {
-		if p.idleTimeout, err = duration("idle_timeout", d.AsDuration(), d.CheckValid()); err != nil {
-			return nil, err
-		}
+	if p.idleTimeout, err = pbcheck.Duration(cfg.GetIdleTimeout(), "idle_timeout", p.idleTimeout, pbcheck.NonNegative); err != nil {
+		return nil, err
 	}
-	if d := cfg.GetMaxDownstreamConnectionDuration(); d != nil {
-		if p.maxDuration, err = duration("max_downstream_connection_duration", d.AsDuration(), d.CheckValid()); err != nil {
-			return nil, err
-		}
+	if p.maxDuration, err = pbcheck.Duration(cfg.GetMaxDownstreamConnectionDuration(), "max_downstream_connection_duration",
+		0, pbcheck.NonNegative); err != nil {
+		return nil, err
 	}
 	if n := cfg.GetMaxConnectAttempts(); n != nil {
 		if n.GetValue() < 1 {
@@ -137,30 +134,13 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 		}
 		p.connectAttempts = int(min(n.GetValue(), 1000))
 	}
+	p.backoffMax = defaultBackoffMaxRatio * p.backoffBase
 	if b := cfg.GetBackoffOptions(); b != nil {
-		if p.backoffBase, err = duration("backoff_options.base_interval", b.GetBaseInterval().AsDuration(), b.GetBaseInterval().CheckValid()); err != nil || p.backoffBase == 0 {
-			return nil, errors.New("backoff_options.base_interval: must be positive")
+		if p.backoffBase, p.backoffMax, err = pbcheck.Backoff("backoff_options", b.GetBaseInterval(), b.GetMaxInterval(), pbcheck.Positive); err != nil {
+			return nil, err
 		}
-		if b.GetMaxInterval() != nil {
-			if p.backoffMax, err = duration("backoff_options.max_interval", b.GetMaxInterval().AsDuration(), b.GetMaxInterval().CheckValid()); err != nil {
-				return nil, err
-			}
-			if p.backoffMax < p.backoffBase {
-				return nil, errors.New("backoff_options.max_interval: must not be less than base_interval")
-			}
-		}
-	}
-	if p.backoffMax == 0 {
-		p.backoffMax = defaultBackoffMaxRatio * p.backoffBase
 	}
 	return p, nil
-}
-
-func duration(field string, d time.Duration, valid error) (time.Duration, error) {
-	if valid != nil || d < 0 {
-		return 0, fmt.Errorf("%s: invalid duration", field)
-	}
-	return d, nil
 }
 
 // ServeConn implements filters.NetworkFilter.

@@ -203,3 +203,11 @@ func FuzzSelect(f *testing.F) {
 		StripPort(authority)
 	})
 }
+
+// Every rule of the policy names a real field of its message.
+func TestPolicyAudit(t *testing.T) {
+	t.Parallel()
+	if err := policy.Audit(); err != nil {
+		t.Error(err)
+	}
+}
