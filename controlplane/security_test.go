@@ -328,3 +328,93 @@ func TestRenewalIsPushed(t *testing.T) {
 		t.Errorf("renewed certificate for %q", id)
 	}
 }
+
+// TestMTLSFlagAttachesSockets: with mtls: true in the mesh file, outbound
+// clusters carry the UpstreamTlsContext for the service's identities and
+// inbound chains the DownstreamTlsContext; without it, only the secrets are
+// in the snapshot.
+func TestMTLSFlagAttachesSockets(t *testing.T) {
+	t.Parallel()
+	authority, err := ca.Open(ca.Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultOptions()
+	opts.Security = &ca.Security{CA: authority}
+	const meshYAML = `trust_domain: prod.example
+namespaces:
+- name: shop
+  services:
+  - {name: web, cluster_ips: [10.96.0.10], selector: {app: web}, ports: [{port: 80, target_port: 8080}]}
+  workloads:
+  - {name: web-0, service_account: web, labels: {app: web}}
+  - {name: client}
+`
+	for _, mtls := range []bool{false, true} {
+		y := meshYAML
+		if mtls {
+			y = "mtls: true\n" + y
+		}
+		m := loadMesh(t, y)
+		r := Generate(m, m.WorkloadByNodeID("web-0.shop"), opts)
+		if len(r.Secrets) != 2 {
+			t.Errorf("mtls=%v: %d secrets, want 2", mtls, len(r.Secrets))
+		}
+		var upstream []string
+		for _, c := range r.Clusters {
+			ts := c.GetTransportSocket()
+			if c.GetName() != OutboundClusterName("web.shop.svc.cluster.local", 80) {
+				if ts != nil {
+					t.Errorf("mtls=%v: local cluster %s has a transport socket", mtls, c.GetName())
+				}
+				continue
+			}
+			if (ts != nil) != mtls {
+				t.Fatalf("mtls=%v: cluster %s transport socket %v", mtls, c.GetName(), ts)
+			}
+			if ts == nil {
+				continue
+			}
+			var up tlsv3.UpstreamTlsContext
+			if err := ts.GetTypedConfig().UnmarshalTo(&up); err != nil {
+				t.Fatal(err)
+			}
+			for _, san := range up.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames() {
+				upstream = append(upstream, san.GetMatcher().GetExact())
+			}
+			if up.GetSni() != "web.shop.svc.cluster.local" {
+				t.Errorf("sni = %q", up.GetSni())
+			}
+		}
+		if mtls && (len(upstream) != 1 || upstream[0] != "spiffe://prod.example/ns/shop/sa/web") {
+			t.Errorf("upstream SAN matchers = %v, want web's identity", upstream)
+		}
+		inboundChains := 0
+		for _, l := range r.Listeners {
+			if l.GetName() != InboundListenerName {
+				continue
+			}
+			for _, fc := range l.GetFilterChains() {
+				inboundChains++
+				ts := fc.GetTransportSocket()
+				if (ts != nil) != mtls {
+					t.Fatalf("mtls=%v: inbound chain %s transport socket %v", mtls, fc.GetName(), ts)
+				}
+				if ts == nil {
+					continue
+				}
+				var down tlsv3.DownstreamTlsContext
+				if err := ts.GetTypedConfig().UnmarshalTo(&down); err != nil {
+					t.Fatal(err)
+				}
+				prefix := down.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames()[0].GetMatcher().GetPrefix()
+				if !down.GetRequireClientCertificate().GetValue() || prefix != "spiffe://prod.example/" {
+					t.Errorf("inbound: require_client_certificate %v, SAN prefix %q", down.GetRequireClientCertificate(), prefix)
+				}
+			}
+		}
+		if inboundChains == 0 {
+			t.Fatal("no inbound chain generated")
+		}
+	}
+}

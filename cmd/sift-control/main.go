@@ -177,6 +177,9 @@ func serve(log *slog.Logger, cfg config) error {
 	if err != nil {
 		return err
 	}
+	if authority == nil && src.Snapshot().MTLS {
+		log.Warn("the mesh file sets mtls: true but the CA is off (--ca-dir): proxies get plaintext configuration")
+	}
 
 	xdsLis, err := net.Listen("tcp", cfg.xdsAddr)
 	if err != nil {

@@ -3,6 +3,7 @@ package ca
 import (
 	"errors"
 	"log/slog"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -11,24 +12,31 @@ import (
 )
 
 // Security serves every workload's secrets (WorkloadSecrets of its
-// mesh.Workload.Identity) in its proxy's snapshot; it is the control
-// plane's Options.Security and Config.Authenticator. The transport sockets
-// are not attached yet (the mesh topology of mTLS between proxies is wired
-// separately): ClusterTransportSocket and InboundTransportSocket return nil.
-// Safe for concurrent use.
+// mesh.Workload.Identity) in its proxy's snapshot, and the mesh TLS
+// contexts that the generator attaches when the mesh file sets mtls: true;
+// it is the control plane's Options.Security and Config.Authenticator. Safe
+// for concurrent use.
 type Security struct {
 	CA *CA
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// ClusterTransportSocket implements controlplane.Security: plaintext for
-// now.
-func (s *Security) ClusterTransportSocket(*mesh.Service) *corev3.TransportSocket { return nil }
+// ClusterTransportSocket implements controlplane.Security: mesh mTLS to
+// svc's endpoints, accepting the identities of the workloads it selects.
+func (s *Security) ClusterTransportSocket(svc *mesh.Service) *corev3.TransportSocket {
+	return TransportSocket(UpstreamTLSContext(svc.Hostname, svc.Identities))
+}
 
-// InboundTransportSocket implements controlplane.Security: plaintext for
-// now.
-func (s *Security) InboundTransportSocket(*mesh.Workload) *corev3.TransportSocket { return nil }
+// InboundTransportSocket implements controlplane.Security: mesh mTLS from
+// any client of w's trust domain.
+func (s *Security) InboundTransportSocket(w *mesh.Workload) *corev3.TransportSocket {
+	td := strings.TrimPrefix(w.Identity, "spiffe://")
+	if i := strings.IndexByte(td, '/'); i >= 0 {
+		td = td[:i]
+	}
+	return TransportSocket(DownstreamTLSContext(td))
+}
 
 // Secrets implements controlplane.Security: w's certificate and the trust
 // bundle. An issuing failure is logged and leaves w without secrets (its
