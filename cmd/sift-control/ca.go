@@ -32,8 +32,9 @@ func addCAFlags(fs *flag.FlagSet) *caConfig {
 	return c
 }
 
-func (c caConfig) open(log *slog.Logger, reg prometheus.Registerer, ttl, poll time.Duration) (*ca.CA, error) {
-	return ca.Open(ca.Options{Dir: c.dir, CertFile: c.cert, KeyFile: c.key, BundleFile: c.bundle, LeafTTL: ttl, PollInterval: poll, Logger: log, Registerer: reg})
+func (c caConfig) open(log *slog.Logger, reg prometheus.Registerer, ttl, poll time.Duration, mustExist bool) (*ca.CA, error) {
+	return ca.Open(ca.Options{Dir: c.dir, CertFile: c.cert, KeyFile: c.key, BundleFile: c.bundle, LeafTTL: ttl, PollInterval: poll,
+		MustExist: mustExist, Logger: log, Registerer: reg})
 }
 
 func splitList(s string) []string {
@@ -74,7 +75,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	authority, err := caFlags.open(log, nil, 0, 0)
+	authority, err := caFlags.open(log, nil, 0, 0, true)
 	if err != nil {
 		return fail(err)
 	}

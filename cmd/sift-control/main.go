@@ -154,7 +154,7 @@ func serve(log *slog.Logger, cfg config) error {
 	var authority *ca.CA
 	switch {
 	case cfg.ca.dir != "":
-		if authority, err = cfg.ca.open(log, reg, cfg.certTTL, cfg.caPoll); err != nil {
+		if authority, err = cfg.ca.open(log, reg, cfg.certTTL, cfg.caPoll, false); err != nil {
 			return err
 		}
 		sec := &ca.Security{CA: authority, Logger: log}

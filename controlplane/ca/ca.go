@@ -78,6 +78,10 @@ type Options struct {
 	RenewFraction float64
 	// RootTTL is the lifetime of generated roots; 0 means DefaultRootTTL.
 	RootTTL time.Duration
+	// MustExist refuses to create state: a missing root or node-token key
+	// is an error (tools that read a CA sift-control created, so that a
+	// mistyped directory does not silently become a new CA).
+	MustExist bool
 	// PollInterval: see DefaultPollInterval.
 	PollInterval time.Duration
 	// Clock; nil means RealClock.
@@ -167,6 +171,14 @@ func Open(opts Options) (*CA, error) {
 		opts.Logger = slog.Default()
 	}
 	c := &CA{opts: opts, clock: opts.Clock, log: opts.Logger, leaves: map[string]*Leaf{}, changed: make(chan struct{}, 1)}
+	if opts.MustExist {
+		if _, err := os.Stat(filepath.Join(opts.Dir, TokenKeyFile)); err != nil {
+			return nil, fmt.Errorf("ca: no CA in %s (start sift-control with --ca-dir %s first): %w", opts.Dir, opts.Dir, err)
+		}
+		if _, err := os.Stat(filepath.Join(opts.Dir, RootFile)); err != nil && opts.CertFile == "" {
+			return nil, fmt.Errorf("ca: no root in %s (start sift-control with --ca-dir %s first): %w", opts.Dir, opts.Dir, err)
+		}
+	}
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}

@@ -183,6 +183,13 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 			t.Errorf("%s mode = %v, want 0600", name, fi.Mode().Perm())
 		}
 	}
+	// Tools that only read a CA refuse a directory without one.
+	if _, err := Open(Options{Dir: filepath.Join(t.TempDir(), "typo"), MustExist: true, Logger: quiet()}); err == nil || !strings.Contains(err.Error(), "no CA in") {
+		t.Errorf("MustExist on an empty directory: err = %v", err)
+	}
+	if _, err := Open(Options{Dir: dir, MustExist: true, Clock: clock, Logger: quiet()}); err != nil {
+		t.Errorf("MustExist on an existing CA: %v", err)
+	}
 	// A different directory is a different CA.
 	other := openCA(t, t.TempDir(), clock)
 	if string(other.BundlePEM()) == string(first.BundlePEM()) {
