@@ -186,6 +186,7 @@ func Open(opts Options) (*CA, error) {
 	if c.tokenKey, err = readTokenKey(c.path(TokenKeyFile)); err != nil {
 		return nil, fmt.Errorf("ca: node-token key: %w", err)
 	}
+	c.warnPermissions()
 	if opts.CertFile != "" {
 		if err := c.loadExternal(); err != nil {
 			return nil, err
@@ -203,6 +204,16 @@ func Open(opts Options) (*CA, error) {
 }
 
 func (c *CA) path(name string) string { return filepath.Join(c.opts.Dir, name) }
+
+// warnPermissions logs the state files that others than the owner may read.
+func (c *CA) warnPermissions() {
+	for _, name := range []string{"", RootFile, NextRootFile, TokenKeyFile} {
+		fi, err := os.Stat(c.path(name))
+		if err == nil && fi.Mode().Perm()&0o077 != 0 {
+			c.log.Warn("ca: the CA's state is readable by others than its owner (want 0600 files in a 0700 directory)", "path", c.path(name), "mode", fi.Mode().Perm().String())
+		}
+	}
+}
 
 func (c *CA) loadExternal() error {
 	certPEM, err := os.ReadFile(c.opts.CertFile)
@@ -570,8 +581,8 @@ func (c *CA) Run(stop <-chan struct{}) {
 	last := c.clock.Now()
 	for {
 		wait := c.opts.PollInterval
-		if next := c.NextEvent(); !next.IsZero() && next.Sub(last) < wait {
-			wait = next.Sub(last)
+		if next := c.NextEvent(); !next.IsZero() && next.Sub(c.clock.Now()) < wait {
+			wait = next.Sub(c.clock.Now()) // NextEvent is after now: positive
 		}
 		select {
 		case <-stop:
