@@ -67,8 +67,9 @@ type Options struct {
 // Security is the seam for mutual TLS between proxies (its own issue: the
 // CA, SPIFFE identities, SDS; ca.Security implements it). Its secrets are
 // served over SDS in every snapshot; its sockets are attached to the
-// generated chains and clusters when the mesh turns mTLS on (mesh.Mesh.MTLS). Implementations must be deterministic (same mesh, same output):
-// snapshot versions are content hashes.
+// generated chains and clusters when the mesh turns mTLS on
+// (mesh.Mesh.MTLS). Implementations must be deterministic (same mesh, same
+// output): snapshot versions are content hashes.
 type Security interface {
 	// ClusterTransportSocket secures connections from a proxy to the
 	// endpoints of s; nil: plaintext.
