@@ -434,16 +434,18 @@ func ValidateSPIFFEID(id string) error {
 	return nil
 }
 
-// Leaf returns the current certificate of SPIFFE ID id, issuing one when
-// there is none, when it is due for renewal, or when a rotation changed the
-// signing root. Between those moments it returns the same *Leaf, so that
-// snapshots built from it are unchanged.
-func (c *CA) Leaf(id string) (*Leaf, error) {
+// Leaf returns holder's current certificate for SPIFFE ID id, issuing one
+// when there is none, when it is due for renewal, or when a rotation changed
+// the signing root. Between those moments it returns the same *Leaf, so
+// that snapshots built from it are unchanged. holder names who gets the key
+// (a workload, "namespace/name"): workloads sharing an identity (a service
+// account) share the SPIFFE ID but never a private key.
+func (c *CA) Leaf(holder, id string) (*Leaf, error) {
 	if err := ValidateSPIFFEID(id); err != nil {
 		return nil, err
 	}
 	u, _ := url.Parse(id)
-	return c.leaf("spiffe "+id, "workload", &x509.Certificate{URIs: []*url.URL{u}})
+	return c.leaf("workload "+holder+" "+id, "workload", &x509.Certificate{URIs: []*url.URL{u}})
 }
 
 // ServerLeaf returns the current server certificate for names (DNS names,

@@ -89,7 +89,7 @@ func TestLeafContents(t *testing.T) {
 			t.Parallel()
 			clock := NewManualClock(t0)
 			c := openCA(t, t.TempDir(), clock, func(o *Options) { o.LeafTTL = tt.ttl })
-			l, err := c.Leaf(tt.id)
+			l, err := c.Leaf("shop/web-0", tt.id)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
@@ -155,7 +155,7 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ca")
 	clock := NewManualClock(t0)
 	first := openCA(t, dir, clock)
-	leaf, err := first.Leaf("spiffe://cluster.local/ns/a/sa/b")
+	leaf, err := first.Leaf("shop/web-0", "spiffe://cluster.local/ns/a/sa/b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +282,7 @@ func TestOperatorFiles(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l, err := c.Leaf("spiffe://cluster.local/ns/a/sa/b")
+			l, err := c.Leaf("shop/web-0", "spiffe://cluster.local/ns/a/sa/b")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -316,7 +316,7 @@ func BenchmarkIssue(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		if _, err := c.Leaf("spiffe://cluster.local/ns/bench/sa/w" + strconv.Itoa(i)); err != nil {
+		if _, err := c.Leaf("shop/web-0", "spiffe://cluster.local/ns/bench/sa/w" + strconv.Itoa(i)); err != nil {
 			b.Fatal(err)
 		}
 	}

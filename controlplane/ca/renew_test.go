@@ -43,7 +43,7 @@ func TestRenewalTiming(t *testing.T) {
 	t.Parallel()
 	clock := NewManualClock(t0)
 	c := openCA(t, t.TempDir(), clock, func(o *Options) { o.PollInterval = 100 * time.Hour })
-	first, err := c.Leaf(webID)
+	first, err := c.Leaf("shop/web-0", webID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestRenewalTiming(t *testing.T) {
 	// Just before 70 %: the same certificate, no notification.
 	waitBlocked(t, clock)
 	clock.Set(renewAt.Add(-time.Second))
-	if l, _ := c.Leaf(webID); l != first {
+	if l, _ := c.Leaf("shop/web-0", webID); l != first {
 		t.Fatal("leaf renewed before 70 % of its lifetime")
 	}
 	expectChanged(t, c, clock, false)
@@ -68,7 +68,7 @@ func TestRenewalTiming(t *testing.T) {
 	// At 70 %: Run notifies, and the next Leaf is a new certificate.
 	clock.Set(renewAt)
 	expectChanged(t, c, clock, true)
-	second, err := c.Leaf(webID)
+	second, err := c.Leaf("shop/web-0", webID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestRenewalTiming(t *testing.T) {
 	if !second.Certificate.NotAfter.Equal(renewAt.Add(24 * time.Hour)) {
 		t.Errorf("renewed NotAfter = %v, want %v", second.Certificate.NotAfter, renewAt.Add(24*time.Hour))
 	}
-	if again, _ := c.Leaf(webID); again != second {
+	if again, _ := c.Leaf("shop/web-0", webID); again != second {
 		t.Error("a renewed leaf is renewed again at once")
 	}
 	if !c.NextEvent().Equal(second.RenewAt) {
@@ -92,7 +92,7 @@ func TestRotationWithOverlap(t *testing.T) {
 	clock := NewManualClock(t0)
 	c := openCA(t, dir, clock, func(o *Options) { o.PollInterval = time.Minute })
 	oldRoot := c.Bundle()[0]
-	oldLeaf, err := c.Leaf(webID)
+	oldLeaf, err := c.Leaf("shop/web-0", webID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestRotationWithOverlap(t *testing.T) {
 	if len(bundle) != 2 || !bundle[0].Equal(oldRoot) || fingerprint(bundle[1]) != newFP {
 		t.Fatalf("bundle during overlap = %d roots, want old then new", len(bundle))
 	}
-	if l, _ := c.Leaf(webID); l != oldLeaf {
+	if l, _ := c.Leaf("shop/web-0", webID); l != oldLeaf {
 		t.Fatal("leaf re-issued before half of the overlap")
 	}
 	if err := verify(oldLeaf, bundle, clock.Now()); err != nil {
@@ -132,7 +132,7 @@ func TestRotationWithOverlap(t *testing.T) {
 	// overlap bundle accepts both the old and the new leaves.
 	clock.Set(start.Add(time.Hour))
 	expectChanged(t, c, clock, true)
-	newLeaf, err := c.Leaf(webID)
+	newLeaf, err := c.Leaf("shop/web-0", webID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestRotationWithOverlap(t *testing.T) {
 	if err := verify(newLeaf, bundle, clock.Now()); err != nil {
 		t.Errorf("new leaf refused after the overlap: %v", err)
 	}
-	if l, _ := c.Leaf(webID); l != newLeaf {
+	if l, _ := c.Leaf("shop/web-0", webID); l != newLeaf {
 		t.Error("leaf re-issued at the end of the overlap although its root did not change")
 	}
 	for _, name := range []string{NextRootFile, RotationFile} {
@@ -195,7 +195,7 @@ func TestRotationResumesAcrossRestart(t *testing.T) {
 	if b := mid.Bundle(); len(b) != 2 {
 		t.Fatalf("restarted mid-rotation: bundle has %d roots, want 2", len(b))
 	}
-	l, err := mid.Leaf(webID)
+	l, err := mid.Leaf("shop/web-0", webID)
 	if err != nil {
 		t.Fatal(err)
 	}

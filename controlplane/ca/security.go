@@ -12,7 +12,7 @@ import (
 )
 
 // Security serves every workload's secrets (WorkloadSecrets of its
-// mesh.Workload.Identity) in its proxy's snapshot, and the mesh TLS
+// mesh.Workload.Identity, a key of its own) in its proxy's snapshot, and the mesh TLS
 // contexts that the generator attaches when the mesh file sets mtls: true;
 // it is the control plane's Options.Security and Config.Authenticator. Safe
 // for concurrent use.
@@ -42,7 +42,7 @@ func (s *Security) InboundTransportSocket(w *mesh.Workload) *corev3.TransportSoc
 // bundle. An issuing failure is logged and leaves w without secrets (its
 // proxy keeps warming whatever references them).
 func (s *Security) Secrets(w *mesh.Workload) []*tlsv3.Secret {
-	secrets, err := s.CA.WorkloadSecrets(w.Identity)
+	secrets, err := s.CA.WorkloadSecrets(w.Key(), w.Identity)
 	if err != nil {
 		log := s.Logger
 		if log == nil {

@@ -25,12 +25,13 @@ const (
 // rides HTTP/2 between proxies when both offer it.
 var MeshALPN = []string{"h2", "http/1.1"}
 
-// WorkloadSecrets returns the SDS secrets of the workload with SPIFFE ID
-// id: its certificate and key (CertificateSecretName) and the trust bundle
-// (TrustBundleSecretName). The certificate is Leaf(id): unchanged between
-// renewals, so the secrets are too.
-func (c *CA) WorkloadSecrets(id string) ([]*tlsv3.Secret, error) {
-	l, err := c.Leaf(id)
+// WorkloadSecrets returns the SDS secrets of workload holder
+// ("namespace/name") with SPIFFE ID id: its certificate and key
+// (CertificateSecretName) and the trust bundle (TrustBundleSecretName). The
+// certificate is Leaf(holder, id): unchanged between renewals, so the
+// secrets are too.
+func (c *CA) WorkloadSecrets(holder, id string) ([]*tlsv3.Secret, error) {
+	l, err := c.Leaf(holder, id)
 	if err != nil {
 		return nil, err
 	}

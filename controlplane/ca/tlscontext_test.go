@@ -90,7 +90,7 @@ func TestTLSContexts(t *testing.T) {
 func TestWorkloadSecrets(t *testing.T) {
 	t.Parallel()
 	c := openCA(t, t.TempDir(), NewManualClock(t0))
-	secrets, err := c.WorkloadSecrets(webID)
+	secrets, err := c.WorkloadSecrets("shop/web-0", webID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,9 +108,26 @@ func TestWorkloadSecrets(t *testing.T) {
 	if diff := cmp.Diff(string(c.BundlePEM()), string(secrets[1].GetValidationContext().GetTrustedCa().GetInlineBytes())); diff != "" {
 		t.Errorf("ROOTCA trusted_ca (-want +got):\n%s", diff)
 	}
-	again, _ := c.WorkloadSecrets(webID)
+	again, _ := c.WorkloadSecrets("shop/web-0", webID)
 	if diff := cmp.Diff(secrets, again, protocmp.Transform()); diff != "" {
 		t.Errorf("secrets change between renewals (-first +second):\n%s", diff)
+	}
+	// Another workload with the same service account: the same identity,
+	// its own key.
+	sibling, err := c.WorkloadSecrets("shop/web-1", webID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stc := sibling[0].GetTlsCertificate()
+	pair2, err := tls.X509KeyPair(stc.GetCertificateChain().GetInlineBytes(), stc.GetPrivateKey().GetInlineBytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pair2.Leaf.URIs[0].String() != webID {
+		t.Errorf("sibling identity = %v", pair2.Leaf.URIs)
+	}
+	if string(stc.GetPrivateKey().GetInlineBytes()) == string(tc.GetPrivateKey().GetInlineBytes()) {
+		t.Error("two workloads share a private key")
 	}
 }
 
