@@ -316,7 +316,7 @@ func BenchmarkIssue(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		if _, err := c.Leaf("shop/web-0", "spiffe://cluster.local/ns/bench/sa/w" + strconv.Itoa(i)); err != nil {
+		if _, err := c.Leaf("shop/web-0", "spiffe://cluster.local/ns/bench/sa/w"+strconv.Itoa(i)); err != nil {
 			b.Fatal(err)
 		}
 	}
