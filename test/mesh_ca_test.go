@@ -35,7 +35,8 @@ func TestControlPlaneCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	caDir := filepath.Join(dir, "ca")
-	cp := startControl(t, meshPath, "--ca-dir", caDir, "--xds-tls", "--ca-poll-interval", "50ms")
+	bundleOut := filepath.Join(dir, "published-bundle.pem")
+	cp := startControl(t, meshPath, "--ca-dir", caDir, "--xds-tls", "--ca-poll-interval", "50ms", "--ca-bundle-out", bundleOut)
 
 	// The bootstrap of node web-0.shop, with the bundle in a file.
 	bootPath, trustPath := filepath.Join(dir, "bootstrap.yaml"), filepath.Join(dir, "trust.pem")
@@ -143,6 +144,9 @@ func TestControlPlaneCA(t *testing.T) {
 		t.Error("the old root is not first in the overlap bundle")
 	}
 	waitMetric(t, cp.admin, "sift_control_ca_trust_bundle_roots 2")
+	if published, err := os.ReadFile(bundleOut); err != nil || string(published) != string(bundle) {
+		t.Errorf("--ca-bundle-out file differs from the pushed bundle (%v)", err)
+	}
 	body := scrape(t, cp.admin)
 	if !strings.Contains(body, `sift_control_ca_certificates_issued_total{kind="workload"}`) || !strings.Contains(body, "sift_control_ca_leaf_expiry_soonest_timestamp_seconds") {
 		t.Errorf("CA metrics missing:\n%s", body)

@@ -32,9 +32,9 @@ func addCAFlags(fs *flag.FlagSet) *caConfig {
 	return c
 }
 
-func (c caConfig) open(log *slog.Logger, reg prometheus.Registerer, ttl, poll time.Duration, mustExist bool) (*ca.CA, error) {
+func (c caConfig) open(log *slog.Logger, reg prometheus.Registerer, ttl, poll time.Duration, bundleOut string, mustExist bool) (*ca.CA, error) {
 	return ca.Open(ca.Options{Dir: c.dir, CertFile: c.cert, KeyFile: c.key, BundleFile: c.bundle, LeafTTL: ttl, PollInterval: poll,
-		MustExist: mustExist, Logger: log, Registerer: reg})
+		BundleOut: bundleOut, MustExist: mustExist, Logger: log, Registerer: reg})
 }
 
 func splitList(s string) []string {
@@ -75,7 +75,7 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	authority, err := caFlags.open(log, nil, 0, 0, true)
+	authority, err := caFlags.open(log, nil, 0, 0, "", true)
 	if err != nil {
 		return fail(err)
 	}
@@ -167,7 +167,7 @@ func runCA(args []string, stderr io.Writer) int {
 	}
 	now := time.Now().UTC()
 	fmt.Fprintf(stderr, "rotation started: new root %s\n  now: trust bundle = old + new (a running sift-control picks it up within %v)\n  %s: leaves re-issued by the new root\n  %s: old root dropped\n"+
-		"Refresh every proxy's --trust-file (sift-control bootstrap) before the leaves switch if xDS runs over TLS.\n",
+		"If xDS runs over TLS, every proxy's trust file must hold the new root before the leaves switch\n(sift-control --ca-bundle-out keeps one current; or run sift-control bootstrap again).\n",
 		fp, ca.DefaultPollInterval, now.Add(*overlap/2).Format(time.RFC3339), now.Add(*overlap).Format(time.RFC3339))
 	return 0
 }

@@ -9,7 +9,7 @@
 //	             [--node-id-fallback none|prefix|istio] [--http-connection-manager]
 //	             [--outbound-address 127.0.0.1:4140] [--inbound-address 0.0.0.0:4143]
 //	             [--ca-dir DIR [--ca-cert FILE --ca-key FILE [--ca-bundle FILE]]
-//	              [--cert-ttl 24h] [--xds-tls [--xds-tls-names sift-control,...]]]
+//	              [--cert-ttl 24h] [--ca-bundle-out FILE] [--xds-tls [--xds-tls-names sift-control,...]]]
 //	             [-l debug|info|warn|error]
 //	sift-control bootstrap --ca-dir DIR --node ID [--xds-address HOST:PORT] [--trust-file FILE] [-o FILE] ...
 //	sift-control ca rotate --ca-dir DIR [--overlap 24h] [--ca-cert FILE --ca-key FILE]
@@ -81,6 +81,7 @@ func run(args []string, stderr io.Writer) int {
 		xdsTLS     = fs.Bool("xds-tls", false, "serve xDS over TLS with a server certificate from the CA (needs --ca-dir)")
 		xdsNames   = fs.String("xds-tls-names", "sift-control,localhost,127.0.0.1", "DNS names and IPs of the xDS server certificate, comma-separated")
 		caPoll     = fs.Duration("ca-poll-interval", ca.DefaultPollInterval, "how often --ca-dir is checked for a rotation started by `sift-control ca rotate`")
+		bundleOut  = fs.String("ca-bundle-out", "", "keep this file holding the current trust bundle (PEM, 0644), for proxies' trusted_ca.filename")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -94,7 +95,7 @@ func run(args []string, stderr io.Writer) int {
 	if err := serve(log, config{
 		meshPath: *meshPath, xdsAddr: *xdsAddr, adminAddr: *adminAddr, fallback: *fallback, hcm: *hcm,
 		outbound: *outbound, inbound: *inbound, connectTimeout: *connectTO, poll: *pollPeriod,
-		ca: *caFlags, certTTL: *certTTL, caPoll: *caPoll, xdsTLS: *xdsTLS, xdsNames: splitList(*xdsNames),
+		ca: *caFlags, certTTL: *certTTL, caPoll: *caPoll, bundleOut: *bundleOut, xdsTLS: *xdsTLS, xdsNames: splitList(*xdsNames),
 	}); err != nil {
 		log.Error("sift-control: " + err.Error())
 		return 1
@@ -108,6 +109,7 @@ type config struct {
 	connectTimeout, poll                                      time.Duration
 	ca                                                        caConfig
 	certTTL, caPoll                                           time.Duration
+	bundleOut                                                 string
 	xdsTLS                                                    bool
 	xdsNames                                                  []string
 }
@@ -154,7 +156,7 @@ func serve(log *slog.Logger, cfg config) error {
 	var authority *ca.CA
 	switch {
 	case cfg.ca.dir != "":
-		if authority, err = cfg.ca.open(log, reg, cfg.certTTL, cfg.caPoll, false); err != nil {
+		if authority, err = cfg.ca.open(log, reg, cfg.certTTL, cfg.caPoll, cfg.bundleOut, false); err != nil {
 			return err
 		}
 		sec := &ca.Security{CA: authority, Logger: log}

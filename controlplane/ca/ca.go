@@ -82,6 +82,12 @@ type Options struct {
 	// is an error (tools that read a CA sift-control created, so that a
 	// mistyped directory does not silently become a new CA).
 	MustExist bool
+	// BundleOut, when set, is a file kept holding the current trust bundle
+	// (PEM, mode 0644: it is public), written at Open and whenever the
+	// bundle changes: what proxies' trusted_ca.filename for xDS over TLS can
+	// point at (through a shared volume) so that rotations need no manual
+	// refresh.
+	BundleOut string
 	// PollInterval: see DefaultPollInterval.
 	PollInterval time.Duration
 	// Clock; nil means RealClock.
@@ -196,7 +202,11 @@ func Open(opts Options) (*CA, error) {
 	}
 	c.mu.Lock()
 	c.state = c.stateLocked(c.clock.Now())
+	bundle := c.bundlePEMLocked(c.clock.Now())
 	c.mu.Unlock()
+	if err := c.writeBundle(bundle); err != nil {
+		return nil, err
+	}
 	if c.metrics, err = newMetrics(c, opts.Registerer); err != nil {
 		return nil, fmt.Errorf("ca: %w", err)
 	}
@@ -392,8 +402,14 @@ func (c *CA) Bundle() []*x509.Certificate {
 
 // BundlePEM returns Bundle PEM-encoded (Envoy's trusted_ca).
 func (c *CA) BundlePEM() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bundlePEMLocked(c.clock.Now())
+}
+
+func (c *CA) bundlePEMLocked(now time.Time) []byte {
 	var out []byte
-	for _, cert := range c.Bundle() {
+	for _, cert := range c.bundleLocked(now) {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
 	}
 	return out
@@ -595,7 +611,13 @@ func (c *CA) Run(stop <-chan struct{}) {
 			c.log.Error(err.Error())
 		}
 		now := c.clock.Now()
-		if c.due(last, now) {
+		due, bundle := c.due(last, now)
+		if bundle != nil {
+			if err := c.writeBundle(bundle); err != nil {
+				c.log.Error(err.Error())
+			}
+		}
+		if due {
 			select {
 			case c.changed <- struct{}{}:
 			default:
@@ -606,12 +628,11 @@ func (c *CA) Run(stop <-chan struct{}) {
 }
 
 // due reports whether a leaf came due for renewal in (last, now] or the
-// trust bundle or signer changed since the previous call, and forgets
-// leaves that expired (their workloads left).
-func (c *CA) due(last, now time.Time) bool {
+// trust bundle or signer changed since the previous call (then bundle is the
+// bundle now, PEM), and forgets leaves that expired (their workloads left).
+func (c *CA) due(last, now time.Time) (due bool, bundle []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	due := false
 	for k, l := range c.leaves {
 		if !now.Before(l.Certificate.NotAfter) {
 			delete(c.leaves, k)
@@ -622,9 +643,20 @@ func (c *CA) due(last, now time.Time) bool {
 		}
 	}
 	if st := c.stateLocked(now); st != c.state {
-		c.state, due = st, true
+		c.state, due, bundle = st, true, c.bundlePEMLocked(now)
 	}
-	return due
+	return due, bundle
+}
+
+// writeBundle writes bundle to Options.BundleOut, if set.
+func (c *CA) writeBundle(bundle []byte) error {
+	if c.opts.BundleOut == "" {
+		return nil
+	}
+	if err := writeFileAtomic(c.opts.BundleOut, bundle, 0o644); err != nil {
+		return fmt.Errorf("ca: trust bundle file: %w", err)
+	}
+	return nil
 }
 
 // stateLocked names the trust bundle and the signer now: it changes when a

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -90,8 +91,21 @@ func TestRotationWithOverlap(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	clock := NewManualClock(t0)
-	c := openCA(t, dir, clock, func(o *Options) { o.PollInterval = time.Minute })
+	bundleOut := filepath.Join(t.TempDir(), "bundle.pem")
+	c := openCA(t, dir, clock, func(o *Options) { o.PollInterval = time.Minute; o.BundleOut = bundleOut })
 	oldRoot := c.Bundle()[0]
+	// bundleFile checks that the published bundle is the bundle now.
+	bundleFile := func(step string, want int) {
+		t.Helper()
+		data, err := os.ReadFile(bundleOut)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(string(data), "BEGIN CERTIFICATE"); n != want || string(data) != string(c.BundlePEM()) {
+			t.Errorf("%s: bundle file has %d certificates (want %d) or differs from the bundle", step, n, want)
+		}
+	}
+	bundleFile("before", 1)
 	oldLeaf, err := c.Leaf("shop/web-0", webID)
 	if err != nil {
 		t.Fatal(err)
@@ -121,6 +135,7 @@ func TestRotationWithOverlap(t *testing.T) {
 	if len(bundle) != 2 || !bundle[0].Equal(oldRoot) || fingerprint(bundle[1]) != newFP {
 		t.Fatalf("bundle during overlap = %d roots, want old then new", len(bundle))
 	}
+	bundleFile("overlap", 2)
 	if l, _ := c.Leaf("shop/web-0", webID); l != oldLeaf {
 		t.Fatal("leaf re-issued before half of the overlap")
 	}
@@ -159,6 +174,7 @@ func TestRotationWithOverlap(t *testing.T) {
 	if len(bundle) != 1 || fingerprint(bundle[0]) != newFP {
 		t.Fatalf("bundle after the overlap = %d roots, want the new root only", len(bundle))
 	}
+	bundleFile("after", 1)
 	if err := verify(oldLeaf, bundle, clock.Now()); err == nil {
 		t.Error("old leaf still accepted after the old root was dropped")
 	}

@@ -253,16 +253,20 @@ func trimSpace(b []byte) []byte {
 	return b
 }
 
-// writeFileAtomic writes data to path with mode 0600 through a temporary
-// file in the same directory, synced and renamed over path.
-func writeFileAtomic(path string, data []byte) error {
+// writeFileAtomic writes data to path with mode 0600 (or perm) through a
+// temporary file in the same directory, synced and renamed over path.
+func writeFileAtomic(path string, data []byte, perm ...os.FileMode) error {
+	mode := os.FileMode(0o600)
+	if len(perm) > 0 {
+		mode = perm[0]
+	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // a no-op after the rename
-	if err := f.Chmod(0o600); err != nil {
+	if err := f.Chmod(mode); err != nil {
 		f.Close()
 		return err
 	}
