@@ -319,6 +319,13 @@ func (c *CA) reloadLocked() (bool, error) {
 		return false, nil
 	case next == nil:
 		return false, fmt.Errorf("ca: %s records a rotation but %s is missing", c.path(RotationFile), c.path(NextRootFile))
+	case next.fingerprint() == c.current.fingerprint():
+		// Finished in memory but the files could not be moved: try again.
+		if err := os.Rename(c.path(NextRootFile), c.path(RootFile)); err != nil {
+			return false, fmt.Errorf("ca: finishing rotation: %w", err)
+		}
+		os.Remove(c.path(RotationFile))
+		return false, nil
 	case next.fingerprint() != st.Next:
 		return false, fmt.Errorf("ca: %s is for root %s but %s holds %s", c.path(RotationFile), st.Next, c.path(NextRootFile), next.fingerprint())
 	}
