@@ -600,8 +600,8 @@ func (c *CA) nextEventLocked(now time.Time) time.Time {
 func (c *CA) Changed() <-chan struct{} { return c.changed }
 
 // Run wakes at each NextEvent (and every PollInterval, to pick up a rotation
-// started by another process), forgets expired leaves and notifies
-// Changed. It returns when stop is closed.
+// started by another process), notifies Changed, and forgets leaves nobody
+// renewed after the previous notification. It returns when stop is closed.
 func (c *CA) Run(stop <-chan struct{}) {
 	last := c.clock.Now()
 	for {
@@ -636,16 +636,21 @@ func (c *CA) Run(stop <-chan struct{}) {
 
 // due reports whether a leaf came due for renewal in (last, now] or the
 // trust bundle or signer changed since the previous call (then bundle is the
-// bundle now, PEM), and forgets leaves that expired (their workloads left).
+// bundle now, PEM), and forgets leaves that were due at the previous call
+// (last) but were not renewed since.
 func (c *CA) due(last, now time.Time) (due bool, bundle []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for k, l := range c.leaves {
-		if !now.Before(l.Certificate.NotAfter) {
+		if !l.RenewAt.After(last) || !now.Before(l.Certificate.NotAfter) {
+			// Due at an earlier wake and not renewed since: nobody asks
+			// for it any more (its workload left). Forgotten, so that the
+			// soonest-expiry metric shows certificates in use; asked for
+			// again, it is issued anew.
 			delete(c.leaves, k)
 			continue
 		}
-		if l.RenewAt.After(last) && !l.RenewAt.After(now) {
+		if !l.RenewAt.After(now) {
 			due = true
 		}
 	}

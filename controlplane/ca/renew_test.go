@@ -224,3 +224,40 @@ func TestRotationResumesAcrossRestart(t *testing.T) {
 		t.Error("restarted after the overlap: the rotation was not finished")
 	}
 }
+
+// TestUnusedLeavesAreForgotten: a leaf nobody renews after the notification
+// (its workload left) leaves the soonest-expiry metric's set at the next
+// wake; the renewed one stays.
+func TestUnusedLeavesAreForgotten(t *testing.T) {
+	t.Parallel()
+	clock := NewManualClock(t0)
+	c := openCA(t, t.TempDir(), clock)
+	if _, err := c.Leaf("shop/web-0", webID); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := c.Leaf("shop/old-0", webID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func(holder string) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, ok := c.leaves["workload "+holder+" "+webID]
+		return ok
+	}
+	// The wake at the renewal time (what Run does): both due, both kept.
+	clock.Set(gone.RenewAt)
+	if due, _ := c.due(t0, clock.Now()); !due || !has("shop/web-0") || !has("shop/old-0") {
+		t.Fatalf("at renewal: due %v, web-0 kept %v, old-0 kept %v", due, has("shop/web-0"), has("shop/old-0"))
+	}
+	// The controller regenerates: web-0 is renewed, old-0 left the mesh.
+	if _, err := c.Leaf("shop/web-0", webID); err != nil {
+		t.Fatal(err)
+	}
+	// The next wake forgets old-0.
+	last := clock.Now()
+	clock.Advance(time.Second)
+	if due, _ := c.due(last, clock.Now()); due || !has("shop/web-0") || has("shop/old-0") {
+		t.Errorf("next wake: due %v, web-0 kept %v, old-0 kept %v; want false, true, false", due, has("shop/web-0"), has("shop/old-0"))
+	}
+}
