@@ -431,30 +431,46 @@ func (c *CA) Pool() *x509.CertPool {
 	return pool
 }
 
-// ValidateSPIFFEID checks that id is a SPIFFE ID: spiffe://<trust
-// domain>/<path>, lower-case trust domain, a non-empty path without empty,
-// "." or ".." segments, no query, fragment or user info.
+// ValidateSPIFFEID checks that id is a SPIFFE ID as the SPIFFE ID
+// specification restricts it: "spiffe://" + a trust domain of lower-case
+// letters, digits, '.', '-' and '_' + a non-empty path of segments of
+// letters, digits, '.', '-' and '_' (not "." or ".."). Nothing in it is
+// escaped, so the certificate's URI SAN is id exactly.
 func ValidateSPIFFEID(id string) error {
-	u, err := url.Parse(id)
-	if err != nil {
-		return fmt.Errorf("ca: SPIFFE ID %q: %w", id, err)
-	}
-	switch {
-	case u.Scheme != "spiffe":
+	rest, ok := strings.CutPrefix(id, "spiffe://")
+	if !ok {
 		return fmt.Errorf("ca: SPIFFE ID %q: the scheme must be spiffe", id)
-	case u.Host == "" || u.Host != strings.ToLower(u.Host) || u.Port() != "" || u.User != nil:
-		return fmt.Errorf("ca: SPIFFE ID %q: the trust domain must be a lower-case name without port or user", id)
-	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
-		return fmt.Errorf("ca: SPIFFE ID %q: no query or fragment allowed", id)
-	case u.Path == "" || u.Path == "/":
+	}
+	td, path, _ := strings.Cut(rest, "/")
+	if td == "" || len(td) > 255 || !spiffeChars(td, false) {
+		return fmt.Errorf("ca: SPIFFE ID %q: the trust domain must be lower-case letters, digits, '.', '-' and '_'", id)
+	}
+	if path == "" {
 		return fmt.Errorf("ca: SPIFFE ID %q: a workload ID needs a path", id)
 	}
-	for _, seg := range strings.Split(u.Path[1:], "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return fmt.Errorf("ca: SPIFFE ID %q: empty, . or .. path segment", id)
+	if len(id) > 2048 {
+		return fmt.Errorf("ca: SPIFFE ID %q: longer than 2048 bytes", id)
+	}
+	for _, seg := range strings.Split(path, "/") {
+		if seg == "" || seg == "." || seg == ".." || !spiffeChars(seg, true) {
+			return fmt.Errorf("ca: SPIFFE ID %q: path segments must be letters, digits, '.', '-' and '_', not empty, . or ..", id)
 		}
 	}
 	return nil
+}
+
+// spiffeChars reports whether s has only SPIFFE's ID characters (upper-case
+// letters only in paths).
+func spiffeChars(s string, upper bool) bool {
+	for i := 0; i < len(s); i++ {
+		switch b := s[i]; {
+		case b >= 'a' && b <= 'z', b >= '0' && b <= '9', b == '.', b == '-', b == '_':
+		case upper && b >= 'A' && b <= 'Z':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Leaf returns holder's current certificate for SPIFFE ID id, issuing one

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -80,9 +81,12 @@ func TestLeafContents(t *testing.T) {
 		{name: "not spiffe", id: "https://cluster.local/ns/a/sa/b", wantErr: "the scheme must be spiffe"},
 		{name: "no path", id: "spiffe://cluster.local", wantErr: "needs a path"},
 		{name: "upper-case trust domain", id: "spiffe://Cluster.local/ns/a/sa/b", wantErr: "lower-case"},
-		{name: "port", id: "spiffe://cluster.local:8443/ns/a/sa/b", wantErr: "without port"},
-		{name: "dot segment", id: "spiffe://cluster.local/ns/../sa/b", wantErr: "path segment"},
-		{name: "query", id: "spiffe://cluster.local/ns/a/sa/b?x=1", wantErr: "no query"},
+		{name: "port", id: "spiffe://cluster.local:8443/ns/a/sa/b", wantErr: "trust domain must be"},
+		{name: "user", id: "spiffe://u@cluster.local/ns/a/sa/b", wantErr: "trust domain must be"},
+		{name: "dot segment", id: "spiffe://cluster.local/ns/../sa/b", wantErr: "path segments"},
+		{name: "empty segment", id: "spiffe://cluster.local/ns//sa/b", wantErr: "path segments"},
+		{name: "query", id: "spiffe://cluster.local/ns/a/sa/b?x=1", wantErr: "path segments"},
+		{name: "space would be escaped", id: "spiffe://cluster.local/ns/a b", wantErr: "path segments"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -336,4 +340,23 @@ func BenchmarkAuthenticate(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// FuzzValidateSPIFFEID: an accepted ID is a spiffe URI whose trust domain
+// and path survive a parse round trip, so the certificate's URI SAN is the
+// ID exactly.
+func FuzzValidateSPIFFEID(f *testing.F) {
+	for _, s := range []string{"spiffe://cluster.local/ns/a/sa/b", "spiffe://x/y", "spiffe://X/y", "spiffe://x", "spiffe://x/a//b",
+		"spiffe://x:1/a", "spiffe://u@x/a", "spiffe://x/a?b", "spiffe://x/a#b", "http://x/a", "spiffe://x/%2e%2e/a"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		if ValidateSPIFFEID(id) != nil {
+			return
+		}
+		u, err := url.Parse(id)
+		if err != nil || u.Scheme != "spiffe" || u.Host == "" || u.String() != id {
+			t.Fatalf("accepted %q: parsed %v (%v)", id, u, err)
+		}
+	})
 }
