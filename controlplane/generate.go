@@ -65,10 +65,11 @@ type Options struct {
 }
 
 // Security is the seam for mutual TLS between proxies (its own issue: the
-// CA, SPIFFE identities, SDS). Its sockets are attached to the generated
-// chains and clusters, and its secrets are served over SDS in the same
-// snapshot. Implementations must be deterministic (same mesh, same output):
-// snapshot versions are content hashes.
+// CA, SPIFFE identities, SDS; ca.Security implements it). Its secrets are
+// served over SDS in every snapshot; its sockets are attached to the
+// generated chains and clusters when the mesh turns mTLS on
+// (mesh.Mesh.MTLS). Implementations must be deterministic (same mesh, same
+// output): snapshot versions are content hashes.
 type Security interface {
 	// ClusterTransportSocket secures connections from a proxy to the
 	// endpoints of s; nil: plaintext.
@@ -168,7 +169,7 @@ func (g *generator) outboundClusters() {
 				// The mesh default for HTTP: peak-EWMA with two choices.
 				c.LbPolicy, c.LoadBalancingPolicy = clusterv3.Cluster_ROUND_ROBIN, peakEWMAPolicy()
 			}
-			if g.opts.Security != nil {
+			if g.opts.Security != nil && g.m.MTLS {
 				c.TransportSocket = g.opts.Security.ClusterTransportSocket(s)
 			}
 			g.r.Clusters = append(g.r.Clusters, c)
@@ -262,7 +263,7 @@ func (g *generator) outboundListener() {
 func (g *generator) inbound() {
 	var chains []*listenerv3.FilterChain
 	var tls *corev3.TransportSocket
-	if g.opts.Security != nil {
+	if g.opts.Security != nil && g.m.MTLS {
 		tls = g.opts.Security.InboundTransportSocket(g.w)
 	}
 	for _, p := range g.m.InboundPorts(g.w) {

@@ -18,6 +18,8 @@ type metrics struct {
 	unmatched       prometheus.Gauge       // connected node ids matching no workload
 	requests        *prometheus.CounterVec // flavor, type, result: request|ack|nack
 	responses       *prometheus.CounterVec // flavor, type
+	securityUpdates prometheus.Counter
+	authFailures    *prometheus.CounterVec // reason
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -40,10 +42,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Discovery requests by flavor, type and result (request: a subscription, ack, nack)."}, []string{"flavor", "type", "result"}),
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sift_control_xds_pushes_total",
 			Help: "Discovery responses sent to proxies, by flavor and type."}, []string{"flavor", "type"}),
+		securityUpdates: prometheus.NewCounter(prometheus.CounterOpts{Name: "sift_control_security_updates_total",
+			Help: "Regenerations of the snapshots because certificates renewed or the trust bundle rotated."}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sift_control_node_auth_failures_total",
+			Help: "xDS streams refused because their node failed authentication, by reason (no_node_id, no_token, invalid_token, other)."}, []string{"reason"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.meshUpdates, m.reloads, m.snapshotsSet, m.snapshotVersion,
-			m.streams, m.proxies, m.unmatched, m.requests, m.responses} {
+			m.streams, m.proxies, m.unmatched, m.requests, m.responses, m.securityUpdates, m.authFailures} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -83,7 +83,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "empty file", yaml: "", want: []string{"m.yaml:1:1: the file is empty (write `namespaces: []` for an empty mesh)"}},
 		{name: "bad yaml", yaml: "namespaces: [\n", want: []string{"m.yaml:1:1: invalid YAML: did not find expected node content"}},
 		{name: "unknown top-level field", yaml: "namespace: []\n",
-			want: []string{"m.yaml:1:1: namespace: unknown field (known: cluster_domain, default_opaque_ports, detect_timeout, namespaces)"}},
+			want: []string{"m.yaml:1:1: namespace: unknown field (known: cluster_domain, default_opaque_ports, detect_timeout, mtls, namespaces, trust_domain)"}},
 		{name: "port out of range", yaml: `namespaces:
 - name: a
   services:
@@ -124,6 +124,20 @@ namespaces:
 `, want: []string{
 			"m.yaml:8:19: namespaces[0].services[1].cluster_ips[0]: 10.96.0.1 is already the cluster IP of a/s",
 			"m.yaml:10:5: namespaces[0].services[2].name: must be set",
+		}},
+		{name: "bad mtls value", yaml: `mtls: sometimes
+namespaces: []
+`, want: []string{
+			`m.yaml:1:7: mtls: must be true or false, got "sometimes"`,
+		}},
+		{name: "bad trust domain and service account", yaml: `trust_domain: Example.COM
+namespaces:
+- name: a
+  workloads:
+  - {name: w, service_account: "Not OK"}
+`, want: []string{
+			`m.yaml:1:15: trust_domain: "Example.COM" is not a SPIFFE trust domain (lower-case letters, digits, '.', '-' and '_')`,
+			`m.yaml:5:32: namespaces[0].workloads[0].service_account: "Not OK" is not a valid name (lower-case letters, digits and '-', as in Kubernetes)`,
 		}},
 		{name: "wrong kind", yaml: "namespaces: {a: b}\n",
 			want: []string{"m.yaml:1:13: namespaces: must be a list, got a mapping"}},
