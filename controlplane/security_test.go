@@ -4,11 +4,17 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/google/go-cmp/cmp"
+	opaqueupstreamv1 "github.com/siftmesh/sift/api/sift/extensions/upstreams/opaque_transport/v1"
+	opaqueinboundv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -360,10 +366,10 @@ namespaces:
 		if len(r.Secrets) != 2 {
 			t.Errorf("mtls=%v: %d secrets, want 2", mtls, len(r.Secrets))
 		}
-		var upstream []string
+		var upstream, alpn []string
 		for _, c := range r.Clusters {
 			ts := c.GetTransportSocket()
-			if c.GetName() != OutboundClusterName("web.shop.svc.cluster.local", 80) {
+			if c.GetName() != OutboundClusterName("web.shop.svc.cluster.local", 80) && c.GetName() != OpaqueClusterName("web.shop.svc.cluster.local", 80) {
 				if ts != nil {
 					t.Errorf("mtls=%v: local cluster %s has a transport socket", mtls, c.GetName())
 				}
@@ -382,12 +388,16 @@ namespaces:
 			for _, san := range up.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames() {
 				upstream = append(upstream, san.GetMatcher().GetExact())
 			}
+			alpn = append(alpn, c.GetName()+"="+strings.Join(up.GetCommonTlsContext().GetAlpnProtocols(), ","))
 			if up.GetSni() != "web.shop.svc.cluster.local" {
 				t.Errorf("sni = %q", up.GetSni())
 			}
 		}
-		if mtls && (len(upstream) != 1 || upstream[0] != "spiffe://prod.example/ns/shop/sa/web") {
-			t.Errorf("upstream SAN matchers = %v, want web's identity", upstream)
+		if mtls && (len(upstream) != 2 || upstream[0] != "spiffe://prod.example/ns/shop/sa/web" || upstream[1] != upstream[0]) {
+			t.Errorf("upstream SAN matchers = %v, want web's identity on both clusters", upstream)
+		}
+		if want := "outbound|80|opaque|web.shop.svc.cluster.local=sift.opaque/1 outbound|80||web.shop.svc.cluster.local=h2,http/1.1"; mtls && strings.Join(alpn, " ") != want {
+			t.Errorf("ALPN = %v, want %s", alpn, want)
 		}
 		inboundChains := 0
 		for _, l := range r.Listeners {
@@ -416,5 +426,93 @@ namespaces:
 		if inboundChains == 0 {
 			t.Fatal("no inbound chain generated")
 		}
+	}
+}
+
+// TestMTLSTopology: with mTLS, detected HTTP goes to the endpoints' own
+// port over mTLS, everything opaque to their inbound port with the
+// opaque-transport header naming the target port; the inbound side has an
+// mTLS HTTP chain per HTTP port and the opaque-transport chain.
+func TestMTLSTopology(t *testing.T) {
+	t.Parallel()
+	authority, err := ca.Open(ca.Options{Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultOptions()
+	opts.Security = &ca.Security{CA: authority}
+	m := loadMesh(t, `mtls: true
+namespaces:
+- name: shop
+  services:
+  - {name: web, cluster_ips: [10.96.0.10], selector: {app: shop}, ports: [{port: 80, target_port: 8080}]}
+  - {name: pg, cluster_ips: [10.96.0.20], selector: {app: shop}, ports: [{port: 5432}]}
+  workloads:
+  - {name: app-0, addresses: [10.77.0.10], labels: {app: shop}}
+  - {name: client, addresses: [10.77.0.2]}
+`)
+	client := Generate(m, m.WorkloadByNodeID("client.shop"), opts)
+	chains := map[string]string{} // chain name → cluster of its tcp_proxy ("" for HTTP)
+	for _, l := range client.Listeners {
+		for _, fc := range l.GetFilterChains() {
+			var tp tcpproxyv3.TcpProxy
+			if fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&tp) == nil {
+				chains[fc.GetName()] = tp.GetCluster()
+			} else {
+				chains[fc.GetName()] = ""
+			}
+		}
+	}
+	for name, want := range map[string]string{
+		"opaque|web.shop.svc.cluster.local:80|10.96.0.10":  "outbound|80|opaque|web.shop.svc.cluster.local",
+		"tls|web.shop.svc.cluster.local:80|10.96.0.10":     "outbound|80|opaque|web.shop.svc.cluster.local",
+		"http|web.shop.svc.cluster.local:80|10.96.0.10":    "",
+		"opaque|pg.shop.svc.cluster.local:5432|10.96.0.20": "outbound|5432|opaque|pg.shop.svc.cluster.local",
+	} {
+		if got, ok := chains[name]; !ok || got != want {
+			t.Errorf("outbound chain %s → %q (present %v), want %q", name, got, ok, want)
+		}
+	}
+	for _, cla := range client.Endpoints {
+		if cla.GetClusterName() != "outbound|5432|opaque|pg.shop.svc.cluster.local" {
+			continue
+		}
+		if got := cla.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue(); got != 4143 {
+			t.Errorf("opaque endpoints at port %d, want the inbound port 4143", got)
+		}
+	}
+	for _, c := range client.Clusters {
+		if c.GetName() != "outbound|80|opaque|web.shop.svc.cluster.local" {
+			continue
+		}
+		var ot opaqueupstreamv1.OpaqueTransport
+		if err := c.GetTypedExtensionProtocolOptions()[opaqueTransportOptionsName].UnmarshalTo(&ot); err != nil || ot.GetPort() != 8080 {
+			t.Errorf("opaque transport options %v (%v), want port 8080", &ot, err)
+		}
+	}
+
+	app := Generate(m, m.WorkloadByNodeID("app-0.shop"), opts)
+	var inbound []string
+	for _, l := range app.Listeners {
+		if l.GetName() != InboundListenerName {
+			continue
+		}
+		for _, fc := range l.GetFilterChains() {
+			inbound = append(inbound, fc.GetName()+" "+fc.GetFilterChainMatch().GetTransportProtocol()+" "+
+				strings.Join(fc.GetFilterChainMatch().GetApplicationProtocols(), ","))
+			if fc.GetTransportSocket() == nil {
+				t.Errorf("inbound chain %s has no transport socket", fc.GetName())
+			}
+			var in opaqueinboundv1.Inbound
+			if fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&in) == nil {
+				if got := fmt.Sprint(in.GetAllowedPorts()); got != "[5432 8080]" {
+					t.Errorf("opaque transport allowed ports %s, want [5432 8080]", got)
+				}
+			}
+		}
+	}
+	want := []string{"http|inbound:8080 tls ", "opaque-transport|inbound:4143 tls sift.opaque/1"}
+	if diff := cmp.Diff(want, inbound); diff != "" {
+		t.Errorf("inbound chains (-want +got):\n%s", diff)
 	}
 }

@@ -24,18 +24,18 @@ type Security struct {
 
 // ClusterTransportSocket implements controlplane.Security: mesh mTLS to
 // svc's endpoints, accepting the identities of the workloads it selects.
-func (s *Security) ClusterTransportSocket(svc *mesh.Service) *corev3.TransportSocket {
-	return TransportSocket(UpstreamTLSContext(svc.Hostname, svc.Identities))
+func (s *Security) ClusterTransportSocket(svc *mesh.Service, alpn ...string) *corev3.TransportSocket {
+	return TransportSocket(UpstreamTLSContext(svc.Hostname, svc.Identities, alpn...))
 }
 
 // InboundTransportSocket implements controlplane.Security: mesh mTLS from
 // any client of w's trust domain.
-func (s *Security) InboundTransportSocket(w *mesh.Workload) *corev3.TransportSocket {
+func (s *Security) InboundTransportSocket(w *mesh.Workload, alpn ...string) *corev3.TransportSocket {
 	td := strings.TrimPrefix(w.Identity, "spiffe://")
 	if i := strings.IndexByte(td, '/'); i >= 0 {
 		td = td[:i]
 	}
-	return TransportSocket(DownstreamTLSContext(td))
+	return TransportSocket(DownstreamTLSContext(td, alpn...))
 }
 
 // Secrets implements controlplane.Security: w's certificate and the trust

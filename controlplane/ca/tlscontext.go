@@ -56,8 +56,12 @@ func SDSSecret(name string) *tlsv3.SdsSecretConfig {
 
 // meshCommon is the common_tls_context between proxies: the workload's
 // certificate and the trust bundle by SDS, TLS 1.3 only (both ends are
-// Sift; nothing older to support), ALPN MeshALPN, and the SAN matchers.
-func meshCommon(sans []*tlsv3.SubjectAltNameMatcher) *tlsv3.CommonTlsContext {
+// Sift; nothing older to support), ALPN alpn (MeshALPN when empty), and the
+// SAN matchers.
+func meshCommon(sans []*tlsv3.SubjectAltNameMatcher, alpn []string) *tlsv3.CommonTlsContext {
+	if len(alpn) == 0 {
+		alpn = MeshALPN
+	}
 	return &tlsv3.CommonTlsContext{
 		TlsParams: &tlsv3.TlsParameters{
 			TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
@@ -70,20 +74,20 @@ func meshCommon(sans []*tlsv3.SubjectAltNameMatcher) *tlsv3.CommonTlsContext {
 				ValidationContextSdsSecretConfig: SDSSecret(TrustBundleSecretName),
 			},
 		},
-		AlpnProtocols: append([]string(nil), MeshALPN...),
+		AlpnProtocols: append([]string(nil), alpn...),
 	}
 }
 
 // DownstreamTLSContext is the inbound side of mesh mTLS: a client
 // certificate is required and must carry a SPIFFE ID of trustDomain (which
 // identities may connect to which port is authorization's job, not the
-// handshake's).
-func DownstreamTLSContext(trustDomain string) *tlsv3.DownstreamTlsContext {
+// handshake's). alpn: MeshALPN when empty.
+func DownstreamTLSContext(trustDomain string, alpn ...string) *tlsv3.DownstreamTlsContext {
 	return &tlsv3.DownstreamTlsContext{
 		CommonTlsContext: meshCommon([]*tlsv3.SubjectAltNameMatcher{{
 			SanType: tlsv3.SubjectAltNameMatcher_URI,
 			Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + trustDomain + "/"}},
-		}}),
+		}}, alpn),
 		RequireClientCertificate: wrapperspb.Bool(true),
 	}
 }
@@ -93,7 +97,8 @@ func DownstreamTLSContext(trustDomain string) *tlsv3.DownstreamTlsContext {
 // matches; mesh.Service.Identities); sni is sent as the server name (the
 // service's host name, for the server's logs: mesh certificates have no DNS
 // SAN and are not matched on it). With no peerIDs no server is accepted.
-func UpstreamTLSContext(sni string, peerIDs []string) *tlsv3.UpstreamTlsContext {
+// alpn: MeshALPN when empty.
+func UpstreamTLSContext(sni string, peerIDs []string, alpn ...string) *tlsv3.UpstreamTlsContext {
 	sans := make([]*tlsv3.SubjectAltNameMatcher, 0, len(peerIDs))
 	for _, id := range peerIDs {
 		sans = append(sans, &tlsv3.SubjectAltNameMatcher{
@@ -108,7 +113,7 @@ func UpstreamTLSContext(sni string, peerIDs []string) *tlsv3.UpstreamTlsContext 
 			Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://invalid/no-identity"}},
 		}}
 	}
-	return &tlsv3.UpstreamTlsContext{CommonTlsContext: meshCommon(sans), Sni: sni}
+	return &tlsv3.UpstreamTlsContext{CommonTlsContext: meshCommon(sans, alpn), Sni: sni}
 }
 
 // TransportSocket wraps a TLS context as envoy.transport_sockets.tls.
