@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -52,6 +53,8 @@ type Controller struct {
 	snapshots map[string]*cache.Snapshot // workload key -> snapshot of the current mesh
 	nodes     map[string]*nodeState      // node id -> state, for connected nodes
 	streams   map[streamKey]*streamState
+	// learned is each node's last report of server-first destinations (insights.go).
+	learned map[string][]netip.AddrPort
 }
 
 type nodeState struct {

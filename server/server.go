@@ -12,6 +12,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"google.golang.org/grpc"
 
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/filters"
@@ -35,6 +36,9 @@ type Options struct {
 	// are replaced or the server shuts down (Envoy's --drain-time-s).
 	DrainTime time.Duration
 	Logger    *slog.Logger
+	// InsightsInterval is how often learned server-first destinations are
+	// checked for a report to the control plane (default 10s).
+	InsightsInterval time.Duration
 }
 
 // Server is a configured sift-proxy.
@@ -53,6 +57,9 @@ type Server struct {
 	// learned is the process's table of server-first destinations, shared
 	// by every listener generation.
 	learned *learn.Table
+	// insights is the control plane connection learned destinations are
+	// reported on (insights.go); nil without dynamic_resources.
+	insights *grpc.ClientConn
 
 	xds      *xds.Client // nil without dynamic_resources
 	dyn      *dynamic
@@ -146,6 +153,13 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.xds.Start()
+	if s.insights != nil {
+		interval := s.opts.InsightsInterval
+		if interval <= 0 {
+			interval = defaultInsightsInterval
+		}
+		go s.reportLearned(s.insights, interval, s.stopped)
+	}
 	go func() { // Envoy's /ready says LIVE once the initial fetch is done
 		select {
 		case <-s.xds.Initialized():
@@ -180,6 +194,7 @@ func (s *Server) buildXDS(b *bootstrapv3.Bootstrap) error {
 	if err != nil {
 		return err
 	}
+	s.insights = insightsConn(sources)
 	s.dyn = newDynamic(s, dr)
 	client, err := xds.New(xds.Config{
 		Node: b.GetNode(), Handler: s.dyn, Sources: sources, InitialFetchTimeout: timeouts, Logger: s.log,

@@ -20,6 +20,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -41,6 +42,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	controlv1 "github.com/siftmesh/sift/api/sift/control/v1"
 	"github.com/siftmesh/sift/controlplane"
 	"github.com/siftmesh/sift/controlplane/ca"
 	"github.com/siftmesh/sift/mesh/file"
@@ -189,6 +191,7 @@ func serve(log *slog.Logger, cfg config) error {
 	}
 	gs := grpc.NewServer(serverOpts...)
 	controlplane.Register(gs, ctl.NewServer(ctx))
+	controlv1.RegisterInsightsServer(gs, ctl)
 
 	var admin *http.Server
 	if cfg.adminAddr != "" {
@@ -200,6 +203,10 @@ func serve(log *slog.Logger, cfg config) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ready\n") })
+		mux.HandleFunc("/server_first", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(ctl.ServerFirstSuggestions())
+		})
 		admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go admin.Serve(adminLis)
 		log.Info("admin serving", "address", adminLis.Addr().String())
