@@ -11,11 +11,10 @@ import (
 	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/bootstrap"
@@ -187,25 +186,16 @@ func TestConfigDump(t *testing.T) {
 	if err := dump.GetConfigs()[1].UnmarshalTo(&clusters); err != nil {
 		t.Fatal(err)
 	}
-	var clusterNames []string
+	var clusterNames, listenerNames []string
 	for _, c := range clusters.GetStaticClusters() {
-		var pb clusterv3.Cluster
-		if err := c.GetCluster().UnmarshalTo(&pb); err != nil {
-			t.Fatal(err)
-		}
-		clusterNames = append(clusterNames, pb.GetName())
+		clusterNames = append(clusterNames, resourceName(t, c.GetCluster()))
 	}
 	var listeners adminv3.ListenersConfigDump
 	if err := dump.GetConfigs()[2].UnmarshalTo(&listeners); err != nil {
 		t.Fatal(err)
 	}
-	var listenerNames []string
 	for _, l := range listeners.GetStaticListeners() {
-		var pb listenerv3.Listener
-		if err := l.GetListener().UnmarshalTo(&pb); err != nil {
-			t.Fatal(err)
-		}
-		listenerNames = append(listenerNames, pb.GetName())
+		listenerNames = append(listenerNames, resourceName(t, l.GetListener()))
 	}
 	// Static resources in the bootstrap's order; no dynamic ones without xDS.
 	if diff := cmp.Diff([]string{"c"}, clusterNames); diff != "" {
@@ -217,6 +207,16 @@ func TestConfigDump(t *testing.T) {
 	if n := len(clusters.GetDynamicActiveClusters()) + len(listeners.GetDynamicListeners()); n != 0 {
 		t.Errorf("%d dynamic resources without dynamic_resources", n)
 	}
+}
+
+// resourceName unpacks a dumped resource and returns its name.
+func resourceName(t *testing.T, a *anypb.Any) string {
+	t.Helper()
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.(interface{ GetName() string }).GetName()
 }
 
 func TestClose(t *testing.T) {

@@ -28,15 +28,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/siftmesh/sift/bootstrap"
+	"github.com/siftmesh/sift/internal/testnet"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/xds"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// limit bounds every wait: it keeps a broken test from hanging and is no
-// assertion about speed.
-const limit = 30 * time.Second
 
 // subscriptions is a real go-control-plane ADS server that records the
 // resource names the proxy asks for and never answers (it has no snapshot):
@@ -80,7 +77,7 @@ func startSubscriptions(t *testing.T) *subscriptions {
 // wait waits until the proxy's last request for typeURL names exactly want.
 func (s *subscriptions) wait(t *testing.T, typeURL string, want ...string) {
 	t.Helper()
-	deadline := time.After(limit)
+	deadline := time.After(testnet.Limit)
 	for {
 		s.mu.Lock()
 		got, ok := s.names[typeURL]
@@ -108,7 +105,7 @@ type fixture struct {
 func start(t *testing.T) *fixture {
 	t.Helper()
 	subs := startSubscriptions(t)
-	greeter := serveTCP(t, func(c net.Conn) { io.WriteString(c, "220 static\r\n") })
+	greeter := testnet.Backend(t, func(c net.Conn) { io.WriteString(c, "220 static\r\n") })
 	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "web "+r.URL.Path) }))
 	t.Cleanup(web.Close)
 	yaml := fmt.Sprintf(`
@@ -139,31 +136,6 @@ static_resources:
 	}
 	t.Cleanup(func() { s.Shutdown(context.Background()) })
 	return &fixture{s: s, subs: subs}
-}
-
-// serveTCP runs handle on each connection to a listener on 127.0.0.1 and
-// closes the connection afterwards.
-func serveTCP(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			handle(c)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
 }
 
 // staticClusterJSON is a STATIC cluster with one endpoint, as JSON (which
@@ -268,7 +240,7 @@ func (f *fixture) greeting(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(limit))
+	c.SetReadDeadline(time.Now().Add(testnet.Limit))
 	b, _ := io.ReadAll(c)
 	return string(b)
 }
@@ -280,7 +252,7 @@ func (f *fixture) get(t *testing.T, name, path string) string {
 	if l == nil {
 		t.Fatalf("listener %q is not serving", name)
 	}
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: limit}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: testnet.Limit}
 	resp, err := client.Get("http://" + l.Addr().String() + path)
 	if err != nil {
 		t.Fatal(err)
@@ -502,7 +474,7 @@ func TestListenerWarmingTimeout(t *testing.T) {
 	f.s.dyn.warmingTimeout = 10 * time.Millisecond
 	f.s.dyn.mu.Unlock()
 	f.mustApply(t, xds.ListenerType, map[string]string{"h": httpListenerJSON("h", "never")})
-	deadline := time.Now().Add(limit)
+	deadline := time.Now().Add(testnet.Limit)
 	for f.s.Listeners().Get("h").Config() == first {
 		if time.Now().After(deadline) {
 			t.Fatal("the new version still warms after its timeout")

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/internal/testnet"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -50,21 +51,7 @@ func newLimit(t *testing.T, js string) *Limit {
 // hands it to its chain's filters; both ends close when the test ends.
 func downstream(t *testing.T) *filters.Downstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	_, c := testnet.Pair(t)
 	info := &filters.ConnInfo{LocalAddr: c.LocalAddr().(*net.TCPAddr).AddrPort(), RemoteAddr: c.RemoteAddr().(*net.TCPAddr).AddrPort()}
 	return filters.NewDownstream(c, nil, info, nil)
 }
@@ -238,7 +225,7 @@ func TestDelay(t *testing.T) {
 			if !r {
 				t.Error("admitted over the limit")
 			}
-		case <-time.After(30 * time.Second):
+		case <-time.After(testnet.Limit):
 			t.Fatal("Admit still waiting after its context ended")
 		}
 	})

@@ -18,6 +18,7 @@ import (
 
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/internal/netns"
+	"github.com/siftmesh/sift/internal/testnet"
 	"github.com/siftmesh/sift/listener"
 )
 
@@ -108,23 +109,6 @@ func onAccept(t *testing.T, c net.Conn) restored {
 	return restored{info.LocalAddr, info.LocalAddrRestored}
 }
 
-// accepted connects to ln with dial and returns the accepted end; both ends
-// close when the test ends.
-func accepted(t *testing.T, ln net.Listener, dial func() (net.Conn, error)) net.Conn {
-	t.Helper()
-	client, err := dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // TestNotRedirected: a connection that reached the listener directly keeps
 // its local address, whatever the family or socket type.
 func TestNotRedirected(t *testing.T) {
@@ -146,7 +130,7 @@ func TestNotRedirected(t *testing.T) {
 				t.Skipf("no %s listener here: %v", tt.name, err)
 			}
 			defer ln.Close()
-			c := accepted(t, ln, func() (net.Conn, error) { return net.Dial(ln.Addr().Network(), ln.Addr().String()) })
+			c := testnet.Accept(t, ln, nil)
 			var want restored
 			if ta, ok := c.LocalAddr().(*net.TCPAddr); ok {
 				want.LocalAddr = ta.AddrPort()
@@ -249,7 +233,7 @@ func TestRedirected(t *testing.T) {
 		if tt.ipv6 && !v6 {
 			continue
 		}
-		c := accepted(t, listeners[tt.listener], func() (net.Conn, error) { return ns.DialContext(context.Background(), "tcp", tt.dst) })
+		c := testnet.Accept(t, listeners[tt.listener], func() (net.Conn, error) { return ns.DialContext(context.Background(), "tcp", tt.dst) })
 		if diff := cmp.Diff(tt.want, onAccept(t, c), cmpAddrPort); diff != "" {
 			t.Errorf("%s: ConnInfo (-want +got):\n%s", tt.name, diff)
 		}

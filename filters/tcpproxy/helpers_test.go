@@ -2,7 +2,6 @@ package tcpproxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/internal/testnet"
 	"github.com/siftmesh/sift/listener"
 	"github.com/siftmesh/sift/upstream"
 )
@@ -30,10 +30,6 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var quiet = slog.New(slog.DiscardHandler)
-
-// limit bounds every blocking step of a test: it keeps a broken test from
-// hanging and is no assertion about speed.
-const limit = 30 * time.Second
 
 // build decodes a TcpProxy written as protojson and builds it through the
 // filter registry, as a listener does, against clusters.
@@ -111,41 +107,25 @@ func serve(t *testing.T, p *Proxy, peek int) *front {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &front{addr: ln.Addr().String(), cancel: cancel, served: make(chan struct{}, 1000)}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	testnet.Serve(t, ln, func(c net.Conn) {
+		defer func() { f.served <- struct{}{} }()
+		var peeked []byte
+		if peek > 0 {
+			pc := listener.NewPeekConn(c, 64<<10, time.Now().Add(testnet.Limit))
+			if _, err := pc.Peek(peek, time.Time{}); err != nil {
+				t.Errorf("peeking %d bytes: %v", peek, err)
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { f.served <- struct{}{} }()
-				var peeked []byte
-				if peek > 0 {
-					pc := listener.NewPeekConn(c, 64<<10, time.Now().Add(limit))
-					if _, err := pc.Peek(peek, time.Time{}); err != nil {
-						t.Errorf("peeking %d bytes: %v", peek, err)
-						c.Close()
-						return
-					}
-					if peeked, err = pc.Release(); err != nil {
-						t.Error(err)
-					}
-				}
-				info := &filters.ConnInfo{LocalAddr: addrPort(c.LocalAddr()), RemoteAddr: addrPort(c.RemoteAddr()), AcceptedAt: time.Now()}
-				p.ServeConn(ctx, filters.NewDownstream(c, peeked, info, nil))
-			}()
+			if peeked, err = pc.Release(); err != nil {
+				t.Error(err)
+			}
 		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		ln.Close()
-		wg.Wait()
+		info := &filters.ConnInfo{LocalAddr: addrPort(c.LocalAddr()), RemoteAddr: addrPort(c.RemoteAddr()), AcceptedAt: time.Now()}
+		p.ServeConn(ctx, filters.NewDownstream(c, peeked, info, nil))
 	})
+	// Registered after Serve's cleanup, so it runs first: a connection
+	// waiting to retry its connect ends only with its context.
+	t.Cleanup(cancel)
 	return f
 }
 
@@ -156,83 +136,18 @@ func (f *front) waitServed(t *testing.T) {
 	t.Helper()
 	select {
 	case <-f.served:
-	case <-time.After(limit):
+	case <-time.After(testnet.Limit):
 		t.Fatal("ServeConn did not return")
 	}
-}
-
-// backend listens on 127.0.0.1 and runs handle on each connection, which it
-// closes afterwards. Connections still open when the test ends are closed.
-func backend(t *testing.T, handle func(*net.TCPConn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveBackend(t, ln, handle)
-	return ln.Addr().String()
-}
-
-func serveBackend(t *testing.T, ln net.Listener, handle func(*net.TCPConn)) {
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]bool{}
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				handle(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
 }
 
 // greeter is a server-speaks-first backend: it sends greeting, then reads
 // until the client ends.
 func greeter(t *testing.T, greeting string) string {
-	return backend(t, func(c *net.TCPConn) {
+	return testnet.Backend(t, func(c net.Conn) {
 		io.WriteString(c, greeting)
 		io.Copy(io.Discard, c)
 	})
-}
-
-// refusingAddr returns an address on which nothing listens: connecting to
-// it is refused.
-func refusingAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // dialCounter is a real dialer that counts the connection attempts to each
@@ -269,7 +184,7 @@ func (d *dialCounter) count(addr string) int {
 // waitAttempts waits until at least n attempts were made to addr.
 func (d *dialCounter) waitAttempts(t *testing.T, addr string, n int) {
 	t.Helper()
-	deadline := time.After(limit)
+	deadline := time.After(testnet.Limit)
 	for d.count(addr) < n {
 		select {
 		case <-d.changed:
@@ -277,30 +192,4 @@ func (d *dialCounter) waitAttempts(t *testing.T, addr string, n int) {
 			t.Fatalf("%d connect attempts to %s, want at least %d", d.count(addr), addr, n)
 		}
 	}
-}
-
-// dial connects to addr; the connection is closed when the test ends.
-func dial(t *testing.T, addr string) *net.TCPConn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c.(*net.TCPConn)
-}
-
-// readAll reads c until EOF, failing the test if that takes longer than
-// limit; a reset after the bytes counts as the end too.
-func readAll(t *testing.T, c net.Conn) string {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(limit))
-	b, err := io.ReadAll(c)
-	if errors.Is(err, syscall.ECONNRESET) {
-		err = nil
-	}
-	if err != nil {
-		t.Fatalf("reading until EOF: %v (read %q)", err, b)
-	}
-	return string(b)
 }

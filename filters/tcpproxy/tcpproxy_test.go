@@ -9,12 +9,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/siftmesh/sift/internal/testnet"
 )
 
 // echoAtEOF reads until the client's EOF, then sends back everything it
 // read and closes: what the client gets is exactly what reached the backend.
 func echoAtEOF(t *testing.T) string {
-	return backend(t, func(c *net.TCPConn) {
+	return testnet.Backend(t, func(c net.Conn) {
 		b, err := io.ReadAll(c)
 		if err != nil {
 			t.Errorf("backend: %v", err)
@@ -44,12 +46,12 @@ func TestPeekedBytesDeliveredFirstExactlyOnce(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			p := newProxy(t, `{"statPrefix": "s", "cluster": "echo"}`, staticCluster(t, "echo", nil, echoAtEOF(t)))
-			c := dial(t, serve(t, p, tt.peek).addr)
+			c := testnet.Dial(t, serve(t, p, tt.peek).addr)
 			go func() {
 				c.Write(tt.payload)
 				c.CloseWrite()
 			}()
-			got := readAll(t, c)
+			got := testnet.ReadAll(t, c)
 			if got != string(tt.payload) {
 				t.Errorf("the backend received %d bytes (prefix %q), want the %d sent (prefix %q)",
 					len(got), prefix(got), len(tt.payload), prefix(string(tt.payload)))
@@ -66,12 +68,12 @@ func TestHalfClose(t *testing.T) {
 		t.Parallel()
 		// The client's FIN reaches the backend, whose answer still flows back.
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "echo"}`, staticCluster(t, "echo", nil, echoAtEOF(t)))
-		c := dial(t, serve(t, p, 0).addr)
+		c := testnet.Dial(t, serve(t, p, 0).addr)
 		io.WriteString(c, "request")
 		if err := c.CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
-		if got := readAll(t, c); got != "request" {
+		if got := testnet.ReadAll(t, c); got != "request" {
 			t.Errorf("answer after the client's half-close = %q, want %q", got, "request")
 		}
 	})
@@ -79,17 +81,17 @@ func TestHalfClose(t *testing.T) {
 		t.Parallel()
 		// The backend's FIN reaches the client, which can still send.
 		received := make(chan string, 1)
-		addr := backend(t, func(c *net.TCPConn) {
+		addr := testnet.Backend(t, func(c net.Conn) {
 			io.WriteString(c, "220 bye\r\n")
-			if err := c.CloseWrite(); err != nil {
+			if err := c.(*net.TCPConn).CloseWrite(); err != nil {
 				t.Error(err)
 			}
 			b, _ := io.ReadAll(c)
 			received <- string(b)
 		})
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "b"}`, staticCluster(t, "b", nil, addr))
-		c := dial(t, serve(t, p, 0).addr)
-		if got := readAll(t, c); got != "220 bye\r\n" {
+		c := testnet.Dial(t, serve(t, p, 0).addr)
+		if got := testnet.ReadAll(t, c); got != "220 bye\r\n" {
 			t.Fatalf("client read %q before EOF", got)
 		}
 		io.WriteString(c, "QUIT\r\n")
@@ -99,7 +101,7 @@ func TestHalfClose(t *testing.T) {
 			if got != "QUIT\r\n" {
 				t.Errorf("backend received %q after its half-close, want %q", got, "QUIT\r\n")
 			}
-		case <-time.After(limit):
+		case <-time.After(testnet.Limit):
 			t.Fatal("the backend never saw the client's EOF")
 		}
 	})
@@ -110,23 +112,23 @@ func TestIdleTimeout(t *testing.T) {
 	t.Run("a silent connection is closed", func(t *testing.T) {
 		t.Parallel()
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "g", "idleTimeout": "0.2s"}`, staticCluster(t, "g", nil, greeter(t, "220 hi\r\n")))
-		c := dial(t, serve(t, p, 0).addr)
-		if got := readAll(t, c); got != "220 hi\r\n" {
+		c := testnet.Dial(t, serve(t, p, 0).addr)
+		if got := testnet.ReadAll(t, c); got != "220 hi\r\n" {
 			t.Errorf("read %q before the close, want the greeting", got)
 		}
 	})
 	t.Run("traffic keeps the connection open", func(t *testing.T) {
 		t.Parallel()
-		lines := backend(t, func(c *net.TCPConn) {
+		lines := testnet.Backend(t, func(c net.Conn) {
 			s := bufio.NewScanner(c)
 			for s.Scan() {
 				fmt.Fprintf(c, "got %s\n", s.Text())
 			}
 		})
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "l", "idleTimeout": "1s"}`, staticCluster(t, "l", nil, lines))
-		c := dial(t, serve(t, p, 0).addr)
+		c := testnet.Dial(t, serve(t, p, 0).addr)
 		r := bufio.NewReader(c)
-		c.SetReadDeadline(time.Now().Add(limit))
+		c.SetReadDeadline(time.Now().Add(testnet.Limit))
 		// Exchange lines for well over the idle timeout, each gap far under
 		// it (a loaded machine running the race detector can stall for a
 		// while: the margin is 50 times the pacing).
@@ -144,12 +146,12 @@ func TestIdleTimeout(t *testing.T) {
 func TestMaxDownstreamConnectionDuration(t *testing.T) {
 	t.Parallel()
 	// A busy connection is closed too, with idle_timeout disabled.
-	lines := backend(t, func(c *net.TCPConn) { io.Copy(c, c) })
+	lines := testnet.Backend(t, func(c net.Conn) { io.Copy(c, c) })
 	p := newProxy(t, `{"statPrefix": "s", "cluster": "l", "idleTimeout": "0s", "maxDownstreamConnectionDuration": "0.3s"}`,
 		staticCluster(t, "l", nil, lines))
 	f := serve(t, p, 0)
-	c := dial(t, f.addr)
-	c.SetDeadline(time.Now().Add(limit))
+	c := testnet.Dial(t, f.addr)
+	c.SetDeadline(time.Now().Add(testnet.Limit))
 	buf := make([]byte, 4)
 	for i := 0; ; i++ {
 		if _, err := io.WriteString(c, "ping"); err != nil {
@@ -157,7 +159,7 @@ func TestMaxDownstreamConnectionDuration(t *testing.T) {
 		}
 		if _, err := io.ReadFull(c, buf); err != nil {
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				t.Fatalf("still open after %v", limit)
+				t.Fatalf("still open after %v", testnet.Limit)
 			}
 			break // closed by the proxy
 		}
@@ -170,12 +172,12 @@ func TestConnectAttempts(t *testing.T) {
 	t.Parallel()
 	t.Run("every attempt refused", func(t *testing.T) {
 		t.Parallel()
-		dead, dials := refusingAddr(t), newDialCounter()
+		dead, dials := testnet.RefusingAddr(t), newDialCounter()
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "dead", "maxConnectAttempts": 3, "backoffOptions": {"baseInterval": "0.001s"}}`,
 			staticCluster(t, "dead", dials.dialer(), dead))
 		f := serve(t, p, 0)
-		c := dial(t, f.addr)
-		if got := readAll(t, c); got != "" {
+		c := testnet.Dial(t, f.addr)
+		if got := testnet.ReadAll(t, c); got != "" {
 			t.Errorf("read %q, want a plain close", got)
 		}
 		f.waitServed(t)
@@ -187,29 +189,29 @@ func TestConnectAttempts(t *testing.T) {
 		t.Parallel()
 		// The endpoint refuses until it starts listening, after the proxy
 		// has tried (and backed off) a few times.
-		addr, dials := refusingAddr(t), newDialCounter()
+		addr, dials := testnet.RefusingAddr(t), newDialCounter()
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "late", "maxConnectAttempts": 1000, "backoffOptions": {"baseInterval": "0.001s", "maxInterval": "0.01s"}}`,
 			staticCluster(t, "late", dials.dialer(), addr))
-		c := dial(t, serve(t, p, 0).addr)
+		c := testnet.Dial(t, serve(t, p, 0).addr)
 		dials.waitAttempts(t, addr, 3)
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			t.Skipf("the refusing port was taken meanwhile: %v", err)
 		}
-		serveBackend(t, ln, func(c *net.TCPConn) { io.WriteString(c, "220 late\r\n") })
-		if got := readAll(t, c); got != "220 late\r\n" {
+		testnet.Serve(t, ln, func(c net.Conn) { io.WriteString(c, "220 late\r\n") })
+		if got := testnet.ReadAll(t, c); got != "220 late\r\n" {
 			t.Errorf("read %q, want the greeting of the endpoint once it listens", got)
 		}
 	})
 	t.Run("each attempt may pick another endpoint", func(t *testing.T) {
 		t.Parallel()
 		// Round robin over [dead, alive] with two attempts: every connection lands.
-		dead, alive := refusingAddr(t), greeter(t, "220 alive\r\n")
+		dead, alive := testnet.RefusingAddr(t), greeter(t, "220 alive\r\n")
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "mixed", "maxConnectAttempts": 2, "backoffOptions": {"baseInterval": "0.001s"}}`,
 			staticCluster(t, "mixed", nil, dead, alive))
 		f := serve(t, p, 0)
 		for i := 0; i < 4; i++ {
-			c := dial(t, f.addr)
+			c := testnet.Dial(t, f.addr)
 			line, err := bufio.NewReader(c).ReadString('\n')
 			if err != nil || line != "220 alive\r\n" {
 				t.Fatalf("connection %d: %q, %v", i, line, err)
@@ -220,15 +222,15 @@ func TestConnectAttempts(t *testing.T) {
 	t.Run("cancelled while backing off", func(t *testing.T) {
 		t.Parallel()
 		// A base interval of an hour: only the connection's context ends the wait.
-		dead, dials := refusingAddr(t), newDialCounter()
+		dead, dials := testnet.RefusingAddr(t), newDialCounter()
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "dead", "maxConnectAttempts": 2, "backoffOptions": {"baseInterval": "3600s"}}`,
 			staticCluster(t, "dead", dials.dialer(), dead))
 		f := serve(t, p, 0)
-		c := dial(t, f.addr)
+		c := testnet.Dial(t, f.addr)
 		dials.waitAttempts(t, dead, 1)
 		f.cancel()
 		f.waitServed(t)
-		if got := readAll(t, c); got != "" {
+		if got := testnet.ReadAll(t, c); got != "" {
 			t.Errorf("read %q, want a plain close", got)
 		}
 		if n := dials.count(dead); n != 1 {
@@ -239,7 +241,7 @@ func TestConnectAttempts(t *testing.T) {
 		t.Parallel()
 		p := newProxy(t, `{"statPrefix": "s", "cluster": "nope"}`)
 		f := serve(t, p, 0)
-		if got := readAll(t, dial(t, f.addr)); got != "" {
+		if got := testnet.ReadAll(t, testnet.Dial(t, f.addr)); got != "" {
 			t.Errorf("read %q, want a plain close", got)
 		}
 	})
@@ -273,7 +275,7 @@ func TestWeightedClusters(t *testing.T) {
 		seen := map[string]int{}
 		// 64 connections all to one of two equal clusters: odds of 2^-63.
 		for range 64 {
-			c := dial(t, f.addr)
+			c := testnet.Dial(t, f.addr)
 			line, err := bufio.NewReader(c).ReadString('\n')
 			if err != nil {
 				t.Fatal(err)
@@ -295,13 +297,13 @@ func TestPeekedBytesWithSplice(t *testing.T) {
 	p := newProxy(t, `{"statPrefix": "s", "cluster": "echo"}`, staticCluster(t, "echo", nil, echoAtEOF(t)))
 	f := serve(t, p, 3)
 	for _, chunks := range [][]string{{"abc", "def"}, {"ab", "cdef"}, {"abcdef"}} {
-		c := dial(t, f.addr)
+		c := testnet.Dial(t, f.addr)
 		for _, ch := range chunks {
 			io.WriteString(c, ch)
 			time.Sleep(time.Millisecond) // separate segments, not synchronising
 		}
 		c.CloseWrite()
-		if got := readAll(t, c); got != "abcdef" {
+		if got := testnet.ReadAll(t, c); got != "abcdef" {
 			t.Errorf("chunks %q: backend received %q", chunks, got)
 		}
 	}
