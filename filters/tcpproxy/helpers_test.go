@@ -105,6 +105,12 @@ func serve(t *testing.T, p *Proxy, peek int) *front {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveOn(t, p, ln, peek)
+}
+
+// serveOn is serve on ln, which may be other than TCP.
+func serveOn(t *testing.T, p *Proxy, ln net.Listener, peek int) *front {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &front{addr: ln.Addr().String(), cancel: cancel, served: make(chan struct{}, 1000)}
 	testnet.Serve(t, ln, func(c net.Conn) {
@@ -116,6 +122,7 @@ func serve(t *testing.T, p *Proxy, peek int) *front {
 				t.Errorf("peeking %d bytes: %v", peek, err)
 				return
 			}
+			var err error
 			if peeked, err = pc.Release(); err != nil {
 				t.Error(err)
 			}
@@ -129,7 +136,13 @@ func serve(t *testing.T, p *Proxy, peek int) *front {
 	return f
 }
 
-func addrPort(a net.Addr) netip.AddrPort { return a.(*net.TCPAddr).AddrPort() }
+// addrPort is a's address and port; the zero value for a non-TCP address.
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	return netip.AddrPort{}
+}
 
 // waitServed waits until ServeConn has returned for one more connection.
 func (f *front) waitServed(t *testing.T) {

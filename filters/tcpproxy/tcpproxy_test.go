@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -117,30 +118,48 @@ func TestIdleTimeout(t *testing.T) {
 			t.Errorf("read %q before the close, want the greeting", got)
 		}
 	})
-	t.Run("traffic keeps the connection open", func(t *testing.T) {
-		t.Parallel()
-		lines := testnet.Backend(t, func(c net.Conn) {
-			s := bufio.NewScanner(c)
-			for s.Scan() {
-				fmt.Fprintf(c, "got %s\n", s.Text())
+	// Traffic keeps the connection open: lines are exchanged for well over
+	// the idle timeout, each gap far under it (a loaded machine running the
+	// race detector can stall for a while: the margin is 50 times the
+	// pacing).
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run("traffic keeps the connection open/"+network, func(t *testing.T) {
+			t.Parallel()
+			if network == "unix" {
+				t.Skip("bug: with a downstream that is not a *net.TCPConn (no TCP_INFO byte counters: a unix socket " +
+					"here, a TLS-terminated downstream later), watchIdle falls back to time.AfterFunc(idle_timeout) " +
+					"from the start of the connection, so idle_timeout acts as a maximum duration and closes busy " +
+					"connections (filters/tcpproxy/idle.go, watchIdle's !ok branch)")
+			}
+			lines := testnet.Backend(t, func(c net.Conn) {
+				s := bufio.NewScanner(c)
+				for s.Scan() {
+					fmt.Fprintf(c, "got %s\n", s.Text())
+				}
+			})
+			p := newProxy(t, `{"statPrefix": "s", "cluster": "l", "idleTimeout": "1s"}`, staticCluster(t, "l", nil, lines))
+			ln, err := net.Listen(network, map[string]string{"tcp": "127.0.0.1:0", "unix": filepath.Join(t.TempDir(), "s")}[network])
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := serveOn(t, p, ln, 0)
+			c, err := net.Dial(network, f.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			r := bufio.NewReader(c)
+			c.SetReadDeadline(time.Now().Add(testnet.Limit))
+			start := time.Now()
+			for i := 0; time.Since(start) < 2500*time.Millisecond; i++ {
+				fmt.Fprintf(c, "ping %d\n", i)
+				if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf("got ping %d\n", i) {
+					t.Fatalf("exchange %d after %v: %q, %v", i, time.Since(start), line, err)
+				}
+				time.Sleep(20 * time.Millisecond) // pacing the client, not synchronising
 			}
 		})
-		p := newProxy(t, `{"statPrefix": "s", "cluster": "l", "idleTimeout": "1s"}`, staticCluster(t, "l", nil, lines))
-		c := testnet.Dial(t, serve(t, p, 0).addr)
-		r := bufio.NewReader(c)
-		c.SetReadDeadline(time.Now().Add(testnet.Limit))
-		// Exchange lines for well over the idle timeout, each gap far under
-		// it (a loaded machine running the race detector can stall for a
-		// while: the margin is 50 times the pacing).
-		start := time.Now()
-		for i := 0; time.Since(start) < 2500*time.Millisecond; i++ {
-			fmt.Fprintf(c, "ping %d\n", i)
-			if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf("got ping %d\n", i) {
-				t.Fatalf("exchange %d after %v: %q, %v", i, time.Since(start), line, err)
-			}
-			time.Sleep(20 * time.Millisecond) // pacing the client, not synchronising
-		}
-	})
+	}
 }
 
 func TestMaxDownstreamConnectionDuration(t *testing.T) {
