@@ -361,6 +361,20 @@ func TestApplyEndpoints(t *testing.T) {
 	if diff := cmp.Diff([]string{"127.0.0.1:2", "127.0.0.1:3"}, endpointAddrs(c)); diff != "" {
 		t.Errorf("endpoints after a rejected update (-want +got):\n%s", diff)
 	}
+
+	// An endpoint that stays across an update keeps its state: here the
+	// count of connections open to it.
+	live := testnet.Backend(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	f.mustApply(t, xds.EndpointType, map[string]string{"svc": assignmentJSON("svc", live)})
+	conn, err := c.Dial(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	f.mustApply(t, xds.EndpointType, map[string]string{"svc": assignmentJSON("svc", live, "127.0.0.1:5")})
+	if eps := c.Endpoints(); len(eps) != 2 || eps[0].Addr != live || eps[0].Active != 1 {
+		t.Errorf("after an update keeping %s with a connection open: %+v, want its Active count 1", live, eps)
+	}
 }
 
 func TestApplyListeners(t *testing.T) {
