@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -248,8 +249,9 @@ func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
 		t := time.AfterFunc(lim.MaxDuration, abort)
 		defer t.Stop()
 	}
+	var moved atomic.Uint64 // bytes copied in user space (no kernel counter sees them)
 	if lim.Idle > 0 {
-		w := watchIdle(lim.Idle, abort, down, up)
+		w := watchIdle(lim.Idle, abort, &moved, down, up)
 		defer w.stop()
 	}
 	var (
@@ -259,10 +261,10 @@ func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
 	)
 	go func() {
 		defer close(done)
-		c.Upstream, errUp = pipe(up, down)
+		c.Upstream, errUp = pipe(up, down, &moved)
 	}()
 	var errDown error
-	c.Downstream, errDown = pipe(down, up)
+	c.Downstream, errDown = pipe(down, up, &moved)
 	if errDown != nil {
 		abort()
 	}
@@ -320,8 +322,8 @@ func writeTransportHeader(conn net.Conn, ot *upstream.OpaqueTransport, info *fil
 
 // pipe copies src to dst until src ends, then half-closes dst. It returns nil
 // when src ended with EOF: the other direction may go on.
-func pipe(dst, src net.Conn) (int64, error) {
-	n, err := copyStream(dst, src)
+func pipe(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
+	n, err := copyStream(dst, src, moved)
 	if err != nil {
 		return n, err
 	}

@@ -195,7 +195,7 @@ func TestSourceWatchesEdits(t *testing.T) {
 
 	// A valid edit is pushed within a second.
 	edited := strings.Replace(valid, "detect_timeout: 3s", "detect_timeout: 4s", 1)
-	if err := os.WriteFile(path, []byte(edited), 0o600); err != nil {
+	if err := writeAtomic(path, []byte(edited)); err != nil {
 		t.Fatal(err)
 	}
 	waitUpdate(t, updates, time.Second)
@@ -208,7 +208,7 @@ func TestSourceWatchesEdits(t *testing.T) {
 	second := src.Snapshot()
 
 	// A broken edit is reported and changes nothing.
-	if err := os.WriteFile(path, []byte(edited+"  - name: BROKEN\n"), 0o600); err != nil {
+	if err := writeAtomic(path, []byte(edited+"  - name: BROKEN\n")); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -229,7 +229,7 @@ func TestSourceWatchesEdits(t *testing.T) {
 	}
 
 	// Fixing it is picked up again.
-	if err := os.WriteFile(path, []byte(valid), 0o600); err != nil {
+	if err := writeAtomic(path, []byte(valid)); err != nil {
 		t.Fatal(err)
 	}
 	waitUpdate(t, updates, time.Second)
@@ -241,11 +241,21 @@ func TestSourceWatchesEdits(t *testing.T) {
 func TestOpenRejectsInvalid(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
-	if err := os.WriteFile(path, []byte("namespaces: [{name: x, bogus: 1}]\n"), 0o600); err != nil {
+	if err := writeAtomic(path, []byte("namespaces: [{name: x, bogus: 1}]\n")); err != nil {
 		t.Fatal(err)
 	}
 	_, err := Open(path, Options{})
 	if err == nil || !strings.HasPrefix(err.Error(), path+":1:24: namespaces[0].bogus: unknown field") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// writeAtomic replaces path's content at once, as editors that save by
+// rename do: the poller never reads a half-written file.
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
