@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/upstream"
 )
@@ -25,6 +26,9 @@ type BuildContext struct {
 	Clusters *upstream.Manager
 	// Logger is the listener's logger.
 	Logger *slog.Logger
+	// Secrets resolves the certificates of TLS transport sockets (inline,
+	// files, static secrets, SDS); nil: TLS transport sockets are refused.
+	Secrets *mtls.Store
 }
 
 // ListenerFilterFactory builds a listener filter from its typed config, whose

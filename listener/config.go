@@ -11,6 +11,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/listener/chainmatch"
 )
@@ -55,6 +56,10 @@ type FilterChain struct {
 	Name       string
 	Connection []filters.ConnectionFilter
 	Network    filters.NetworkFilter
+	// TLS is the chain's transport socket (DownstreamTlsContext), or nil for
+	// plaintext; HandshakeTimeout bounds its handshake (tls.go).
+	TLS              *mtls.Server
+	HandshakeTimeout time.Duration
 }
 
 // Envoy's listener_filters_timeout default.
@@ -68,7 +73,9 @@ var listenerPolicy = pbcheck.Policy{
 	"envoy.config.listener.v3.Listener": pbcheck.Fields("name, address, filter_chains, default_filter_chain, " +
 		"listener_filters, listener_filters_timeout, continue_on_listener_filters_timeout, use_original_dst, " +
 		"bind_to_port, stat_prefix, traffic_direction, metadata, per_connection_buffer_limit_bytes, enable_reuse_port"),
-	"envoy.config.listener.v3.FilterChain":    pbcheck.Fields("filter_chain_match, filters, name, metadata"),
+	"envoy.config.listener.v3.FilterChain": pbcheck.Fields("filter_chain_match, filters, name, metadata, " +
+		"transport_socket, transport_socket_connect_timeout"),
+	"envoy.config.core.v3.TransportSocket":    pbcheck.Fields("name, typed_config"),
 	"envoy.config.listener.v3.Filter":         pbcheck.Fields("name, typed_config"),
 	"envoy.config.listener.v3.ListenerFilter": pbcheck.Fields("name, typed_config, filter_disabled"),
 	"envoy.config.core.v3.Address":            pbcheck.Fields("socket_address"),
@@ -170,6 +177,9 @@ func decodeChain(fc *listenerv3.FilterChain, bc filters.BuildContext) (*FilterCh
 		return nil, errors.New("filters: a terminal network filter (tcp_proxy) is required")
 	}
 	chain := &FilterChain{Name: fc.GetName()}
+	if err := decodeTransportSocket(fc, chain, bc); err != nil {
+		return nil, err
+	}
 	last := len(fs) - 1
 	for i, f := range fs[:last] {
 		cf, err := filters.BuildConnectionFilter(f.GetTypedConfig(), bc)

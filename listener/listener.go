@@ -37,6 +37,7 @@ type Stats struct {
 	FiltersError     atomic.Uint64 // closed: a listener filter failed (read error)
 	DetectionRan     atomic.Uint64 // protocol detection ran
 	DetectionSkipped atomic.Uint64 // protocol detection was skipped or disabled
+	TLSHandshakeFail atomic.Uint64 // closed: the chain's TLS handshake failed or timed out
 }
 
 // Listener is one bound (or hand-off only) listener and its generations.
@@ -203,6 +204,14 @@ func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, p
 		d := info.Detection
 		l.log.Debug("connection", "remote", info.RemoteAddr, "local", info.LocalAddr, "chain", chain.Name,
 			"detected", d.Protocol, "reason", d.Reason, "detect_bytes", d.Bytes, "detect_duration", d.Duration)
+	}
+	if chain.TLS != nil { // the transport socket wraps the connection (tls.go)
+		tc, ok := l.handshake(g.ctx, c, chain, info, peeked)
+		if !ok {
+			c.Close()
+			return
+		}
+		c, peeked = tc, nil
 	}
 	d := filters.NewDownstream(c, peeked, info, g.draining)
 	for _, cf := range chain.Connection {

@@ -17,6 +17,7 @@ type host struct {
 	weight   uint32 // >= 1
 	health   corev3.HealthStatus
 	hostname string
+	ts       uint8 // transport socket (tls.go)
 	// active counts this host's open connections from Dial (including ones
 	// still connecting): Envoy's "active requests" for a connection-level
 	// balancer.

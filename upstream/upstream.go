@@ -16,6 +16,8 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/siftmesh/sift/filters/mtls"
 )
 
 // ErrNoHealthyEndpoint is returned (wrapped) by Dial when the cluster has no
@@ -33,6 +35,9 @@ type Options struct {
 	// cluster sets upstream_connection_options.tcp_keepalive, a copy of the
 	// Dialer with that KeepAliveConfig is used.
 	Dialer *net.Dialer
+	// Secrets resolves the certificates of TLS transport sockets; nil: a
+	// cluster with a TLS transport_socket is refused.
+	Secrets *mtls.Store
 	// Logger receives DNS resolution failures and recoveries (a change of
 	// state is logged once, not every refresh); nil means slog.Default().
 	Logger *slog.Logger
@@ -62,6 +67,7 @@ type Cluster struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	ext       extensions // state other packages keep per cluster (http.go)
+	tls       transports // transport sockets (tls.go)
 }
 
 // snapshot is one endpoint set and the picker built for it. Immutable.
@@ -104,6 +110,10 @@ func Build(pb *clusterv3.Cluster, opts Options) (*Cluster, error) {
 	if c.rnd == nil {
 		c.rnd = rand.IntN
 	}
+	if err := c.buildTransports(pb, opts.Secrets); err != nil {
+		return nil, fmt.Errorf("upstream: cluster %q: %w", pb.GetName(), err)
+	}
+	c.tls.assign(cfg.endpoints, pb.GetLoadAssignment())
 	switch cfg.discovery {
 	case discoveryStatic:
 		eps := make([]resolvedEndpoint, len(cfg.endpoints))
@@ -152,7 +162,13 @@ func (c *Cluster) Ready() <-chan struct{} { return c.ready }
 // balancer may pick another endpoint. Dial keeps working after Close, on the
 // last endpoint set, so that connections of a draining generation can still
 // retry.
-func (c *Cluster) Dial(ctx context.Context) (*Conn, error) {
+//
+// On a TLS cluster the connection is handshaken before Dial returns (within
+// the same connect_timeout); alpn, when the transport socket configures no
+// alpn_protocols, is offered (gRPC to an xDS server offers "h2"). Until the
+// transport socket's SDS secrets arrive, Dial waits for them within the
+// same deadline (Envoy's cluster warming).
+func (c *Cluster) Dial(ctx context.Context, alpn ...string) (*Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.connectTimeout)
 	defer cancel()
 	s := c.snap.Load()
@@ -181,6 +197,14 @@ func (c *Cluster) Dial(ctx context.Context) (*Conn, error) {
 			de.connectTimeout = c.cfg.connectTimeout
 		}
 		return nil, de
+	}
+	if t := c.tls.of(h.ts); t != nil {
+		tc, err := c.handshake(dctx, ctx, t, nc, h.addr, alpn)
+		if err != nil {
+			h.active.Add(-1)
+			return nil, err
+		}
+		nc = tc
 	}
 	return &Conn{Conn: nc, Addr: h.addr, host: h}, nil
 }
@@ -237,10 +261,12 @@ type resolvedEndpoint struct {
 	weight   uint32
 	health   corev3.HealthStatus
 	hostname string
+	ts       uint8 // transport socket (tls.go)
 }
 
 func (ep endpointSpec) resolved(ip, hostname string) resolvedEndpoint {
 	return resolvedEndpoint{
+		ts:       ep.ts,
 		addr:     net.JoinHostPort(ip, fmt.Sprint(ep.port)),
 		weight:   ep.weight,
 		health:   ep.health,
@@ -273,7 +299,7 @@ func (c *Cluster) setEndpoints(eps []resolvedEndpoint) {
 			hosts[i], reuse[ep] = hs[0], hs[1:]
 			continue
 		}
-		hosts[i] = &host{addr: ep.addr, weight: ep.weight, health: ep.health, hostname: ep.hostname}
+		hosts[i] = &host{addr: ep.addr, weight: ep.weight, health: ep.health, hostname: ep.hostname, ts: ep.ts}
 	}
 	c.snap.Store(&snapshot{hosts: hosts, picker: newPicker(c.cfg.lb, c.cfg.choiceCount, hosts, c.rnd)})
 	close(c.changed)
@@ -290,7 +316,7 @@ func (c *Cluster) changedCh() <-chan struct{} {
 }
 
 func (h *host) key() resolvedEndpoint {
-	return resolvedEndpoint{addr: h.addr, weight: h.weight, health: h.health, hostname: h.hostname}
+	return resolvedEndpoint{addr: h.addr, weight: h.weight, health: h.health, hostname: h.hostname, ts: h.ts}
 }
 
 func sameEndpoints(hosts []*host, eps []resolvedEndpoint) bool {

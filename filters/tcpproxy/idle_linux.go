@@ -8,7 +8,16 @@ import (
 
 // socketBytes returns the bytes received plus the bytes sent and acknowledged
 // on a TCP socket (Linux TCP_INFO: tcpi_bytes_received, tcpi_bytes_acked).
+// A TLS connection (or any wrapper with NetConn) is measured on its socket:
+// TLS records count as activity.
 func socketBytes(c net.Conn) (uint64, bool) {
+	for {
+		w, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = w.NetConn()
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return 0, false
