@@ -285,7 +285,7 @@ func TestXDSRejectedUpdateIsNACKedAndOldConfigServes(t *testing.T) {
 			cp.set("2", snapshotFor(bad, edsCluster("web"), loadAssignment("web", backend)))
 			select {
 			case msg := <-cp.nacks:
-				for _, want := range []string{`listener "ingress"`, "filter_chains[0].transport_socket: not supported by Sift"} {
+				for _, want := range []string{`listener "ingress"`, "filter_chains[0]: transport_socket (envoy.transport_sockets.tls): typed_config: must be set"} {
 					if !strings.Contains(msg, want) {
 						t.Errorf("NACK %q does not name %q", msg, want)
 					}

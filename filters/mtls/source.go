@@ -119,17 +119,17 @@ func (w *fileWatcher) add(s *Source, contents [][]byte) {
 	w.sources[s] = contents
 	if w.stop == nil {
 		w.stop, w.done = make(chan struct{}), make(chan struct{})
-		go w.run()
+		go w.run(w.stop, w.done)
 	}
 }
 
-func (w *fileWatcher) run() {
-	defer close(w.done)
+func (w *fileWatcher) run(stop, done chan struct{}) {
+	defer close(done)
 	t := time.NewTicker(w.interval)
 	defer t.Stop()
 	for {
 		select {
-		case <-w.stop:
+		case <-stop:
 			return
 		case <-t.C:
 			w.poll()
