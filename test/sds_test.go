@@ -1,0 +1,191 @@
+package test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/base64"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/siftmesh/sift/filters/mtls"
+	"github.com/siftmesh/sift/internal/testcerts"
+	"github.com/siftmesh/sift/xds"
+)
+
+// sdsListener is tcpListener with a TLS chain whose certificate is the SDS
+// secret "server-cert", fetched over ADS.
+func sdsListener(t *testing.T, name, cluster string) *listenerv3.Listener {
+	l := tcpListener(name, cluster)
+	ctx, err := anypb.New(&tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "server-cert", SdsConfig: &corev3.ConfigSource{
+			ResourceApiVersion: corev3.ApiVersion_V3, ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: mtls.TransportSocketName,
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ctx}}
+	return l
+}
+
+func certSecret(name string, cert, key []byte) *tlsv3.Secret {
+	ds := func(b []byte) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+	}
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: ds(cert), PrivateKey: ds(key)}}}
+}
+
+// TestSDSWarmingRotationAndNACK: a listener whose certificate comes over
+// SDS warms until it arrives; rotating it under continuous traffic loses no
+// connection and new handshakes see the new certificate at once; a bad
+// secret is NACKed naming it while the last good one serves; config_dump
+// shows no key.
+func TestSDSWarmingRotationAndNACK(t *testing.T) {
+	t.Parallel()
+	ca := testcerts.NewCA("mesh")
+	cp := startControlPlane(t, true)
+	p := startProxy(t, xdsBootstrap(cp.addr, false, true), nil)
+	backend := echo(t)
+	base := func(secrets ...types.Resource) map[resourcev3.Type][]types.Resource {
+		res := snapshotFor(sdsListener(t, "ingress", "web"), edsCluster("web"), loadAssignment("web", backend))
+		res[resourcev3.SecretType] = secrets
+		return res
+	}
+
+	cp.set("1", base())
+	eventually(t, "LDS version 1 acknowledged", func() bool { return cp.sawVersion(xds.ListenerType, "1") })
+	time.Sleep(200 * time.Millisecond)
+	if p.Listeners().Get("ingress") != nil {
+		t.Fatal("the listener serves before its certificate arrived (it must warm)")
+	}
+
+	v1 := ca.Issue("spiffe://mesh.local/v1")
+	cp.set("2", base(certSecret("server-cert", v1.CertPEM, v1.KeyPEM)))
+	eventually(t, "the listener to warm up", func() bool { return p.Listeners().Get("ingress") != nil })
+	addr := p.addr(t, "ingress")
+
+	// exchange makes one new TLS connection, echoes a line through the
+	// proxy and returns the server certificate's identity.
+	exchange := func() (string, error) {
+		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("ping\n")); err != nil {
+			return "", err
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || line != "ping\n" {
+			return "", err
+		}
+		return mtls.PeerIdentity(c.ConnectionState().PeerCertificates[0]), nil
+	}
+	if id, err := exchange(); err != nil || id != "spiffe://mesh.local/v1" {
+		t.Fatalf("first exchange: %q, %v", id, err)
+	}
+
+	// A connection made before the rotation, used after it.
+	long, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close()
+	longR := bufio.NewReader(long)
+
+	var failures, done atomic.Int64
+	var sawV2 atomic.Bool
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id, err := exchange()
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("exchange during rotation: %v", err)
+					continue
+				}
+				done.Add(1)
+				if id == "spiffe://mesh.local/v2" {
+					sawV2.Store(true)
+				}
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	v2 := ca.Issue("spiffe://mesh.local/v2")
+	cp.set("3", base(certSecret("server-cert", v2.CertPEM, v2.KeyPEM)))
+	eventually(t, "new handshakes to see the rotated certificate", sawV2.Load)
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failures.Load() != 0 || done.Load() == 0 {
+		t.Fatalf("%d of %d exchanges failed during rotation", failures.Load(), failures.Load()+done.Load())
+	}
+	if id, err := exchange(); err != nil || id != "spiffe://mesh.local/v2" {
+		t.Fatalf("after rotation: %q, %v", id, err)
+	}
+	long.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := long.Write([]byte("still here\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := longR.ReadString('\n'); err != nil || line != "still here\n" {
+		t.Fatalf("the connection made before rotation: %q, %v", line, err)
+	}
+
+	// A secret whose key does not match its certificate is NACKed.
+	other := ca.Issue("spiffe://mesh.local/other")
+	cp.set("4", base(certSecret("server-cert", v2.CertPEM, other.KeyPEM)))
+	select {
+	case msg := <-cp.nacks:
+		if !strings.Contains(msg, `secret "server-cert"`) || !strings.Contains(msg, "private key does not match") {
+			t.Fatalf("NACK %q does not name the secret and the problem", msg)
+		}
+		if strings.Contains(msg, "PRIVATE KEY") {
+			t.Fatalf("NACK quotes key material: %q", msg)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no NACK for a bad secret")
+	}
+	if id, err := exchange(); err != nil || id != "spiffe://mesh.local/v2" {
+		t.Fatalf("after the NACK the last good certificate must serve: %q, %v", id, err)
+	}
+
+	dump, err := p.ConfigDump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// inline_bytes print in base64, as in Envoy's dump.
+	redacted := base64.StdEncoding.EncodeToString([]byte(mtls.Redacted))
+	if !strings.Contains(string(dump), redacted) {
+		t.Fatal("config_dump must show the secret's key as [redacted]")
+	}
+	for _, key := range [][]byte{v1.KeyPEM, v2.KeyPEM, other.KeyPEM} {
+		if strings.Contains(string(dump), base64.StdEncoding.EncodeToString(key)) || strings.Contains(string(dump), "PRIVATE KEY") {
+			t.Fatal("config_dump shows a private key")
+		}
+	}
+	if !strings.Contains(string(dump), "dynamic_active_secrets") {
+		t.Fatal("config_dump has no SDS secrets")
+	}
+}
