@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,7 +17,10 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/siftmesh/sift/filters/mtls"
@@ -187,5 +193,55 @@ func TestSDSWarmingRotationAndNACK(t *testing.T) {
 	}
 	if !strings.Contains(string(dump), "dynamic_active_secrets") {
 		t.Fatal("config_dump has no SDS secrets")
+	}
+}
+
+// TestXDSOverMutualTLS: a bootstrap whose xDS cluster has an
+// UpstreamTlsContext with certificate files makes the ADS stream mTLS; the
+// control plane requires and verifies the proxy's client certificate.
+func TestXDSOverMutualTLS(t *testing.T) {
+	t.Parallel()
+	ca := testcerts.NewCA("mesh")
+	cpLeaf := ca.Issue("spiffe://mesh.local/ns/sift/sa/control", "control.mesh")
+	proxyLeaf := ca.Issue("spiffe://mesh.local/ns/default/sa/proxy")
+	var verifiedPeer atomic.Value
+	creds := credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cpLeaf.TLS()}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			verifiedPeer.Store(mtls.PeerIdentity(cs.PeerCertificates[0]))
+			return nil
+		},
+	})
+	cp := &controlPlane{t: t, cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil),
+		nacks: make(chan string, 100), versions: map[string][]string{}, opts: []grpc.ServerOption{grpc.Creds(creds)}}
+	cp.serve("127.0.0.1:0")
+
+	dir := t.TempDir()
+	files := map[string][]byte{"ca.pem": ca.CertPEM, "cert.pem": proxyLeaf.CertPEM, "key.pem": proxyLeaf.KeyPEM}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tlsField := fmt.Sprintf(`transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, `+
+		`sni: control.mesh, common_tls_context: {tls_certificates: [{certificate_chain: {filename: %s}, private_key: {filename: %s}}], `+
+		`validation_context: {trusted_ca: {filename: %s}, match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: "spiffe://mesh.local/ns/sift/sa/control"}}]}}}}`,
+		filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem"))
+	boot := strings.Replace(xdsBootstrap(cp.addr, false, true), staticCluster("xds", cp.addr), withFields(staticCluster("xds", cp.addr), tlsField), 1)
+	if !strings.Contains(boot, "UpstreamTlsContext") {
+		t.Fatal("bootstrap without the TLS xDS cluster")
+	}
+	p := startProxy(t, boot, nil)
+	cp.set("1", snapshotFor(tcpListener("ingress", "web"), edsCluster("web"), loadAssignment("web", echo(t))))
+	eventually(t, "the listener from the TLS control plane", func() bool { return p.Listeners().Get("ingress") != nil })
+	if got, _ := verifiedPeer.Load().(string); got != "spiffe://mesh.local/ns/default/sa/proxy" {
+		t.Fatalf("the control plane saw client identity %q", got)
+	}
+	dump, err := p.ConfigDump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(dump), "key.pem") {
+		t.Fatal("config_dump shows the private key's file (Envoy redacts the whole sensitive field)")
 	}
 }

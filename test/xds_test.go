@@ -44,6 +44,7 @@ type controlPlane struct {
 	nacks    chan string         // error_detail messages received
 	versions map[string][]string // type URL → version_info of every SotW request
 	initial  []map[string]string // delta initial_resource_versions of every first request
+	opts     []grpc.ServerOption  // e.g. TLS credentials
 }
 
 func startControlPlane(t *testing.T, ads bool) *controlPlane {
@@ -84,7 +85,7 @@ func (cp *controlPlane) serve(addr string) {
 		},
 	}
 	srv := serverv3.NewServer(context.Background(), cp.cache, callbacks)
-	g := grpc.NewServer()
+	g := grpc.NewServer(cp.opts...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, srv)
 	listenerservice.RegisterListenerDiscoveryServiceServer(g, srv)
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, srv)
