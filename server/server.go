@@ -25,6 +25,7 @@ import (
 	_ "github.com/siftmesh/sift/filters/detect"
 	_ "github.com/siftmesh/sift/filters/httplb"
 	_ "github.com/siftmesh/sift/filters/originaldst"
+	_ "github.com/siftmesh/sift/filters/rbac"
 	_ "github.com/siftmesh/sift/filters/tcpproxy"
 )
 

@@ -239,3 +239,51 @@ func TestMTLSServerSANMismatchRefused(t *testing.T) {
 		t.Fatalf("HTTP through a SAN mismatch: status %d, want 502/503", resp.StatusCode)
 	}
 }
+
+// TestRBACByIdentity: network RBAC on an mTLS chain denies a namespace by
+// the clients' SPIFFE IDs; others pass.
+func TestRBACByIdentity(t *testing.T) {
+	t.Parallel()
+	ca := testcerts.NewCA("mesh")
+	srv := ca.Issue(idServer)
+	p := startProxy(t, `
+static_resources:
+  listeners:
+  - name: in
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, require_client_certificate: true, common_tls_context: {tls_certificates: [{certificate_chain: {inline_string: {{cert}}}, private_key: {inline_string: {{key}}}}], validation_context: {trusted_ca: {inline_string: {{ca}}}}}}}
+      filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: in
+          rules: {action: DENY, policies: {blocked: {permissions: [{any: true}], principals: [{authenticated: {principal_name: {prefix: "spiffe://mesh.local/ns/blocked/"}}}]}}}
+      - {name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: echo, cluster: echo}}
+  clusters:
+{{clusters}}`, map[string]string{"cert": q(srv.CertPEM), "key": q(srv.KeyPEM), "ca": q(ca.CertPEM),
+		"clusters": staticCluster("echo", echo(t))})
+	tests := []struct {
+		name, id string
+		want     bool
+	}{
+		{name: "allowed namespace", id: "spiffe://mesh.local/ns/default/sa/client", want: true},
+		{name: "blocked namespace", id: "spiffe://mesh.local/ns/blocked/sa/client", want: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tls.Dial("tcp", p.addr(t, "in"), &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{ca.Issue(tt.id).TLS()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c.Write([]byte("hi"))
+			buf := make([]byte, 2)
+			_, err = io.ReadFull(c, buf)
+			if got := err == nil && string(buf) == "hi"; got != tt.want {
+				t.Fatalf("echo through RBAC: %v (err %v), want allowed=%v", got, err, tt.want)
+			}
+		})
+	}
+}

@@ -244,3 +244,13 @@ func (m *stringMatcher) matchDNS(san string) bool {
 
 // Match reports whether v matches (for the RBAC filter).
 func (m *stringMatcher) Match(v string) bool { return m.match(v) }
+
+// StringMatcher is a compiled envoy.type.matcher.v3.StringMatcher (exact,
+// prefix, suffix, contains, safe_regex; ignore_case), for other filters
+// (RBAC's principal_name). Immutable.
+type StringMatcher = stringMatcher
+
+// NewStringMatcher compiles pb; errors name field.
+func NewStringMatcher(pb *matcherv3.StringMatcher, field string) (*StringMatcher, error) {
+	return newStringMatcher(pb, field)
+}
