@@ -44,7 +44,7 @@ type controlPlane struct {
 	nacks    chan string         // error_detail messages received
 	versions map[string][]string // type URL → version_info of every SotW request
 	initial  []map[string]string // delta initial_resource_versions of every first request
-	opts     []grpc.ServerOption  // e.g. TLS credentials
+	opts     []grpc.ServerOption // e.g. TLS credentials
 }
 
 func startControlPlane(t *testing.T, ads bool) *controlPlane {
