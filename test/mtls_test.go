@@ -287,3 +287,48 @@ static_resources:
 		})
 	}
 }
+
+// TestTLSChainAfterInspection: tls_inspector peeks the ClientHello to pick
+// the chain; the TLS chain's transport socket gets those bytes replayed,
+// and plaintext on the same port takes the other chain.
+func TestTLSChainAfterInspection(t *testing.T) {
+	t.Parallel()
+	ca := testcerts.NewCA("mesh")
+	srv := ca.Issue(idServer, "web.mesh")
+	p := startProxy(t, `
+static_resources:
+  listeners:
+  - name: in
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters: [{name: envoy.filters.listener.tls_inspector, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}]
+    filter_chains:
+    - filter_chain_match: {transport_protocol: tls, server_names: [web.mesh]}
+      transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {tls_certificates: [{certificate_chain: {inline_string: {{cert}}}, private_key: {inline_string: {{key}}}}]}}}
+      filters: {{echo}}
+    - filters: {{greeter}}
+  clusters:
+{{clusters}}`, map[string]string{"cert": q(srv.CertPEM), "key": q(srv.KeyPEM),
+		"echo": tcpProxy("echo"), "greeter": tcpProxy("greeter"),
+		"clusters": staticCluster("echo", echo(t)) + staticCluster("greeter", greeter(t, "hello plaintext\n"))})
+
+	c, err := tls.Dial("tcp", p.addr(t, "in"), &tls.Config{RootCAs: ca.Pool(), ServerName: "web.mesh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("over tls"))
+	buf := make([]byte, 8)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "over tls" {
+		t.Fatalf("echo over the TLS chain: %q, %v", buf, err)
+	}
+	plain, err := net.Dial("tcp", p.addr(t, "in"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	plain.Write([]byte("x\n"))
+	if got := greetingOf(t, plain); got != "hello plaintext\n" {
+		t.Fatalf("plaintext chain: %q", got)
+	}
+}
