@@ -458,3 +458,74 @@ func TestRawBufferIsPlaintext(t *testing.T) {
 		t.Fatalf("no typed_config: %v", err)
 	}
 }
+
+// Session resumption as Envoy's fields set it: on by default (tickets),
+// off with disable_stateless_session_resumption, and shared between
+// servers (proxies) given the same session_ticket_keys.
+func TestSessionResumption(t *testing.T) {
+	t.Parallel()
+	ca := testcerts.NewCA("mesh")
+	leaf := ca.Issue("spiffe://mesh.local/server")
+	key := inline([]byte(strings.Repeat("k", 80)))
+	tests := []struct {
+		name       string
+		ctx        func() *tlsv3.DownstreamTlsContext
+		sameServer bool
+		want       bool
+	}{
+		{name: "default: tickets", sameServer: true, want: true,
+			ctx: func() *tlsv3.DownstreamTlsContext { return &tlsv3.DownstreamTlsContext{} }},
+		{name: "disable_stateless_session_resumption", sameServer: true, want: false,
+			ctx: func() *tlsv3.DownstreamTlsContext {
+				return &tlsv3.DownstreamTlsContext{SessionTicketKeysType: &tlsv3.DownstreamTlsContext_DisableStatelessSessionResumption{DisableStatelessSessionResumption: true}}
+			}},
+		{name: "two servers, own keys", want: false,
+			ctx: func() *tlsv3.DownstreamTlsContext { return &tlsv3.DownstreamTlsContext{} }},
+		{name: "two servers, shared session_ticket_keys", want: true,
+			ctx: func() *tlsv3.DownstreamTlsContext {
+				return &tlsv3.DownstreamTlsContext{SessionTicketKeysType: &tlsv3.DownstreamTlsContext_SessionTicketKeys{
+					SessionTicketKeys: &tlsv3.TlsSessionTicketKeys{Keys: []*corev3.DataSource{key}}}}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			store := NewStore(StoreOptions{})
+			defer store.Close()
+			newServer := func() string {
+				ctx := tt.ctx()
+				ctx.CommonTlsContext = &tlsv3.CommonTlsContext{TlsCertificates: []*tlsv3.TlsCertificate{certOf(leaf)}}
+				srv, err := store.DecodeServer(socket(t, ctx))
+				if err != nil {
+					t.Fatal(err)
+				}
+				addr, _, _ := serve(t, srv)
+				return addr
+			}
+			first := newServer()
+			second := first
+			if !tt.sameServer {
+				second = newServer()
+			}
+			cfg := &tls.Config{InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+			resumed := func(addr string) bool {
+				c, err := tls.Dial("tcp", addr, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				// TLS 1.3 tickets come after the handshake: an echo round trip
+				// reads them.
+				c.Write([]byte("x"))
+				io.ReadFull(c, make([]byte, 1))
+				return c.ConnectionState().DidResume
+			}
+			if resumed(first) {
+				t.Fatal("the first connection resumed")
+			}
+			if got := resumed(second); got != tt.want {
+				t.Fatalf("second connection resumed = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
