@@ -529,3 +529,63 @@ func TestSessionResumption(t *testing.T) {
 		})
 	}
 }
+
+// A combined_validation_context takes the trust bundle from SDS and merges
+// its default (here the SAN matcher) into it; rotating the bundle to a new
+// CA applies to the next handshake.
+func TestCombinedValidationAndTrustRotation(t *testing.T) {
+	t.Parallel()
+	oldCA, newCA := testcerts.NewCA("old"), testcerts.NewCA("new")
+	store := NewStore(StoreOptions{CheckSDS: func(*corev3.ConfigSource) error { return nil }})
+	defer store.Close()
+	ads := &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+	srv, err := store.DecodeServer(socket(t, &tlsv3.DownstreamTlsContext{
+		RequireClientCertificate: wrapperspb.Bool(true),
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificates: []*tlsv3.TlsCertificate{certOf(oldCA.Issue("spiffe://mesh.local/server"))},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{spiffeSAN("spiffe://mesh.local/client")}},
+				ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "trust", SdsConfig: ads},
+			}},
+		}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust := func(ca *testcerts.CA) {
+		t.Helper()
+		if err := store.ApplySDS(map[string]*tlsv3.Secret{"trust": {Name: "trust", Type: &tlsv3.Secret_ValidationContext{
+			ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(ca.CertPEM)}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trust(oldCA)
+	addr, results, _ := serve(t, srv)
+	try := func(cert *testcerts.Leaf) error {
+		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert.TLS()}})
+		if err == nil {
+			c.Write([]byte("x"))
+			io.ReadFull(c, make([]byte, 1))
+			c.Close()
+		}
+		return <-results
+	}
+	tests := []struct {
+		name    string
+		trust   *testcerts.CA
+		client  *testcerts.Leaf
+		wantErr string
+	}{
+		{name: "old CA trusted", trust: oldCA, client: oldCA.Issue("spiffe://mesh.local/client")},
+		{name: "default SAN matcher applies", trust: oldCA, client: oldCA.Issue("spiffe://mesh.local/other"), wantErr: "no subject alternative name matches"},
+		{name: "new CA not yet trusted", trust: oldCA, client: newCA.Issue("spiffe://mesh.local/client"), wantErr: "unknown authority"},
+		{name: "bundle rotated: new CA trusted", trust: newCA, client: newCA.Issue("spiffe://mesh.local/client")},
+		{name: "bundle rotated: old CA refused", trust: newCA, client: oldCA.Issue("spiffe://mesh.local/client"), wantErr: "unknown authority"},
+	}
+	for _, tt := range tests { // in order: the bundle rotates midway
+		trust(tt.trust)
+		err := try(tt.client)
+		if (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("%s: handshake error %v, want %q", tt.name, err, tt.wantErr)
+		}
+	}
+}
