@@ -332,3 +332,40 @@ static_resources:
 		t.Fatalf("plaintext chain: %q", got)
 	}
 }
+
+// TestUpstreamALPN: an HTTP cluster over TLS speaks what ALPN agrees. With
+// alpn_protocols [h2, http/1.1] a server selecting h2 gets HTTP/2 even from
+// an HTTP/1 cluster; without alpn_protocols the pool offers its own
+// protocol (Envoy's ALPN override): http/1.1 for HTTP/1, h2 for HTTP/2.
+func TestUpstreamALPN(t *testing.T) {
+	t.Parallel()
+	backend := tlsBackend(t, "tls").Listener.Addr().String()
+	tlsSocket := func(alpn string) string {
+		return `transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, common_tls_context: {` + alpn + `}}}`
+	}
+	tests := []struct {
+		name, cluster, want string
+	}{
+		{name: "alpn_protocols offered, h2 selected", want: "HTTP/2.0",
+			cluster: withFields(staticCluster("c", backend), tlsSocket("alpn_protocols: [h2, http/1.1]"))},
+		{name: "HTTP/1 cluster, no alpn_protocols", want: "HTTP/1.1",
+			cluster: withFields(staticCluster("c", backend), tlsSocket(""))},
+		{name: "HTTP/2 cluster, no alpn_protocols", want: "HTTP/2.0",
+			cluster: withFields(h2Cluster("c", backend), tlsSocket(""))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			addr := startHTTPProxy(t, "", `{virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: c}}]}]}`, tt.cluster)
+			resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/alpn")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if want := "tls GET /alpn " + tt.want; string(body) != want {
+				t.Fatalf("backend saw %q, want %q", body, want)
+			}
+		})
+	}
+}
