@@ -245,3 +245,55 @@ func TestXDSOverMutualTLS(t *testing.T) {
 		t.Fatal("config_dump shows the private key's file (Envoy redacts the whole sensitive field)")
 	}
 }
+
+// TestSDSOverItsOwnStream: without ADS, secrets come on the SDS service of
+// the listeners' server (sds_config names that api_config_source), in the
+// state-of-the-world and the delta protocol alike.
+func TestSDSOverItsOwnStream(t *testing.T) {
+	t.Parallel()
+	for _, delta := range []bool{false, true} {
+		name := "sotw"
+		if delta {
+			name = "delta"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ca := testcerts.NewCA("mesh")
+			cp := startControlPlane(t, false)
+			p := startProxy(t, xdsBootstrap(cp.addr, delta, false), nil)
+			apiType := corev3.ApiConfigSource_GRPC
+			if delta {
+				apiType = corev3.ApiConfigSource_DELTA_GRPC
+			}
+			l := sdsListener(t, "ingress", "web")
+			ctx := &tlsv3.DownstreamTlsContext{}
+			if err := l.FilterChains[0].GetTransportSocket().GetTypedConfig().UnmarshalTo(ctx); err != nil {
+				t.Fatal(err)
+			}
+			ctx.CommonTlsContext.TlsCertificateSdsSecretConfigs[0].SdsConfig = &corev3.ConfigSource{
+				ResourceApiVersion: corev3.ApiVersion_V3,
+				ConfigSourceSpecifier: &corev3.ConfigSource_ApiConfigSource{ApiConfigSource: &corev3.ApiConfigSource{
+					ApiType: apiType, TransportApiVersion: corev3.ApiVersion_V3,
+					GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "xds"}}}},
+				}}}
+			a, err := anypb.New(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.FilterChains[0].GetTransportSocket().ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: a}
+			leaf := ca.Issue("spiffe://mesh.local/sds-stream")
+			res := snapshotFor(l, edsCluster("web"), loadAssignment("web", echo(t)))
+			res[resourcev3.SecretType] = []types.Resource{certSecret("server-cert", leaf.CertPEM, leaf.KeyPEM)}
+			cp.set("1", res)
+			eventually(t, "the listener to warm up with its SDS secret", func() bool { return p.Listeners().Get("ingress") != nil })
+			c, err := tls.Dial("tcp", p.addr(t, "ingress"), &tls.Config{InsecureSkipVerify: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if id := mtls.PeerIdentity(c.ConnectionState().PeerCertificates[0]); id != "spiffe://mesh.local/sds-stream" {
+				t.Fatalf("server identity %q", id)
+			}
+		})
+	}
+}
