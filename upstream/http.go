@@ -416,7 +416,8 @@ func (c *Cluster) DialEndpoint(ctx context.Context, addr string, alpn ...string)
 		return nil, de
 	}
 	if t := c.tls.of(c.transportOf(addr)); t != nil {
-		return c.handshake(dctx, ctx, t, nc, addr, alpn)
+		tc, _, err := c.handshake(dctx, ctx, t, nc, addr, alpn)
+		return tc, err
 	}
 	return nc, nil
 }

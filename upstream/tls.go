@@ -152,7 +152,7 @@ func (c *Cluster) transportOf(addr string) uint8 {
 // handshake runs the TLS client handshake on a new connection within the
 // connect deadline (dctx; connect_timeout covers TCP and TLS, as Envoy's
 // does). It closes nc on failure and returns a *DialError.
-func (c *Cluster) handshake(dctx, ctx context.Context, t *mtls.Client, nc net.Conn, addr string, alpn []string) (net.Conn, error) {
+func (c *Cluster) handshake(dctx, ctx context.Context, t *mtls.Client, nc net.Conn, addr string, alpn []string) (net.Conn, mtls.Identity, error) {
 	var err error
 	for _, s := range t.Sources() {
 		select {
@@ -165,8 +165,9 @@ func (c *Cluster) handshake(dctx, ctx context.Context, t *mtls.Client, nc net.Co
 		}
 	}
 	var tc net.Conn
+	var id mtls.Identity
 	if err == nil {
-		tc, _, err = t.Handshake(dctx, nc, alpn)
+		tc, id, err = t.Handshake(dctx, nc, alpn)
 	}
 	if err != nil {
 		nc.Close()
@@ -174,7 +175,7 @@ func (c *Cluster) handshake(dctx, ctx context.Context, t *mtls.Client, nc net.Co
 		if ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
 			de.connectTimeout = c.cfg.connectTimeout
 		}
-		return nil, de
+		return nil, id, de
 	}
-	return tc, nil
+	return tc, id, nil
 }

@@ -75,6 +75,9 @@ func TestTransportSocketMatches(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, isTLS := conn.Conn.(*tls.Conn)
+		if isTLS != (conn.TLS.Peer == "spiffe://mesh.local/web") {
+			t.Errorf("%s: tls=%v, server identity %q", conn.Addr, isTLS, conn.TLS.Peer)
+		}
 		got[conn.Addr] = fmt.Sprintf("%s tls=%v", read(conn), isTLS)
 	}
 	want := map[string]string{tlsAddr: "tls tls=true", plainAddr: "plain tls=false"}

@@ -198,15 +198,16 @@ func (c *Cluster) Dial(ctx context.Context, alpn ...string) (*Conn, error) {
 		}
 		return nil, de
 	}
+	var id mtls.Identity
 	if t := c.tls.of(h.ts); t != nil {
-		tc, err := c.handshake(dctx, ctx, t, nc, h.addr, alpn)
+		tc, tid, err := c.handshake(dctx, ctx, t, nc, h.addr, alpn)
 		if err != nil {
 			h.active.Add(-1)
 			return nil, err
 		}
-		nc = tc
+		nc, id = tc, tid
 	}
-	return &Conn{Conn: nc, Addr: h.addr, host: h}, nil
+	return &Conn{Conn: nc, Addr: h.addr, host: h, TLS: id}, nil
 }
 
 // Close stops the cluster's background work (DNS refresh) and waits for it to
@@ -372,6 +373,9 @@ type Conn struct {
 	net.Conn
 	// Addr is the endpoint's address ("ip:port").
 	Addr string
+	// TLS is what the transport socket's handshake established (the
+	// server's identity: server_id), zero for plaintext.
+	TLS mtls.Identity
 
 	host     *host
 	released atomic.Bool
