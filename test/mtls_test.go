@@ -369,3 +369,34 @@ func TestUpstreamALPN(t *testing.T) {
 		})
 	}
 }
+
+// TestTLSHandshakeTimeout: a client that never finishes its handshake is
+// closed after the chain's transport_socket_connect_timeout and counted.
+func TestTLSHandshakeTimeout(t *testing.T) {
+	t.Parallel()
+	srv := testcerts.NewCA("mesh").Issue(idServer)
+	p := startProxy(t, `
+static_resources:
+  listeners:
+  - name: in
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - transport_socket_connect_timeout: 0.2s
+      transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {tls_certificates: [{certificate_chain: {inline_string: {{cert}}}, private_key: {inline_string: {{key}}}}]}}}
+      filters: {{echo}}
+  clusters:
+{{clusters}}`, map[string]string{"cert": q(srv.CertPEM), "key": q(srv.KeyPEM), "echo": tcpProxy("echo"),
+		"clusters": staticCluster("echo", echo(t))})
+	c, err := net.Dial("tcp", p.addr(t, "in"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a bound for the test, not the assertion
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("the silent client was not closed by the proxy: %v", err)
+	}
+	eventually(t, "the handshake failure counted", func() bool {
+		return p.Listeners().Get("in").Stats().TLSHandshakeFail.Load() == 1
+	})
+}
