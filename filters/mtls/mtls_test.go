@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -587,5 +588,40 @@ func TestCombinedValidationAndTrustRotation(t *testing.T) {
 		if (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
 			t.Errorf("%s: handshake error %v, want %q", tt.name, err, tt.wantErr)
 		}
+	}
+}
+
+// A file-backed source no configuration uses any more is dropped by the
+// watcher (xDS updates must not pile up pollers).
+func TestFileWatcherForgetsUnusedSources(t *testing.T) {
+	t.Parallel()
+	leaf := testcerts.NewCA("mesh").Issue("spiffe://mesh.local/a")
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	os.WriteFile(certFile, leaf.CertPEM, 0o600)
+	os.WriteFile(keyFile, leaf.KeyPEM, 0o600)
+	store := NewStore(StoreOptions{FilePollInterval: time.Millisecond})
+	defer store.Close()
+	file := func(p string) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: p}}
+	}
+	for range 3 {
+		if _, err := store.DecodeServer(socket(t, &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificates: []*tlsv3.TlsCertificate{{CertificateChain: file(certFile), PrivateKey: file(keyFile)}}}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	watched := func() int {
+		store.watcher.mu.Lock()
+		defer store.watcher.mu.Unlock()
+		return len(store.watcher.sources)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for watched() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d unused sources still watched", watched())
+		}
+		runtime.GC()
+		time.Sleep(5 * time.Millisecond)
 	}
 }

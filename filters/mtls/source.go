@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"weak"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -99,13 +100,15 @@ func readDataSource(ds *corev3.DataSource, field string) ([]byte, error) {
 // when any of its files changed (size, modification time or contents), as
 // Envoy reloads certificates whose files are rotated. A rebuild that fails
 // (a half-written key, a mismatched pair) keeps the old value and is retried
-// at the next poll. One goroutine serves every source of a Store.
+// at the next poll. One goroutine serves every source of a Store. Sources
+// are held weakly: once no listener or cluster configuration uses one (an
+// xDS update replaced it), it is collected and no longer polled.
 type fileWatcher struct {
 	interval time.Duration
 	logf     func(msg string, args ...any)
 
 	mu      sync.Mutex
-	sources map[*Source][][]byte // last contents read
+	sources map[weak.Pointer[Source]][][]byte // last contents read
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -114,9 +117,9 @@ func (w *fileWatcher) add(s *Source, contents [][]byte) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.sources == nil {
-		w.sources = map[*Source][][]byte{}
+		w.sources = map[weak.Pointer[Source]][][]byte{}
 	}
-	w.sources[s] = contents
+	w.sources[weak.Make(s)] = contents
 	if w.stop == nil {
 		w.stop, w.done = make(chan struct{}), make(chan struct{})
 		go w.run(w.stop, w.done)
@@ -140,7 +143,12 @@ func (w *fileWatcher) run(stop, done chan struct{}) {
 func (w *fileWatcher) poll() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for s, last := range w.sources {
+	for wp, last := range w.sources {
+		s := wp.Value()
+		if s == nil {
+			delete(w.sources, wp) // its configuration is gone
+			continue
+		}
 		cur := make([][]byte, len(s.files))
 		var err error
 		for i, f := range s.files {
@@ -161,7 +169,7 @@ func (w *fileWatcher) poll() {
 			continue
 		}
 		s.Set(v)
-		w.sources[s] = cur
+		w.sources[wp] = cur
 		w.logf("mtls: certificate files reloaded", "source", s.name)
 	}
 }
