@@ -4,11 +4,13 @@ import (
 	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/xds"
 )
 
@@ -28,13 +30,15 @@ func (s *Server) ConfigDump() ([]byte, error) {
 	}
 	built := timestamppb.New(s.started)
 
-	if err := add(&adminv3.BootstrapConfigDump{Bootstrap: s.bootstrap, LastUpdated: built}); err != nil {
+	// Private keys and ticket keys are "[redacted]", as Envoy prints them.
+	boot := mtls.Redact(s.bootstrap).(*bootstrapv3.Bootstrap)
+	if err := add(&adminv3.BootstrapConfigDump{Bootstrap: boot, LastUpdated: built}); err != nil {
 		return nil, err
 	}
 
 	clusters := &adminv3.ClustersConfigDump{}
 	for _, pb := range s.bootstrap.GetStaticResources().GetClusters() {
-		a, err := anypb.New(pb)
+		a, err := anypb.New(mtls.Redact(pb))
 		if err != nil {
 			return nil, err
 		}
@@ -42,7 +46,7 @@ func (s *Server) ConfigDump() ([]byte, error) {
 	}
 	listeners := &adminv3.ListenersConfigDump{}
 	for _, pb := range s.bootstrap.GetStaticResources().GetListeners() {
-		a, err := anypb.New(pb)
+		a, err := anypb.New(mtls.Redact(pb))
 		if err != nil {
 			return nil, err
 		}
@@ -55,7 +59,7 @@ func (s *Server) ConfigDump() ([]byte, error) {
 		clusters.VersionInfo = version
 		for _, name := range sortedNames(res) {
 			r := res[name]
-			a, err := anypb.New(r.Msg)
+			a, err := anypb.New(mtls.Redact(r.Msg))
 			if err != nil {
 				return nil, err
 			}
@@ -66,7 +70,7 @@ func (s *Server) ConfigDump() ([]byte, error) {
 		listeners.VersionInfo = version
 		for _, name := range sortedNames(res) {
 			r := res[name]
-			a, err := anypb.New(r.Msg)
+			a, err := anypb.New(mtls.Redact(r.Msg))
 			if err != nil {
 				return nil, err
 			}
@@ -79,7 +83,7 @@ func (s *Server) ConfigDump() ([]byte, error) {
 		_, res = s.xds.Accepted(xds.EndpointType)
 		for _, name := range sortedNames(res) {
 			r := res[name]
-			a, err := anypb.New(r.Msg)
+			a, err := anypb.New(mtls.Redact(r.Msg))
 			if err != nil {
 				return nil, err
 			}
@@ -87,7 +91,28 @@ func (s *Server) ConfigDump() ([]byte, error) {
 				VersionInfo: r.Version, EndpointConfig: a, LastUpdated: stamp(r.LastUpdated)})
 		}
 	}
-	for _, m := range []proto.Message{clusters, listeners, endpoints} {
+	secrets := &adminv3.SecretsConfigDump{}
+	for _, pb := range s.bootstrap.GetStaticResources().GetSecrets() {
+		a, err := anypb.New(mtls.Redact(pb))
+		if err != nil {
+			return nil, err
+		}
+		secrets.StaticSecrets = append(secrets.StaticSecrets, &adminv3.SecretsConfigDump_StaticSecret{
+			Name: pb.GetName(), Secret: a, LastUpdated: built})
+	}
+	if s.xds != nil {
+		_, res := s.xds.Accepted(xds.SecretType)
+		for _, name := range sortedNames(res) {
+			r := res[name]
+			a, err := anypb.New(mtls.Redact(r.Msg))
+			if err != nil {
+				return nil, err
+			}
+			secrets.DynamicActiveSecrets = append(secrets.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{
+				Name: name, VersionInfo: r.Version, Secret: a, LastUpdated: stamp(r.LastUpdated)})
+		}
+	}
+	for _, m := range []proto.Message{clusters, listeners, endpoints, secrets} {
 		if err := add(m); err != nil {
 			return nil, err
 		}

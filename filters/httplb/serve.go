@@ -32,7 +32,7 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // is closed and every request handler on it has returned.
 func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	conn := &trackedConn{Conn: d.Conn(), closed: make(chan struct{})}
-	cs := &connState{remote: d.Info.RemoteAddr}
+	cs := &connState{remote: d.Info.RemoteAddr, tls: d.Info.TLS, peer: d.Info.PeerIdentity, local: d.Info.LocalIdentity}
 	cs.external = !isInternal(cs.remote.Addr())
 
 	var handlers sync.WaitGroup
@@ -73,7 +73,10 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	}
 
 	served := make(chan struct{})
-	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto && bytes.HasPrefix(d.Peeked(), []byte(h2Preface)))
+	// Over TLS the codec follows ALPN: "h2" means HTTP/2 (the preface was
+	// not peeked, it is inside TLS).
+	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto &&
+		(bytes.HasPrefix(d.Peeked(), []byte(h2Preface)) || d.Info.NegotiatedProtocol == "h2"))
 	switch {
 	case useH2:
 		go func() {
