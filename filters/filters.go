@@ -159,10 +159,11 @@ func (d *Detection) RecordedVerdicts() []SnifferVerdict { return d.Verdicts[:d.N
 type Fallback interface {
 	// Preconnect opens the upstream connection the fallback chain for info
 	// would open (for tcp_proxy: a connection to an endpoint of its
-	// cluster), subject to the same connect timeout and retries. It blocks
-	// until connected or failed. ErrNoPreconnect means the fallback chain
-	// has no upstream it could open early (no chain, or not a tcp_proxy).
-	Preconnect(info *ConnInfo) (*EarlyUpstream, error)
+	// cluster), subject to the same connect timeout and retries, and to ctx
+	// (and the listener generation's end). It blocks until connected or
+	// failed. ErrNoPreconnect means the fallback chain has no upstream it
+	// could open early (no chain, or not a tcp_proxy). info is only read.
+	Preconnect(ctx context.Context, info *ConnInfo) (*EarlyUpstream, error)
 	// GuardsHTTP reports whether failing open to the fallback chain would
 	// let a connection skip HTTP-level policy that a detected-HTTP chain of
 	// this listener enforces (HTTPPolicy). Detection then fails closed on

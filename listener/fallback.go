@@ -1,6 +1,8 @@
 package listener
 
 import (
+	"context"
+
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/listener/chainmatch"
 )
@@ -13,7 +15,7 @@ var _ filters.Fallback = (*generation)(nil)
 // Preconnect implements filters.Fallback: it opens the upstream of the chain
 // that info would get as an opaque connection (transport raw_buffer, no
 // application protocol), when that chain's network filter can.
-func (g *generation) Preconnect(info *filters.ConnInfo) (*filters.EarlyUpstream, error) {
+func (g *generation) Preconnect(ctx context.Context, info *filters.ConnInfo) (*filters.EarlyUpstream, error) {
 	chain := g.cfg.fallbackChain(info)
 	if chain == nil {
 		return nil, filters.ErrNoPreconnect
@@ -22,7 +24,11 @@ func (g *generation) Preconnect(info *filters.ConnInfo) (*filters.EarlyUpstream,
 	if !ok {
 		return nil, filters.ErrNoPreconnect
 	}
-	return pc.Preconnect(g.ctx, info)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(g.ctx, cancel) // the generation ends: stop connecting
+	defer stop()
+	return pc.Preconnect(ctx, info)
 }
 
 // GuardsHTTP implements filters.Fallback.

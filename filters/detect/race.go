@@ -1,10 +1,12 @@
 package detect
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -133,66 +135,56 @@ func (f *Filter) failClosed(pol *Policy, info *filters.ConnInfo) bool {
 }
 
 // race opens the fallback chain's upstream and waits, until deadline, for
-// the first bytes from either side. decided is true when the race settled
-// detection (server first: o is opaque with Reason server_first); false
-// when the client spoke first, or the race could not start, and detection
-// must go on with run. On return info.Early holds the early upstream, if
-// one was opened, and no goroutine of the race is left running.
+// the first bytes from either side. The upstream is opened and read by one
+// goroutine while this one watches the client, so a slow connect never
+// delays a client that speaks meanwhile. decided is true when the race
+// settled detection (server first: o is opaque with Reason server_first);
+// false when the client spoke first, or the race could not start, and
+// detection must go on with run. On return info.Early holds the early
+// upstream, if one was opened in time, and no goroutine of the race is left
+// running.
 func (f *Filter) race(p filters.Peeker, info *filters.ConnInfo, pol *Policy, deadline time.Time, learned bool) (o Outcome, decided bool, err error) {
+	// The client may have spoken just now: what is queued decides at once.
+	if b, perr := p.Peek(1, time.Now()); len(b) > 0 || (perr != nil && !errors.Is(perr, os.ErrDeadlineExceeded)) {
+		return Outcome{}, false, nil
+	}
 	if f.races.Add(1) > f.maxRaces {
 		f.races.Add(-1)
 		info.Detection.RaceError = "too many races in flight"
 		return Outcome{}, false, nil
 	}
 	defer f.races.Add(-1)
-	early, err := info.Fallback.Preconnect(info)
-	if err != nil {
-		if !errors.Is(err, filters.ErrNoPreconnect) {
-			info.Detection.Raced = true
-			info.Detection.RaceError = err.Error()
-		}
-		return Outcome{}, false, nil
-	}
-	info.Detection.Raced = true
-	info.Early = early
 
-	// The client may have spoken while the upstream was being opened: what
-	// is already queued decides without a race.
-	if b, perr := p.Peek(1, time.Now()); len(b) > 0 || (perr != nil && !errors.Is(perr, os.ErrDeadlineExceeded)) {
-		if len(b) > 0 {
-			f.learned.ClientFirst(info.LocalAddr)
-		}
-		return Outcome{}, false, nil
-	}
-
-	// The server's side: one read, then claim the win and wake the client's Peek.
-	var state atomic.Int32
-	done := make(chan struct{})
-	var greeting []byte
-	go func() {
-		defer close(done)
-		buf := make([]byte, greetingBufferSize)
-		n, _ := early.Conn.Read(buf) // an error (EOF, reset) also ends the race: the server "spoke"
-		greeting = buf[:n]
-		if state.CompareAndSwap(racing, serverFirst) {
-			p.Interrupt()
-		}
-	}()
+	r := &upstreamSide{done: make(chan struct{})}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	go r.run(ctx, p, info)
 
 	// The client's side: its first byte, the server's interrupt, or the deadline.
 	b, perr := p.Peek(1, deadline)
 	if len(b) > 0 || !errors.Is(perr, filters.ErrPeekInterrupted) {
-		state.CompareAndSwap(racing, clientFirst)
+		r.state.CompareAndSwap(racing, clientFirst)
 	}
-	if state.Load() == clientFirst {
-		// Stop the upstream read; keep whatever it brought (both spoke at once).
-		early.Conn.SetReadDeadline(aLongTimeAgo)
-		<-done
-		if err := early.Conn.SetReadDeadline(time.Time{}); err != nil {
-			return Outcome{}, false, fmt.Errorf("early upstream: %w", err)
+	if r.state.Load() == clientFirst {
+		// Stop the upstream side, wherever it is: connecting (cancel) or
+		// reading (a past deadline); keep what it brought (both spoke at once).
+		r.mu.Lock()
+		r.stopped = true
+		early := r.early
+		r.mu.Unlock()
+		cancel()
+		if early != nil {
+			early.Conn.SetReadDeadline(aLongTimeAgo)
 		}
-		if len(greeting) > 0 {
-			early.Greeting = greeting
+		<-r.done
+		r.note(info)
+		if early != nil {
+			if err := early.Conn.SetReadDeadline(time.Time{}); err != nil {
+				early.Close()
+				return Outcome{}, false, fmt.Errorf("early upstream: %w", err)
+			}
+			early.Greeting = r.greeting
+			info.Early = early
 		}
 		if len(b) > 0 {
 			f.learned.ClientFirst(info.LocalAddr)
@@ -201,8 +193,10 @@ func (f *Filter) race(p filters.Peeker, info *filters.ConnInfo, pol *Policy, dea
 		// before any byte, run reports it the usual way, at once.
 		return Outcome{}, false, nil
 	}
-	<-done
-	early.Greeting = greeting
+	<-r.done
+	r.note(info)
+	r.early.Greeting = r.greeting
+	info.Early = r.early
 	if f.learnAfter > 0 {
 		f.learned.ServerFirst(info.LocalAddr, f.learnAfter, f.learnTTL)
 	}
@@ -211,6 +205,60 @@ func (f *Filter) race(p filters.Peeker, info *filters.ConnInfo, pol *Policy, dea
 		o.Reason = filters.ReasonLearnedServerFirst
 	}
 	return o, true, nil
+}
+
+// upstreamSide is the race's upstream goroutine and what it found.
+type upstreamSide struct {
+	state atomic.Int32 // racing, clientFirst, serverFirst
+	done  chan struct{}
+
+	mu      sync.Mutex
+	stopped bool                   // the client won: close what is opened from now on
+	early   *filters.EarlyUpstream // set once connected (and not stopped)
+
+	// Written by run before done is closed.
+	greeting []byte
+	dialErr  error
+}
+
+// run opens the fallback's upstream, then reads its first bytes; if they
+// come first it claims the win and interrupts the client's Peek. An upstream
+// that ends (EOF, reset) before the client speaks has "spoken" too.
+func (r *upstreamSide) run(ctx context.Context, p filters.Peeker, info *filters.ConnInfo) {
+	defer close(r.done)
+	early, err := info.Fallback.Preconnect(ctx, info)
+	if err != nil {
+		r.dialErr = err
+		return
+	}
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		early.Close() // the client spoke while it connected
+		return
+	}
+	r.early = early
+	r.mu.Unlock()
+	buf := make([]byte, greetingBufferSize)
+	n, _ := early.Conn.Read(buf)
+	r.greeting = buf[:n:n]
+	if r.state.CompareAndSwap(racing, serverFirst) {
+		p.Interrupt()
+	}
+}
+
+// note records the race in info's detection record (after done).
+func (r *upstreamSide) note(info *filters.ConnInfo) {
+	switch {
+	case r.dialErr == nil:
+		info.Detection.Raced = true
+	case errors.Is(r.dialErr, filters.ErrNoPreconnect):
+	case errors.Is(r.dialErr, context.Canceled):
+		info.Detection.Raced = true // the client spoke while the upstream connected
+	default:
+		info.Detection.Raced = true
+		info.Detection.RaceError = r.dialErr.Error()
+	}
 }
 
 // aLongTimeAgo is a read deadline in the past: it wakes a blocked Read.
