@@ -178,6 +178,10 @@ type detection struct {
 	Reason  string `json:"reason"`
 	Chain   string `json:"chain"`
 	Outcome string `json:"outcome"`
+	// Raced: the server-first race ran (an early upstream was opened).
+	Raced bool `json:"server_first_race"`
+	// EarlyUpstream is the endpoint of the early upstream the chain reused.
+	EarlyUpstream string `json:"early_upstream_reused"`
 }
 
 // detections returns the proxy's detection records for its listener, oldest first.
@@ -528,7 +532,8 @@ func TestRealRedisClientFirst(t *testing.T) {
 	startServer(t, "redis-server", exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--protected-mode", "no"),
 		logged("Ready to accept connections"))
-	p := startDetectingProxy(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	startedRedis := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	p := startDetectingProxy(t, startedRedis)
 
 	_, pport, _ := net.SplitHostPort(p.addr)
 	redis := func(args ...string) string {
@@ -547,6 +552,38 @@ func TestRealRedisClientFirst(t *testing.T) {
 	// RESP ("*1\r\n$4\r\nPING...") is no protocol a sniffer knows: opaque,
 	// decided by the client's bytes, never by the server.
 	checkRecords(t, "proxy", p.detections(t), repeat("no_match", 4))
+
+	// Clients that stay silent past the grace period, then speak first: the
+	// race runs and Redis, silent too, loses it. A Redis client's bytes go
+	// over the early upstream (the opaque chain's own cluster); an HTTP
+	// client's go to the HTTP chain and the early upstream is closed.
+	slow := func(req string) string {
+		c := dial(t, p.addr)
+		time.Sleep(500 * time.Millisecond) // ten grace periods: the race has started
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		c.CloseWrite()
+		return readAllWithin(t, c, 30*time.Second)
+	}
+	if got := slow("PING\r\n"); got != "+PONG\r\n" {
+		t.Errorf("slow Redis client: got %q, want +PONG", got)
+	}
+	if got := slow("GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); !strings.HasSuffix(got, "http GET /slow HTTP/1.1") {
+		t.Errorf("slow HTTP client: got %q", got)
+	}
+	recs := p.detections(t)
+	if len(recs) != 6 {
+		t.Fatalf("%d detection records, want 6: %+v", len(recs), recs)
+	}
+	got := recs[4:]
+	want := []detection{
+		{Reason: "no_match", Chain: "opaque", Outcome: "dispatched", Raced: true, EarlyUpstream: startedRedis},
+		{Reason: "match", Chain: "http", Outcome: "dispatched", Raced: true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("slow clients' detection records (-want +got):\n%s", diff)
+	}
 	if p.learned(t) {
 		t.Errorf("/detections/learned lists Redis behind %s as server-first", p.addr)
 	}
