@@ -17,6 +17,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/md5"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -285,12 +286,19 @@ func timeToGreeting(t *testing.T, addr string) (time.Duration, []byte) {
 // and how long it took (process start included).
 func runClient(t *testing.T, name string, args ...string) (string, time.Duration) {
 	t.Helper()
+	return runClientStdin(t, "", name, args...)
+}
+
+// runClientStdin is runClient with stdin as the program's standard input.
+func runClientStdin(t *testing.T, stdin, name string, args ...string) (string, time.Duration) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // a bound for a broken test
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=30")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	cmd.Stdin = strings.NewReader(stdin)
 	start := time.Now()
 	out, err := cmd.Output()
 	d := time.Since(start)
@@ -348,14 +356,29 @@ func TestRealMariaDBServerFirst(t *testing.T) {
 		}
 		return d
 	}
-	// exercise makes five connections through addr, the first three to an
-	// unknown destination and the last two once it has been learned.
+	// bulk sends 1 MiB to the server and gets 2 MiB back on one connection:
+	// the rest of the session after the greeting, over the early upstream.
+	bulk := func(t *testing.T, addr string) time.Duration {
+		host, port, _ := net.SplitHostPort(addr)
+		up := strings.Repeat("sift", 1<<18)
+		sql := fmt.Sprintf("SELECT LENGTH('%s'), MD5('%s');\nSELECT REPEAT('z', %d);\n", up, up, 2<<20)
+		out, d := runClientStdin(t, sql, client, "--no-defaults", "--protocol=TCP", "-h", host, "-P", port, "-u", "sift",
+			"--connect-timeout=30", "-N", "-B")
+		want := fmt.Sprintf("%d\t%x\n%s", len(up), md5.Sum([]byte(up)), strings.Repeat("z", 2<<20))
+		if out != want {
+			t.Fatalf("1 MiB up, 2 MiB down through %s: got %d bytes (%.40q…), want %d", addr, len(out), out, len(want))
+		}
+		return d
+	}
+	// exercise makes six connections through addr, the first three to an
+	// unknown destination and the last three once it has been learned.
 	exercise := func(t *testing.T, how, addr string) {
 		t.Logf("%s: greeting %s, SELECT 1 %s (server first, after the grace period)", how, ms(greet(t, addr)), ms(query(t, addr)))
 		t.Logf("%s: SELECT 1 %s (server first; the third proof: learned)", how, ms(query(t, addr)))
 		t.Logf("%s: greeting %s, SELECT 1 %s (learned server-first destination)", how, ms(greet(t, addr)), ms(query(t, addr)))
+		t.Logf("%s: 1 MiB up, 2 MiB down in %s (learned server-first destination)", how, ms(bulk(t, addr)))
 	}
-	want := append(repeat("server_first", 3), repeat("learned_server_first", 2)...)
+	want := append(repeat("server_first", 3), repeat("learned_server_first", 3)...)
 
 	t.Run("direct", func(t *testing.T) {
 		t.Parallel()
