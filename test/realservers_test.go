@@ -99,10 +99,31 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// startServer runs cmd in its own process group until the test ends (then
-// the whole group is killed) and waits until ready reports true; ready is
-// given the process's output so far. The output is logged if the test fails.
-func startServer(t *testing.T, name string, cmd *exec.Cmd, ready func(out string) bool) {
+// startServer runs the command build returns for a free loopback port, in
+// its own process group until the test ends (then the whole group is
+// killed), and waits until ready reports true; ready is given the process's
+// output so far. Should the port be taken between freePort and the server's
+// bind (another test's connection can get it), it tries again on another.
+// The output is logged if the test fails. It returns the port.
+func startServer(t *testing.T, name string, build func(port int) *exec.Cmd, ready func(out string) bool) int {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		port := freePort(t)
+		out, err := launch(t, name, build(port), ready)
+		if err == nil {
+			return port
+		}
+		if attempt < 3 && strings.Contains(out, "Address already in use") {
+			t.Logf("%s: port %d was taken; trying another", name, port)
+			continue
+		}
+		t.Fatalf("%s: %v:\n%s", name, err, out)
+	}
+}
+
+// launch starts cmd (see startServer) and waits for it to be ready. It
+// returns the output so far and an error if the process exited first.
+func launch(t *testing.T, name string, cmd *exec.Cmd, ready func(out string) bool) (string, error) {
 	t.Helper()
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -129,7 +150,7 @@ func startServer(t *testing.T, name string, cmd *exec.Cmd, ready func(out string
 	for deadline := start.Add(60 * time.Second); !ready(out.String()); {
 		select {
 		case <-exited:
-			t.Fatalf("%s exited before it was ready (%v):\n%s", name, cmd.ProcessState, out.String())
+			return out.String(), fmt.Errorf("exited before it was ready (%v)", cmd.ProcessState)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -137,6 +158,7 @@ func startServer(t *testing.T, name string, cmd *exec.Cmd, ready func(out string
 		}
 	}
 	t.Logf("%s ready in %v", name, time.Since(start).Round(time.Millisecond))
+	return out.String(), nil
 }
 
 // logged returns a ready function for startServer that waits for line in
@@ -321,15 +343,16 @@ func startMariaDB(t *testing.T) string {
 	if err := os.Mkdir(filepath.Join(dir, "data"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	args := []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--socket=" + filepath.Join(dir, "sock"),
-		"--pid-file=" + filepath.Join(dir, "pid"), "--bind-address=127.0.0.1", "--port=" + strconv.Itoa(port),
-		"--skip-grant-tables", "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=4M",
-		"--innodb-doublewrite=0", "--innodb-flush-log-at-trx-commit=0", "--performance-schema=0"}
-	if os.Geteuid() == 0 {
-		args = append(args, "--user=root")
-	}
-	startServer(t, "mariadbd", exec.Command(bin, args...), logged("ready for connections"))
+	port := startServer(t, "mariadbd", func(port int) *exec.Cmd {
+		args := []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--socket=" + filepath.Join(dir, "sock"),
+			"--pid-file=" + filepath.Join(dir, "pid"), "--bind-address=127.0.0.1", "--port=" + strconv.Itoa(port),
+			"--skip-grant-tables", "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=4M",
+			"--innodb-doublewrite=0", "--innodb-flush-log-at-trx-commit=0", "--performance-schema=0"}
+		if os.Geteuid() == 0 {
+			args = append(args, "--user=root")
+		}
+		return exec.Command(bin, args...)
+	}, logged("ready for connections"))
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
@@ -422,6 +445,8 @@ host_lookup =
 rfc1413_hosts =
 local_interfaces = 127.0.0.1
 daemon_smtp_ports = {{port}}
+# A taken port fails at once (the default retries for 4.5 minutes).
+daemon_startup_retries = 0
 smtp_banner = $primary_hostname ESMTP Exim $version_number sift-test
 queue_only = true
 acl_smtp_rcpt = accept_all
@@ -437,7 +462,6 @@ func startExim(t *testing.T) (addr, spool string) {
 	t.Helper()
 	bin := realBinary(t, "exim4-daemon-light", []string{"exim4", "exim"}, "/usr/sbin")
 	dir := t.TempDir()
-	port := freePort(t)
 	u, err := user.Current()
 	if err != nil {
 		t.Fatal(err)
@@ -447,14 +471,16 @@ func startExim(t *testing.T) (addr, spool string) {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "exim.conf")
-	r := strings.NewReplacer("{{dir}}", dir, "{{port}}", strconv.Itoa(port), "{{user}}", u.Username, "{{group}}", g.Name)
-	if err := os.WriteFile(conf, []byte(r.Replace(eximConfig)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	// -bdf: the daemon, in the foreground; its log goes to files, so
 	// readiness is the listening port answering with its banner.
-	startServer(t, "exim", exec.Command(bin, "-C", conf, "-bdf", "-oX", strconv.Itoa(port)), func(string) bool {
+	port := startServer(t, "exim", func(port int) *exec.Cmd {
+		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		r := strings.NewReplacer("{{dir}}", dir, "{{port}}", strconv.Itoa(port), "{{user}}", u.Username, "{{group}}", g.Name)
+		if err := os.WriteFile(conf, []byte(r.Replace(eximConfig)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return exec.Command(bin, "-C", conf, "-bdf", "-oX", strconv.Itoa(port))
+	}, func(string) bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
 			return false
@@ -464,7 +490,7 @@ func startExim(t *testing.T) (addr, spool string) {
 		line, _ := bufio.NewReader(c).ReadString('\n')
 		return strings.HasPrefix(line, "220 ")
 	})
-	return addr, filepath.Join(dir, "spool", "input")
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), filepath.Join(dir, "spool", "input")
 }
 
 func TestRealSMTPServerFirst(t *testing.T) {
@@ -551,10 +577,10 @@ func TestRealRedisClientFirst(t *testing.T) {
 	server := realBinary(t, "redis-server", []string{"redis-server"})
 	cli := realBinary(t, "redis-tools", []string{"redis-cli"})
 	dir := t.TempDir()
-	port := freePort(t)
-	startServer(t, "redis-server", exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--protected-mode", "no"),
-		logged("Ready to accept connections"))
+	port := startServer(t, "redis-server", func(port int) *exec.Cmd {
+		return exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", dir, "--daemonize", "no", "--protected-mode", "no")
+	}, logged("Ready to accept connections"))
 	startedRedis := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	p := startDetectingProxy(t, startedRedis)
 
@@ -648,10 +674,10 @@ func startPostgres(t *testing.T) string {
 	if out, err := asPostgres(initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync").CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	port := freePort(t)
-	startServer(t, "postgres", asPostgres(postgres, "-D", data, "-p", strconv.Itoa(port), "-k", dir,
-		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "shared_buffers=16MB"),
-		logged("database system is ready to accept connections"))
+	port := startServer(t, "postgres", func(port int) *exec.Cmd {
+		return asPostgres(postgres, "-D", data, "-p", strconv.Itoa(port), "-k", dir,
+			"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "shared_buffers=16MB")
+	}, logged("database system is ready to accept connections"))
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
