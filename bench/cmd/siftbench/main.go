@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -85,7 +86,7 @@ func load(args []string) error {
 	}
 	kind := args[0]
 	fs := flag.NewFlagSet("load", flag.ExitOnError)
-	addr := fs.String("addr", "", "target address")
+	addr := fs.String("addr", "", "target address (greet: a comma-separated list, shared in turn)")
 	c := fs.Int("c", 16, "concurrent workers")
 	d := fs.Duration("d", 5*time.Second, "duration bound")
 	n := fs.Int("n", 10_000_000, "operation count bound")
@@ -100,7 +101,7 @@ func load(args []string) error {
 	case "short-http":
 		r = loadgen.ShortHTTP(*addr, *c, *d, *n)
 	case "greet":
-		r = loadgen.Greet(*addr, *n, *c, *timeout)
+		r = loadgen.Greet(strings.Split(*addr, ","), *n, *c, *timeout)
 	case "grpc":
 		var err error
 		if r, err = loadgen.GRPC(*addr, *mode, *conns, *c, *d, *n, *payload); err != nil {

@@ -14,7 +14,7 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	_ "github.com/siftmesh/sift/api/sift/extensions/load_balancing_policies/peak_ewma/v1"
-	_ "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
+	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 )
@@ -160,6 +160,18 @@ func TestSiftBootstrapIsEnvoyV3(t *testing.T) {
 	}
 	if ls[1].GetListenerFilters()[0].GetTypedConfig().GetTypeUrl() != SiftDetectType {
 		t.Error("detect listener filter missing")
+	}
+	// Detection as a user gets it without configuration: s3 (client
+	// first, must never race) and s7 (server first, must race, then learn)
+	// measure Sift's defaults, so nothing here may switch the race or the
+	// learning off.
+	var det detectv1.Detect
+	if err := ls[1].GetListenerFilters()[0].GetTypedConfig().UnmarshalTo(&det); err != nil {
+		t.Fatal(err)
+	}
+	if det.GetServerFirstGracePeriod() != nil || len(det.GetPortPolicies()) > 0 || det.GetLearnServerFirst() != nil ||
+		det.GetMaxConcurrentRaces() != nil || det.GetOnTimeout() != detectv1.Detect_TIMEOUT_ACTION_UNSPECIFIED {
+		t.Errorf("detect config overrides Sift's server-first defaults: %v", &det)
 	}
 	if got := ls[1].GetFilterChains(); len(got) != 2 || len(got[0].GetFilterChainMatch().GetApplicationProtocols()) != 3 {
 		t.Error("detect listener needs an HTTP chain and a fallback chain, or Sift skips detection")

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/siftmesh/sift/bench/internal/gen"
@@ -60,8 +61,9 @@ func (r *Runner) scenarios() []scenario {
 			Notes: []string{"direct: one fast endpoint only, no balancing (the floor).",
 				"slow share: the percentage of requests that took 40 ms or more, i.e. went to the slow endpoint (round robin: a third). It says more than p99, which is the slow endpoint's 50 ms whenever more than 1% of requests reach it."}}, r.s6},
 		{report.ScenarioInfo{ID: "s7", Title: "Server-speaks-first on a port nobody configured",
-			Description: "The backend writes an SMTP-like greeting on accept; the client sends nothing and measures connect to the greeting's first byte. \"opaque port\": a listener without detection. \"unconfigured port\": Sift's detect listener (timeout 10s, as Linkerd) — what a client pays today when nobody marked the port opaque; HAProxy and nginx in plain TCP mode greet at once, which is the baseline Sift aims for.",
-			Primary:     []string{"greeting p50"}}, r.s7},
+			Description: "The backend writes an SMTP-like greeting on accept; the client sends nothing and measures connect to the greeting's first byte. \"opaque port\": a listener without detection. \"unconfigured port\": Sift's detect listener with its defaults (timeout 10s, as Linkerd; nothing marks the port opaque), the first 3 connections to each of 5 such listeners: the client stays silent past the 50 ms grace period, Sift opens the fallback chain's upstream and the server's greeting decides (Linkerd pays its 10 s detection timeout here). \"learned destination\": another such listener, after 3 connections proved it server-first: Sift races from accept, with no grace period. HAProxy and nginx in plain TCP mode greet at once, which is the baseline.",
+			Primary:     []string{"greeting p50"},
+			Notes:       []string{"learned destination: 3 connections (not measured) warm the listener up first, for every target alike; then 200 are measured."}}, r.s7},
 		{report.ScenarioInfo{ID: "s8", Title: "Memory: idle, and with idle connections open",
 			Description: "Memory of the proxy's processes right after start (idle), then with N idle client connections open through an L4 listener (each proven end to end by a one-byte echo). bytes/conn = (PSS loaded − PSS idle) / N. PSS splits shared pages between processes, so nginx's master and worker are not double-counted.",
 			Primary:     []string{"idle RSS", "bytes/conn", "fds/conn", "conns held"}}, r.s8},
@@ -348,6 +350,14 @@ func (r *Runner) s6() error {
 	return nil
 }
 
+// s7LearnAfter is how many server-first connections make Sift treat a
+// destination as learned (the detect filter's default, learn_server_first.after).
+const s7LearnAfter = 3
+
+// s7Unconfigured is how many unconfigured listeners s7 measures, each
+// s7LearnAfter times before Sift could have learned it.
+const s7Unconfigured = 5
+
 func (r *Runner) s7() error {
 	bs, err := r.startBackends(func() (*procs.Proc, error) { return r.backend("greeting", r.port(104)) })
 	if err != nil {
@@ -359,17 +369,41 @@ func (r *Runner) s7() error {
 		if tg == sift {
 			detectKind = gen.Detect
 		}
-		return gen.Topology{Listeners: []gen.Listener{
+		ls := []gen.Listener{
 			{Name: "opaque", Port: r.port(1), Kind: gen.Opaque, Upstreams: []int{r.port(104)}},
-			{Name: "unconfigured", Port: r.port(2), Kind: detectKind, Upstreams: []int{r.port(104)}, DetectTimeoutSeconds: 10},
-		}}
+			{Name: "learned", Port: r.port(3), Kind: detectKind, Upstreams: []int{r.port(104)}, DetectTimeoutSeconds: 10},
+		}
+		for i := range s7Unconfigured {
+			ls = append(ls, gen.Listener{Name: fmt.Sprintf("unconfigured%d", i), Port: r.port(10 + i), Kind: detectKind,
+				Upstreams: []int{r.port(104)}, DetectTimeoutSeconds: 10})
+		}
+		return gen.Topology{Listeners: ls}
 	}
 	r.interleave("s7", proxiesAndDirect, top, r.env, func(tg string, rep int, px *procs.Proc, addr func(string) string) {
+		// Sift learns a destination once it proved server-first
+		// s7LearnAfter times: each unconfigured listener gets that many
+		// connections, in turn, so every one is measured before learning.
+		var unconfigured []string
+		for i := range s7Unconfigured {
+			unconfigured = append(unconfigured, addr(fmt.Sprintf("unconfigured%d", i)))
+		}
 		for _, c := range []struct {
-			cs, l string
-			n     int
-		}{{"opaque port", "opaque", 200}, {"unconfigured port", "unconfigured", 3}} {
-			res, err := r.goLoad(40*time.Second, "greet", "-addr", addr(c.l), "-n", strconv.Itoa(c.n), "-c", strconv.Itoa(min(c.n, 3)), "-timeout", "15s")
+			cs, addrs string
+			n         int
+			warm      int // connections before the measured ones, one at a time
+		}{
+			{"opaque port", addr("opaque"), 200, 0},
+			{"unconfigured port", strings.Join(unconfigured, ","), s7Unconfigured * s7LearnAfter, 0},
+			{"learned destination", addr("learned"), 200, s7LearnAfter},
+		} {
+			if c.warm > 0 {
+				// The other targets just get the same connections.
+				if _, err := r.goLoad(40*time.Second, "greet", "-addr", c.addrs, "-n", strconv.Itoa(c.warm), "-c", "1", "-timeout", "15s"); err != nil {
+					r.fail("s7", c.cs, tg, rep, fmt.Errorf("warming up: %w", err))
+					continue
+				}
+			}
+			res, err := r.goLoad(40*time.Second, "greet", "-addr", c.addrs, "-n", strconv.Itoa(c.n), "-c", strconv.Itoa(min(c.n, 3)), "-timeout", "15s")
 			if err != nil {
 				r.fail("s7", c.cs, tg, rep, err)
 				continue

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/siftmesh/sift/bench/internal/stats"
@@ -142,9 +143,15 @@ func ShortHTTP(addr string, c int, d time.Duration, max int) Result {
 
 // Greet connects n times (all at once, c at a time) to a server-speaks-first
 // service, sends nothing, and records connect-start to the first byte of
-// the server's greeting.
-func Greet(addr string, n, c int, timeout time.Duration) Result {
+// the server's greeting. Connection i goes to addrs[i % len(addrs)]: with
+// several listeners of one kind, each gets an equal share.
+func Greet(addrs []string, n, c int, timeout time.Duration) Result {
+	if len(addrs) == 0 {
+		return Result{Errors: 1, FirstErr: "greet: no address"}
+	}
+	var next atomic.Uint64
 	return run(c, timeout+time.Second, n, func(w *worker) error {
+		addr := addrs[(next.Add(1)-1)%uint64(len(addrs))]
 		t0 := time.Now()
 		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {

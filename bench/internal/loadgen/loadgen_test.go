@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,10 +64,43 @@ func TestHTTP1KeepAlivePipeliningAndClose(t *testing.T) {
 
 func TestGreetAgainstGreeting(t *testing.T) {
 	addr := listen(t, servers.ServeGreeting)
-	r := Greet(addr, 5, 5, 5*time.Second)
+	r := Greet([]string{addr}, 5, 5, 5*time.Second)
 	if r.Ops != 5 || r.Errors != 0 {
 		t.Fatalf("%+v", r)
 	}
+}
+
+func TestGreetSharesConnectionsAmongAddresses(t *testing.T) {
+	var addrs []string
+	var counts [3]atomic.Int64
+	for i := range counts {
+		addrs = append(addrs, listen(t, func(ctx context.Context, ln net.Listener) error {
+			return servers.ServeGreeting(ctx, countingListener{ln, &counts[i]})
+		}))
+	}
+	r := Greet(addrs, 9, 3, 5*time.Second)
+	if r.Ops != 9 || r.Errors != 0 {
+		t.Fatalf("%+v", r)
+	}
+	for i := range counts {
+		if got := counts[i].Load(); got != 3 {
+			t.Errorf("address %d got %d connections, want 3", i, got)
+		}
+	}
+}
+
+// countingListener counts accepted connections.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
 }
 
 func TestIdleAgainstHolder(t *testing.T) {
