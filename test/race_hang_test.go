@@ -3,7 +3,6 @@ package test
 import (
 	"io"
 	"net"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,16 +49,10 @@ func hangingUpstream(t *testing.T) string {
 // retransmission) on a detecting port whose fallback upstream does not
 // answer SYNs must still reach its HTTP chain as soon as it speaks — not
 // after the fallback's connect timeout.
-//
-// Known bug (issue 17 race): filters/detect/race.go calls
-// info.Fallback.Preconnect synchronously before it watches the client, so
-// the client's bytes wait for the whole connect (connect_timeout × attempts).
-// Run with SIFT_KNOWN_BUGS=1.
+// (The race opens the fallback in its own goroutine while it watches the
+// client; it once opened it first, and the client waited for the connect.)
 func TestSlowHTTPClientDoesNotWaitForTheFallbackConnect(t *testing.T) {
 	t.Parallel()
-	if os.Getenv("SIFT_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: the server-first race's preconnect blocks a slow client-first client (SIFT_KNOWN_BUGS=1 runs it)")
-	}
 	hole := hangingUpstream(t)
 	yaml := `
 static_resources:
