@@ -16,14 +16,16 @@ import (
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/detect/learn"
+	"github.com/siftmesh/sift/filters/httplb"
 	"github.com/siftmesh/sift/listener"
+	"github.com/siftmesh/sift/telemetry/metrics"
+	"github.com/siftmesh/sift/telemetry/streaminfo"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/xds"
 
 	// The filters sift-proxy serves, registered by type URL.
 	_ "github.com/siftmesh/sift/filters/connlimit"
 	_ "github.com/siftmesh/sift/filters/detect"
-	_ "github.com/siftmesh/sift/filters/httplb"
 	_ "github.com/siftmesh/sift/filters/opaquetransport"
 	_ "github.com/siftmesh/sift/filters/originaldst"
 	_ "github.com/siftmesh/sift/filters/tcpproxy"
@@ -35,6 +37,8 @@ type Options struct {
 	// are replaced or the server shuts down (Envoy's --drain-time-s).
 	DrainTime time.Duration
 	Logger    *slog.Logger
+	// CommandLine is what /server_info reports as command_line_options.
+	CommandLine admin.CommandLineOptions
 }
 
 // Server is a configured sift-proxy.
@@ -47,6 +51,9 @@ type Server struct {
 	configs   []*listener.Config
 	admin     *admin.Server
 	adminAddr string
+	// metrics is the process's registry, kept when there is an admin
+	// server to scrape it (nil otherwise: no hook, no cost).
+	metrics *metrics.Registry
 
 	bootstrap *bootstrapv3.Bootstrap
 	started   time.Time
@@ -121,6 +128,7 @@ func (s *Server) DecodeListener(pb *listenerv3.Listener) (*listener.Config, erro
 func (s *Server) Start() error {
 	s.listeners = listener.NewManager(s.log, s.opts.DrainTime)
 	if s.adminAddr != "" {
+		s.installMetrics()
 		a, err := admin.Listen(s.adminAddr, s, s.log)
 		if err != nil {
 			return err
@@ -189,6 +197,42 @@ func (s *Server) buildXDS(b *bootstrapv3.Bootstrap) error {
 	}
 	s.xds = client
 	return nil
+}
+
+// installMetrics creates the process's metrics registry and installs it as
+// the connection and request hook. The hooks are process-wide: the last
+// server started in a process receives every record (one sift-proxy is one
+// process; tests that check values run one server with an admin address at
+// a time).
+func (s *Server) installMetrics() {
+	s.metrics = metrics.New(metrics.Options{
+		Clusters: s.clusters,
+		Listeners: func() map[string]*listener.Listener {
+			if s.listeners == nil {
+				return nil
+			}
+			return s.listeners.Listeners()
+		},
+		Learned:           s.learned,
+		ProcessCollectors: true,
+	})
+	streaminfo.SetConnHook(s.metrics)
+	httplb.SetHook(s.metrics)
+}
+
+// Metrics implements admin.MetricsSource.
+func (s *Server) Metrics() *metrics.Registry { return s.metrics }
+
+// Clusters implements admin.ClusterSource.
+func (s *Server) Clusters() []*upstream.Cluster { return s.clusters.Clusters() }
+
+// ServerInfo implements admin.InfoSource.
+func (s *Server) ServerInfo() admin.ServerInfo {
+	info := admin.ServerInfo{Started: s.started, CommandLine: s.opts.CommandLine}
+	if n := s.bootstrap.GetNode(); n != nil {
+		info.Node = n
+	}
+	return info
 }
 
 // Listeners returns the running listeners (after Start).
