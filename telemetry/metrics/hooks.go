@@ -105,7 +105,7 @@ func (r *Registry) OnConnStart(info *filters.ConnInfo) {
 func (r *Registry) OnConn(c *streaminfo.Conn) {
 	k := closeKey{peer: peerOf(c.Info), failure: c.Err != nil || c.ConnectFailed, cluster: c.Cluster}
 	if c.Err != nil {
-		errors.As(c.Err, &k.errno)
+		k.errno = errnoOf(c.Err)
 	}
 	s := get(&r.closeCache, k, func() *closeSeries {
 		p := k.peer
@@ -141,6 +141,16 @@ func (r *Registry) OnConn(c *streaminfo.Conn) {
 			cc.cxTotal.Add(1)
 		}
 	}
+}
+
+// errnoOf returns the errno err wraps, or 0. (Its own function: taking the
+// address of a field of the cache key would move every key to the heap.)
+func errnoOf(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return 0
 }
 
 // detKey is a connection's detection labels.
