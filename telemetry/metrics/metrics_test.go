@@ -136,7 +136,7 @@ func TestRequests(t *testing.T) {
 				{Authority: "l", Status: 200, Duration: 2500 * time.Microsecond, Info: inInfo},
 			},
 			metric: "response_latency_ms", keep: []string{"authority", "status_code"},
-			want:   []string{"authority=l,status_code=200 count=2 sum=4"},
+			want: []string{"authority=l,status_code=200 count=2 sum=4"},
 		},
 	}
 	for _, tt := range tests {
