@@ -9,13 +9,15 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/xds"
 )
 
 // ConfigDump implements admin.Source: Envoy's /config_dump — the bootstrap,
 // then listeners, clusters and endpoints, static and dynamic, with the
 // versions that were accepted — as JSON with the proto field names, as
-// Envoy prints it.
+// Envoy prints it, with sensitive fields (private keys and the like)
+// redacted.
 func (s *Server) ConfigDump() ([]byte, error) {
 	dump := &adminv3.ConfigDump{}
 	add := func(m proto.Message) error {
@@ -91,6 +93,10 @@ func (s *Server) ConfigDump() ([]byte, error) {
 		if err := add(m); err != nil {
 			return nil, err
 		}
+	}
+	// The dump holds copies (Anys): redacting them leaves the configuration alone.
+	if err := admin.Redact(dump); err != nil {
+		return nil, err
 	}
 	return protojson.MarshalOptions{UseProtoNames: true, Multiline: true, Indent: "  "}.Marshal(dump)
 }
