@@ -100,7 +100,7 @@ func (r *Registry) OnConnStart(info *filters.ConnInfo) {
 	s.openNow.Inc()
 }
 
-// OnConn implements streaminfo.ConnHook: one record per finished opaque
+// OnConn implements streaminfo.ConnHook: one record per finished
 // connection.
 func (r *Registry) OnConn(c *streaminfo.Conn) {
 	k := closeKey{peer: peerOf(c.Info), failure: c.Err != nil || c.ConnectFailed, cluster: c.Cluster}

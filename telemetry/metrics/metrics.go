@@ -115,17 +115,17 @@ func New(opts Options) *Registry {
 	r.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "response_latency_ms",
 		Help: "Time from the request's arrival to the end of its response, in milliseconds.", Buckets: latencyBuckets}, latLabels)
 	r.tcpOpen = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_open_total",
-		Help: "Opaque (tcp_proxy) connections opened."}, tcpLabels)
+		Help: "Connections opened (served by tcp_proxy or the HTTP connection manager)."}, tcpLabels)
 	r.tcpOpenConns = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tcp_open_connections",
-		Help: "Opaque (tcp_proxy) connections open now."}, tcpLabels)
+		Help: "Connections open now (tcp_proxy or the HTTP connection manager)."}, tcpLabels)
 	r.tcpRead = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_read_bytes_total",
-		Help: "Bytes read from the downstream peer on opaque connections (peeked bytes included)."}, tcpLabels)
+		Help: "Bytes read from the downstream peer (peeked bytes included)."}, tcpLabels)
 	r.tcpWrite = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_write_bytes_total",
-		Help: "Bytes written to the downstream peer on opaque connections."}, tcpLabels)
+		Help: "Bytes written to the downstream peer."}, tcpLabels)
 	r.tcpClose = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tcp_close_total",
-		Help: "Opaque connections closed, by classification and errno (when the error carried one)."}, closeLabels)
+		Help: "Connections closed, by classification and errno (when the error carried one)."}, closeLabels)
 	r.tcpDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "tcp_connection_duration_ms",
-		Help: "Lifetime of opaque connections, from accept to close, in milliseconds.", Buckets: connDurationBuckets}, durLabels)
+		Help: "Connection lifetime, from accept to close, in milliseconds.", Buckets: connDurationBuckets}, durLabels)
 	r.detections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sift_detection_total",
 		Help: "Accepted connections by protocol-detection outcome: the protocol found, why detection ended (match, no_match, eof, timeout, byte_cap, server_first, learned_server_first, timeout_closed, opaque_port, skipped, disabled, error), whether the server-first race ran, and what the listener did (dispatched, no_chain, closed)."},
 		[]string{"listener", "direction", "protocol", "reason", "raced", "outcome"})

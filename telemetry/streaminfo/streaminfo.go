@@ -15,8 +15,9 @@ import (
 	"github.com/siftmesh/sift/filters"
 )
 
-// Conn is one TCP connection served by an opaque network filter (tcp_proxy,
-// the inbound opaque transport).
+// Conn is one TCP connection served by a network filter: tcp_proxy, or the
+// HTTP connection manager (Filter "http_connection_manager": no cluster or
+// endpoint, since each request has its own; bytes include HTTP framing).
 type Conn struct {
 	// Start is when the listener accepted the connection; Duration runs to
 	// when both directions had ended.
@@ -125,7 +126,8 @@ func SetConnHook(h ConnHook) {
 }
 
 // ReportConnStart tells the hook, if it implements ConnStartHook, that the
-// connection described by info is being served by an opaque network filter.
+// connection described by info is being served by a network filter that
+// will report it with ReportConn.
 func ReportConnStart(info *filters.ConnInfo) {
 	if b := connHook.Load(); b != nil && b.start != nil {
 		b.start.OnConnStart(info)
