@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -26,6 +27,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics (see metrics.go); nil: not exported.
 	Registerer prometheus.Registerer
+	// Authenticator, when set, must accept the node of every xDS stream
+	// before the stream gets anything (see auth.go); nil: any node id is
+	// believed (plaintext development setups without a CA).
+	Authenticator Authenticator
 }
 
 // Controller keeps a snapshot cache in step with a mesh source: one snapshot
@@ -48,6 +53,8 @@ type Controller struct {
 	snapshots map[string]*cache.Snapshot // workload key -> snapshot of the current mesh
 	nodes     map[string]*nodeState      // node id -> state, for connected nodes
 	streams   map[streamKey]*streamState
+	// learned is each node's last report of server-first destinations (insights.go).
+	learned map[string][]netip.AddrPort
 }
 
 type nodeState struct {
@@ -87,17 +94,34 @@ func New(cfg Config) (*Controller, error) {
 		return nil, err
 	}
 	c.apply(cfg.Source.Snapshot())
+	c.metrics.meshUpdates.Inc()
 	return c, nil
 }
 
 // Cache is the snapshot cache to serve.
 func (c *Controller) Cache() cache.SnapshotCache { return c.cache }
 
-// Run applies each new mesh of the source until ctx ends.
+// Run applies each new mesh of the source, and regenerates the snapshots
+// when the Security's output changes (SecurityWatcher: certificates renewed,
+// trust bundle rotated), until ctx ends.
 func (c *Controller) Run(ctx context.Context) {
 	updates := c.cfg.Source.Watch(ctx)
-	for range updates {
-		c.apply(c.cfg.Source.Snapshot())
+	var changed <-chan struct{}
+	if w, ok := c.cfg.Options.Security.(SecurityWatcher); ok {
+		changed = w.Changed()
+	}
+	for {
+		select {
+		case _, ok := <-updates:
+			if !ok {
+				return
+			}
+			c.apply(c.cfg.Source.Snapshot())
+			c.metrics.meshUpdates.Inc()
+		case <-changed:
+			c.apply(c.cfg.Source.Snapshot())
+			c.metrics.securityUpdates.Inc()
+		}
 	}
 }
 
@@ -129,7 +153,6 @@ func (c *Controller) apply(m *mesh.Mesh) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.mesh, c.snapshots = m, snaps
-	c.metrics.meshUpdates.Inc()
 	for _, w := range m.Workloads() {
 		c.sync(w.NodeID)
 	}

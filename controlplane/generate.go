@@ -34,7 +34,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	opaqueupstreamv1 "github.com/siftmesh/sift/api/sift/extensions/upstreams/opaque_transport/v1"
 	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
+	opaqueinboundv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
 	"github.com/siftmesh/sift/internal/envoynames"
 	"github.com/siftmesh/sift/mesh"
 )
@@ -65,17 +67,20 @@ type Options struct {
 }
 
 // Security is the seam for mutual TLS between proxies (its own issue: the
-// CA, SPIFFE identities, SDS). Its sockets are attached to the generated
-// chains and clusters, and its secrets are served over SDS in the same
-// snapshot. Implementations must be deterministic (same mesh, same output):
-// snapshot versions are content hashes.
+// CA, SPIFFE identities, SDS; ca.Security implements it). Its secrets are
+// served over SDS in every snapshot; its sockets are attached to the
+// generated chains and clusters when the mesh turns mTLS on
+// (mesh.Mesh.MTLS). Implementations must be deterministic (same mesh, same
+// output): snapshot versions are content hashes.
 type Security interface {
 	// ClusterTransportSocket secures connections from a proxy to the
-	// endpoints of s; nil: plaintext.
-	ClusterTransportSocket(s *mesh.Service) *corev3.TransportSocket
+	// endpoints of s, offering the ALPN protocols alpn (empty: the mesh's
+	// HTTP ones, h2 and http/1.1); nil: plaintext.
+	ClusterTransportSocket(s *mesh.Service, alpn ...string) *corev3.TransportSocket
 	// InboundTransportSocket secures the connections w's proxy accepts
 	// from other proxies; nil: plaintext.
-	InboundTransportSocket(w *mesh.Workload) *corev3.TransportSocket
+	// alpn as for ClusterTransportSocket.
+	InboundTransportSocket(w *mesh.Workload, alpn ...string) *corev3.TransportSocket
 	// Secrets returns the SDS secrets the sockets above name for w.
 	Secrets(w *mesh.Workload) []*tlsv3.Secret
 }
@@ -168,30 +173,78 @@ func (g *generator) outboundClusters() {
 				// The mesh default for HTTP: peak-EWMA with two choices.
 				c.LbPolicy, c.LoadBalancingPolicy = clusterv3.Cluster_ROUND_ROBIN, peakEWMAPolicy()
 			}
-			if g.opts.Security != nil {
+			if g.mtls() {
 				c.TransportSocket = g.opts.Security.ClusterTransportSocket(s)
 			}
 			g.r.Clusters = append(g.r.Clusters, c)
-
-			cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
-			var lbs []*endpointv3.LbEndpoint
-			for _, w := range eps {
-				for _, a := range w.Addresses {
-					lbs = append(lbs, &endpointv3.LbEndpoint{
-						HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-							Address:  socketAddress(a, p.Target()),
-							Hostname: w.Name + "." + w.Namespace,
-						}},
-					})
-				}
+			g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, eps, p.Target()))
+			if g.mtls() {
+				g.opaqueCluster(s, p, eps)
 			}
-			if len(lbs) > 0 {
-				cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
-			}
-			g.r.Endpoints = append(g.r.Endpoints, cla)
 		}
 	}
 }
+
+// mtls reports whether proxies talk mutual TLS (the mesh turns it on and a
+// Security supplies it).
+func (g *generator) mtls() bool { return g.opts.Security != nil && g.m.MTLS }
+
+// loadAssignment lists the addresses of eps at port.
+func loadAssignment(cluster string, eps []*mesh.Workload, port uint16) *endpointv3.ClusterLoadAssignment {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
+	var lbs []*endpointv3.LbEndpoint
+	for _, w := range eps {
+		for _, a := range w.Addresses {
+			lbs = append(lbs, &endpointv3.LbEndpoint{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address:  socketAddress(a, port),
+					Hostname: w.Name + "." + w.Namespace,
+				}},
+			})
+		}
+	}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	}
+	return cla
+}
+
+// OpaqueClusterName names the cluster that carries opaque connections to
+// port of the service with host name host over the opaque transport:
+// "outbound|5432|opaque|pg.shop.svc.cluster.local".
+func OpaqueClusterName(host string, port uint16) string {
+	return "outbound|" + strconv.Itoa(int(port)) + "|opaque|" + host
+}
+
+// opaqueCluster: with mTLS, opaque (and application TLS, and undetected)
+// connections to a service port go to the endpoints' inbound port over mTLS
+// with ALPN sift.opaque/1, starting with the opaque-transport header that
+// names the target port (docs/mesh-transport.md). Balanced by peak-EWMA over
+// connect times, as Linkerd balances opaque connections.
+func (g *generator) opaqueCluster(s *mesh.Service, p mesh.ServicePort, eps []*mesh.Workload) {
+	name := OpaqueClusterName(s.Hostname, p.Port)
+	g.r.Clusters = append(g.r.Clusters, &clusterv3.Cluster{
+		Name:                 name,
+		AltStatName:          name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfigSource(), ServiceName: name},
+		ConnectTimeout:       durationpb.New(g.opts.ConnectTimeout),
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		LoadBalancingPolicy:  peakEWMAPolicy(),
+		TransportSocket:      g.opts.Security.ClusterTransportSocket(s, OpaqueTransportALPN),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			opaqueTransportOptionsName: mustAny(&opaqueupstreamv1.OpaqueTransport{Port: uint32(p.Target())}),
+		},
+	})
+	g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, eps, g.opts.InboundAddress.Port()))
+}
+
+// OpaqueTransportALPN announces the opaque transport on mTLS between proxies
+// (filters/opaquetransport/header.ALPN).
+const OpaqueTransportALPN = "sift.opaque/1"
+
+// opaqueTransportOptionsName is the cluster's typed_extension_protocol_options key.
+var opaqueTransportOptionsName = string(proto.MessageName(&opaqueupstreamv1.OpaqueTransport{}))
 
 // chainMatch is the filter_chain_match of one chain, built from what the
 // chain depends on.
@@ -234,19 +287,23 @@ func (g *generator) outboundListener() {
 				continue
 			}
 			cluster := OutboundClusterName(s.Hostname, p.Port)
+			opaque := cluster // where opaque bytes go: the same endpoints, or their inbound port over mTLS
+			if g.mtls() {
+				opaque = OpaqueClusterName(s.Hostname, p.Port)
+			}
 			t := g.m.ServicePortTreatment(s, p)
 			for _, ip := range s.ClusterIPs {
 				base := fmt.Sprintf("%s:%d|%s", s.Hostname, p.Port, ip)
 				switch t {
 				case mesh.Opaque, mesh.TLS:
-					chains = append(chains, chain(t.String()+"|"+base, chainMatch(ip, p.Port, ""), tcpProxy(t.String(), cluster)))
+					chains = append(chains, chain(t.String()+"|"+base, chainMatch(ip, p.Port, ""), tcpProxy(t.String(), opaque)))
 				case mesh.HTTP:
 					chains = append(chains, g.httpChain("http|"+base, chainMatch(ip, p.Port, ""), cluster, p.Protocol))
 				default:
 					chains = append(chains,
 						g.httpChain("http|"+base, chainMatch(ip, p.Port, "", httpProtocols...), cluster, mesh.ProtocolUnknown),
-						chain("tls|"+base, chainMatch(ip, p.Port, envoynames.TransportTLS), tcpProxy("tls", cluster)),
-						chain("opaque|"+base, chainMatch(ip, p.Port, ""), tcpProxy("opaque", cluster)))
+						chain("tls|"+base, chainMatch(ip, p.Port, envoynames.TransportTLS), tcpProxy("tls", opaque)),
+						chain("opaque|"+base, chainMatch(ip, p.Port, ""), tcpProxy("opaque", opaque)))
 				}
 			}
 		}
@@ -261,10 +318,7 @@ func (g *generator) outboundListener() {
 // it, original destination restored) and a STATIC cluster per local port.
 func (g *generator) inbound() {
 	var chains []*listenerv3.FilterChain
-	var tls *corev3.TransportSocket
-	if g.opts.Security != nil {
-		tls = g.opts.Security.InboundTransportSocket(g.w)
-	}
+	var ports []uint32 // the local ports the opaque transport may reach
 	for _, p := range g.m.InboundPorts(g.w) {
 		cluster := InboundClusterName(p.Port)
 		g.r.Clusters = append(g.r.Clusters, &clusterv3.Cluster{
@@ -280,7 +334,19 @@ func (g *generator) inbound() {
 				}}}},
 			},
 		})
+		ports = append(ports, uint32(p.Port))
 		base := fmt.Sprintf("inbound:%d", p.Port)
+		if g.mtls() {
+			// Meshed clients send HTTP here over mTLS (HTTP/2 when ALPN
+			// agrees); everything else arrives through the opaque transport
+			// below. Plaintext finds no chain: refused.
+			if p.Treatment == mesh.HTTP || p.Treatment == mesh.Detect {
+				c := g.httpChain("http|"+base, chainMatch(netip.Addr{}, p.Port, envoynames.TransportTLS), cluster, p.Protocol)
+				c.TransportSocket = g.opts.Security.InboundTransportSocket(g.w)
+				chains = append(chains, c)
+			}
+			continue
+		}
 		switch p.Treatment {
 		case mesh.Opaque, mesh.TLS:
 			chains = append(chains, chain(p.Treatment.String()+"|"+base, chainMatch(netip.Addr{}, p.Port, ""), tcpProxy(p.Treatment.String(), cluster)))
@@ -292,11 +358,19 @@ func (g *generator) inbound() {
 				chain("opaque|"+base, chainMatch(netip.Addr{}, p.Port, ""), tcpProxy("opaque", cluster)))
 		}
 	}
-	if len(chains) == 0 {
+	if len(chains) == 0 && len(ports) == 0 {
 		return
 	}
-	for _, c := range chains {
-		c.TransportSocket = tls
+	if g.mtls() {
+		// The opaque transport: connections addressed to the inbound port
+		// itself, mTLS with ALPN sift.opaque/1, header first.
+		in := g.opts.InboundAddress.Port()
+		c := chain(fmt.Sprintf("opaque-transport|inbound:%d", in), chainMatch(netip.Addr{}, in, envoynames.TransportTLS, OpaqueTransportALPN),
+			&listenerv3.Filter{Name: "sift.filters.network.opaque_transport", ConfigType: &listenerv3.Filter_TypedConfig{
+				TypedConfig: mustAny(&opaqueinboundv1.Inbound{StatPrefix: "inbound", AllowedPorts: ports,
+					ConnectTimeout: durationpb.New(g.opts.ConnectTimeout)})}})
+		c.TransportSocket = g.opts.Security.InboundTransportSocket(g.w, OpaqueTransportALPN)
+		chains = append(chains, c)
 	}
 	g.r.Listeners = append(g.r.Listeners, g.listener(InboundListenerName, g.opts.InboundAddress, corev3.TrafficDirection_INBOUND, chains))
 }

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +19,9 @@ type metrics struct {
 	unmatched       prometheus.Gauge       // connected node ids matching no workload
 	requests        *prometheus.CounterVec // flavor, type, result: request|ack|nack
 	responses       *prometheus.CounterVec // flavor, type
+	securityUpdates prometheus.Counter
+	authFailures    *prometheus.CounterVec // reason
+	serverFirst     *prometheus.GaugeVec   // service, port: proxies reporting it server-first
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -40,10 +44,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Discovery requests by flavor, type and result (request: a subscription, ack, nack)."}, []string{"flavor", "type", "result"}),
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sift_control_xds_pushes_total",
 			Help: "Discovery responses sent to proxies, by flavor and type."}, []string{"flavor", "type"}),
+		securityUpdates: prometheus.NewCounter(prometheus.CounterOpts{Name: "sift_control_security_updates_total",
+			Help: "Regenerations of the snapshots because certificates renewed or the trust bundle rotated."}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sift_control_node_auth_failures_total",
+			Help: "xDS streams refused because their node failed authentication, by reason (no_node_id, no_token, invalid_token, other)."}, []string{"reason"}),
+		serverFirst: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sift_control_server_first_ports",
+			Help: "Service ports not marked opaque that proxies learned to be server-speaks-first, by how many proxies report each (mark them opaque)."}, []string{"service", "port"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.meshUpdates, m.reloads, m.snapshotsSet, m.snapshotVersion,
-			m.streams, m.proxies, m.unmatched, m.requests, m.responses} {
+			m.streams, m.proxies, m.unmatched, m.requests, m.responses, m.securityUpdates, m.authFailures, m.serverFirst} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -60,6 +70,14 @@ func (m *metrics) setUnmatched(nodes map[string]*nodeState) {
 		}
 	}
 	m.unmatched.Set(float64(n))
+}
+
+// setServerFirst replaces the server-first gauges with sugg.
+func (m *metrics) setServerFirst(sugg []ServerFirstSuggestion) {
+	m.serverFirst.Reset()
+	for _, s := range sugg {
+		m.serverFirst.WithLabelValues(s.Service, strconv.Itoa(int(s.Port))).Set(float64(len(s.Nodes)))
+	}
 }
 
 // shortType: "type.googleapis.com/envoy.config.listener.v3.Listener" -> "Listener".

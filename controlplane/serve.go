@@ -13,10 +13,11 @@ import (
 	"google.golang.org/grpc"
 )
 
-// NewServer returns the xDS server of c's cache with c as its callbacks.
-// Its streams end when ctx ends.
+// NewServer returns the xDS server of c's cache with c as its callbacks
+// (behind node authentication when Config.Authenticator is set). Its
+// streams end when ctx ends.
 func (c *Controller) NewServer(ctx context.Context) serverv3.Server {
-	return serverv3.NewServer(ctx, c.cache, c)
+	return serverv3.NewServer(ctx, c.cache, c.callbacks())
 }
 
 // Register registers srv on g as every discovery service a proxy may use:

@@ -71,6 +71,11 @@ const (
 	// DefaultDetectTimeout is Linkerd's protocol-detection timeout.
 	DefaultDetectTimeout = 10 * time.Second
 	DefaultClusterDomain = "cluster.local"
+	// DefaultTrustDomain is the SPIFFE trust domain of workload identities.
+	DefaultTrustDomain = "cluster.local"
+	// DefaultServiceAccount is a workload's service account when none is
+	// set, as in Kubernetes.
+	DefaultServiceAccount = "default"
 )
 
 // Mesh is a whole mesh. After Complete returns nil it is immutable: sources
@@ -83,7 +88,14 @@ type Mesh struct {
 	DetectTimeout time.Duration
 	// ClusterDomain completes service host names; "" means DefaultClusterDomain.
 	ClusterDomain string
-	Namespaces    []*Namespace
+	// TrustDomain is the SPIFFE trust domain of workload identities
+	// (spiffe://<trust domain>/ns/<namespace>/sa/<service account>); ""
+	// means DefaultTrustDomain.
+	TrustDomain string
+	// MTLS turns on mutual TLS between proxies in the generated
+	// configuration (when the control plane runs a CA); off by default.
+	MTLS       bool
+	Namespaces []*Namespace
 }
 
 // Namespace groups services and workloads. Its opaque and skip ports apply to
@@ -113,6 +125,11 @@ type Service struct {
 	// selects nothing (Kubernetes: endpoints are managed elsewhere).
 	Selector    map[string]string
 	OpaquePorts *PortSet // nil: not set
+
+	// Identities lists the SPIFFE IDs of the workloads the service selects,
+	// sorted and without duplicates: the identities a client may accept
+	// from the service's endpoints. Complete fills it.
+	Identities []string
 }
 
 // ServicePort is one port of a service.
@@ -138,7 +155,9 @@ type Workload struct {
 	Addresses       []netip.Addr
 	// Ports the workload serves; ports that selecting services target are
 	// served too, with the service port's protocol, even when not listed.
-	Ports          []WorkloadPort
+	Ports []WorkloadPort
+	// ServiceAccount names the workload's identity within its namespace;
+	// "" means DefaultServiceAccount.
 	ServiceAccount string
 	Labels         map[string]string
 	// NodeID is the xDS node id of the workload's proxy; "" means
@@ -151,6 +170,10 @@ type Workload struct {
 	// Services lists the services selecting the workload, as
 	// "namespace/name", sorted; Complete fills it.
 	Services []string
+	// Identity is the workload's SPIFFE ID,
+	// spiffe://<trust domain>/ns/<namespace>/sa/<service account>;
+	// Complete fills it.
+	Identity string
 }
 
 // WorkloadPort is one port a workload serves.
@@ -158,6 +181,13 @@ type WorkloadPort struct {
 	Name     string
 	Port     uint16
 	Protocol Protocol
+}
+
+// SPIFFEID returns the SPIFFE ID of service account sa in namespace ns of
+// trust domain td: "spiffe://td/ns/ns/sa/sa". The parts are not checked
+// (Complete validates those of a mesh).
+func SPIFFEID(td, ns, sa string) string {
+	return "spiffe://" + td + "/ns/" + ns + "/sa/" + sa
 }
 
 // Key returns "namespace/name".

@@ -174,3 +174,46 @@ func TestCompleteErrors(t *testing.T) {
 		t.Errorf("errors (-want +got):\n%s", diff)
 	}
 }
+
+func TestIdentities(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name         string
+		trustDomain  string
+		sa           string
+		wantWorkload string
+	}{
+		{name: "defaults", wantWorkload: "spiffe://cluster.local/ns/shop/sa/default"},
+		{name: "service account", sa: "web", wantWorkload: "spiffe://cluster.local/ns/shop/sa/web"},
+		{name: "trust domain", trustDomain: "prod.example.com", sa: "web", wantWorkload: "spiffe://prod.example.com/ns/shop/sa/web"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			web := &Service{Name: "web", Selector: map[string]string{"app": "web"}, Ports: []ServicePort{{Port: 80}}}
+			none := &Service{Name: "none", Selector: map[string]string{"app": "none"}, Ports: []ServicePort{{Port: 80}}}
+			w0 := &Workload{Name: "web-0", ServiceAccount: tt.sa, Labels: map[string]string{"app": "web"}}
+			w1 := &Workload{Name: "web-1", ServiceAccount: tt.sa, Labels: map[string]string{"app": "web"}}
+			canary := &Workload{Name: "web-canary", ServiceAccount: "canary", Labels: map[string]string{"app": "web"}}
+			m := &Mesh{TrustDomain: tt.trustDomain, Namespaces: []*Namespace{{Name: "shop",
+				Services: []*Service{web, none}, Workloads: []*Workload{w0, w1, canary}}}}
+			if err := m.Complete(); err != nil {
+				t.Fatal(err)
+			}
+			if w0.Identity != tt.wantWorkload || w1.Identity != tt.wantWorkload {
+				t.Errorf("Identity = %q, %q, want %q", w0.Identity, w1.Identity, tt.wantWorkload)
+			}
+			td := tt.trustDomain
+			if td == "" {
+				td = DefaultTrustDomain
+			}
+			want := []string{SPIFFEID(td, "shop", "canary"), tt.wantWorkload} // sorted, deduplicated
+			if diff := cmp.Diff(want, web.Identities); diff != "" {
+				t.Errorf("web.Identities (-want +got):\n%s", diff)
+			}
+			if len(none.Identities) != 0 {
+				t.Errorf("none.Identities = %v, want none", none.Identities)
+			}
+		})
+	}
+}

@@ -25,10 +25,16 @@ var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 // dnsSubdomain is RFC 1123's subdomain (workload names may contain dots).
 var dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 
+// trustDomain is SPIFFE's trust-domain name: lower-case letters, digits,
+// dots, dashes and underscores.
+var trustDomain = regexp.MustCompile(`^[a-z0-9._-]+$`)
+
 // Complete validates m, fills in defaults (namespaces of services and
-// workloads, service host names, node ids) and links services to the
-// workloads they select (Workload.Services). It returns every problem found,
-// joined, each a *FieldError. After it returns nil, m must not be modified.
+// workloads, service host names, node ids, service accounts, the trust
+// domain), links services to the workloads they select (Workload.Services)
+// and derives identities (Workload.Identity, Service.Identities). It
+// returns every problem found, joined, each a *FieldError. After it returns
+// nil, m must not be modified.
 func (m *Mesh) Complete() error {
 	v := &validator{ips: map[netip.Addr]string{}, addrs: map[netip.Addr]string{}, nodes: map[string]string{}}
 	if m.DetectTimeout < 0 {
@@ -38,6 +44,11 @@ func (m *Mesh) Complete() error {
 		m.ClusterDomain = DefaultClusterDomain
 	} else if !dnsSubdomain.MatchString(m.ClusterDomain) {
 		v.add("cluster_domain", "%q is not a DNS name", m.ClusterDomain)
+	}
+	if m.TrustDomain == "" {
+		m.TrustDomain = DefaultTrustDomain
+	} else if !trustDomain.MatchString(m.TrustDomain) || len(m.TrustDomain) > 255 {
+		v.add("trust_domain", "%q is not a SPIFFE trust domain (lower-case letters, digits, '.', '-' and '_')", m.TrustDomain)
 	}
 	seenNS := map[string]int{}
 	for i, ns := range m.Namespaces {
@@ -62,6 +73,19 @@ func (m *Mesh) Complete() error {
 				}
 			}
 			slices.Sort(w.Services)
+			w.Identity = SPIFFEID(m.TrustDomain, w.Namespace, w.ServiceAccount)
+		}
+	}
+	for _, ns := range m.Namespaces {
+		for _, s := range ns.Services {
+			s.Identities = nil
+			for _, w := range ns.Workloads {
+				if s.Selects(w) {
+					s.Identities = append(s.Identities, w.Identity)
+				}
+			}
+			slices.Sort(s.Identities)
+			s.Identities = slices.Compact(s.Identities)
 		}
 	}
 	return nil
@@ -165,6 +189,11 @@ func (v *validator) workloads(ns *Namespace, nsPath string) {
 		}
 		if w.NodeID == "" {
 			w.NodeID = w.Name + "." + ns.Name
+		}
+		if w.ServiceAccount == "" {
+			w.ServiceAccount = DefaultServiceAccount
+		} else {
+			v.name(path+".service_account", w.ServiceAccount, dnsSubdomain)
 		}
 		if prev, dup := v.nodes[w.NodeID]; dup {
 			v.add(path+".node_id", "node id %q is already the node id of %s", w.NodeID, prev)

@@ -321,6 +321,9 @@ func (d *dynamic) startWarming(name string, cfg *listener.Config) {
 			return
 		}
 		delete(d.warming, name)
+		if err := d.subscribeRoutes(); err != nil {
+			d.s.log.Error("updating the RDS subscription failed", "err", err)
+		}
 	})
 }
 
@@ -388,7 +391,8 @@ func (d *dynamic) applyRoutes(resources map[string]proto.Message) error {
 			delete(d.warming, name)
 		}
 	}
-	return nil
+	// The versions they replace may have used other route configurations.
+	return d.subscribeRoutes()
 }
 
 // dialXDS connects to an xDS server: an envoy_grpc service names a static

@@ -12,6 +12,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"google.golang.org/grpc"
 
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/filters"
@@ -37,6 +38,9 @@ type Options struct {
 	// are replaced or the server shuts down (Envoy's --drain-time-s).
 	DrainTime time.Duration
 	Logger    *slog.Logger
+	// InsightsInterval is how often learned server-first destinations are
+	// checked for a report to the control plane (default 10s).
+	InsightsInterval time.Duration
 	// CommandLine is what /server_info reports as command_line_options.
 	CommandLine admin.CommandLineOptions
 }
@@ -60,6 +64,9 @@ type Server struct {
 	// learned is the process's table of server-first destinations, shared
 	// by every listener generation.
 	learned *learn.Table
+	// insights is the control plane connection learned destinations are
+	// reported on (insights.go); nil without dynamic_resources.
+	insights *grpc.ClientConn
 
 	xds      *xds.Client // nil without dynamic_resources
 	dyn      *dynamic
@@ -154,6 +161,13 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.xds.Start()
+	if s.insights != nil {
+		interval := s.opts.InsightsInterval
+		if interval <= 0 {
+			interval = defaultInsightsInterval
+		}
+		go s.reportLearned(s.insights, interval, s.stopped)
+	}
 	go func() { // Envoy's /ready says LIVE once the initial fetch is done
 		select {
 		case <-s.xds.Initialized():
@@ -188,6 +202,7 @@ func (s *Server) buildXDS(b *bootstrapv3.Bootstrap) error {
 	if err != nil {
 		return err
 	}
+	s.insights = insightsConn(sources)
 	s.dyn = newDynamic(s, dr)
 	client, err := xds.New(xds.Config{
 		Node: b.GetNode(), Handler: s.dyn, Sources: sources, InitialFetchTimeout: timeouts, Logger: s.log,

@@ -16,24 +16,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-)
 
-// serveTCP runs handle for every connection accepted on a new 127.0.0.1:0
-// listener until the test ends, and returns the listener's address.
-func serveTCP(t *testing.T, handle func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveIn(t, ln, handle)
-	return ln.Addr().String()
-}
+	"github.com/siftmesh/sift/internal/testnet"
+)
 
 // greeter is a server-speaks-first service: it greets, then answers each
 // read with what it got.
 func greeter(t *testing.T, greeting string) string {
-	return serveTCP(t, func(c net.Conn) {
+	return testnet.Backend(t, func(c net.Conn) {
 		fmt.Fprint(c, greeting)
 		r := bufio.NewReader(c)
 		for {
@@ -48,7 +38,7 @@ func greeter(t *testing.T, greeting string) string {
 
 // echo returns everything it reads; at EOF it half-closes its side.
 func echo(t *testing.T) string {
-	return serveTCP(t, func(c net.Conn) {
+	return testnet.Backend(t, func(c net.Conn) {
 		io.Copy(c, c)
 		c.(*net.TCPConn).CloseWrite()
 	})
@@ -95,7 +85,7 @@ func h2cBackend(t *testing.T, name string) string {
 		plain.ServeHTTP(w, r)
 	})
 	h2 := &http2.Server{}
-	return serveTCP(t, func(c net.Conn) {
+	return testnet.Backend(t, func(c net.Conn) {
 		h2.ServeConn(c, &http2.ServeConnOpts{Handler: h})
 	})
 }

@@ -89,14 +89,19 @@ type controlProcess struct {
 	admin     string
 	exited    chan struct{}
 	exitError error
+	// logs returns what sift-control logged so far.
+	logs func() string
 }
 
 var serving = regexp.MustCompile(`msg="(xds|admin) serving" address=(\S+)`)
 
-func startControl(t *testing.T, meshPath string) *controlProcess {
+// startControl starts sift-control on meshPath with ports chosen by the
+// kernel, plus extra flags.
+func startControl(t *testing.T, meshPath string, extra ...string) *controlProcess {
 	t.Helper()
-	cmd := exec.Command(siftControlBinary(t), "--mesh", meshPath, "--xds-address", "127.0.0.1:0",
-		"--admin-address", "127.0.0.1:0", "--mesh-poll-interval", "50ms", "-l", "debug")
+	args := append([]string{"--mesh", meshPath, "--xds-address", "127.0.0.1:0",
+		"--admin-address", "127.0.0.1:0", "--mesh-poll-interval", "50ms", "-l", "debug"}, extra...)
+	cmd := exec.Command(siftControlBinary(t), args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -108,6 +113,11 @@ func startControl(t *testing.T, meshPath string) *controlProcess {
 	ready := make(chan struct{})
 	var logsMu sync.Mutex
 	var logs strings.Builder
+	p.logs = func() string {
+		logsMu.Lock()
+		defer logsMu.Unlock()
+		return logs.String()
+	}
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/siftmesh/sift/internal/testnet"
 )
 
 // sifting is a listener that detects, then sends each protocol to its own
@@ -205,7 +207,7 @@ func TestHalfCloseFromServerFirst(t *testing.T) {
 	// The backend greets, half-closes, and still reads what the client sends
 	// after that, then reports it.
 	got := make(chan string, 1)
-	backend := serveTCP(t, func(c net.Conn) {
+	backend := testnet.Backend(t, func(c net.Conn) {
 		io.WriteString(c, "bye")
 		c.(*net.TCPConn).CloseWrite()
 		b, _ := io.ReadAll(c)

@@ -2,7 +2,6 @@ package test
 
 import (
 	"bufio"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -126,101 +125,6 @@ static_resources:
 	if n := p.Listeners().Get("tls-only").Stats().NoChain.Load(); n != 1 {
 		t.Errorf("NoChain = %d, want 1", n)
 	}
-}
-
-func TestTCPProxyConnectFailures(t *testing.T) {
-	t.Parallel()
-	dead := func() string { // a port with nothing listening
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
-	}()
-	alive := greeter(t, "220 alive\r\n")
-	yaml := `
-static_resources:
-  listeners:
-  - name: dead
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains: [{filters: {{dead}}}]
-  - name: retry
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: retry
-          cluster: mixed
-          max_connect_attempts: 2
-          backoff_options: {base_interval: 0.001s}
-  - name: missing-cluster
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains: [{filters: {{nope}}}]
-  clusters:
-` + staticCluster("dead", dead) + staticCluster("mixed", dead, alive)
-	p := startProxy(t, yaml, map[string]string{"dead": tcpProxy("dead"), "nope": tcpProxy("nope")})
-
-	for _, name := range []string{"dead", "missing-cluster"} {
-		c := dial(t, p.addr(t, name))
-		if got := readAllWithin(t, c, 30*time.Second); got != "" {
-			t.Errorf("%s: got %q, want a plain close", name, got)
-		}
-	}
-	// Round robin over [dead, alive] with two attempts: every connection lands.
-	for i := 0; i < 4; i++ {
-		c := dial(t, p.addr(t, "retry"))
-		if got := greetingOf(t, c); got != "220 alive\r\n" {
-			t.Fatalf("connection %d: greeting %q", i, got)
-		}
-	}
-}
-
-func TestTCPProxyTimeouts(t *testing.T) {
-	t.Parallel()
-	yaml := `
-static_resources:
-  listeners:
-  - name: idle
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - {name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: idle, cluster: g, idle_timeout: 1s}}
-  - name: lifetime
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - {name: envoy.filters.network.tcp_proxy, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: life, cluster: g, idle_timeout: 0s, max_downstream_connection_duration: 0.2s}}
-  clusters:
-` + staticCluster("g", greeter(t, "220 hi\r\n"))
-	p := startProxy(t, yaml, nil)
-	for _, name := range []string{"idle", "lifetime"} {
-		t.Run(name, func(t *testing.T) {
-			c := dial(t, p.addr(t, name))
-			if got := readAllWithin(t, c, 30*time.Second); got != "220 hi\r\n" {
-				t.Errorf("read %q before the close, want the greeting", got)
-			}
-		})
-	}
-	t.Run("traffic keeps an idle_timeout connection open", func(t *testing.T) {
-		c := dial(t, p.addr(t, "idle"))
-		r := bufio.NewReader(c)
-		c.SetReadDeadline(time.Now().Add(30 * time.Second))
-		r.ReadString('\n')
-		// Exchange lines for well over the idle timeout, each gap far under
-		// it (a loaded machine running the race detector can stall for a
-		// while: the margin is 50 times the pacing).
-		start := time.Now()
-		for i := 0; time.Since(start) < 2500*time.Millisecond; i++ {
-			fmt.Fprintf(c, "ping %d\n", i)
-			if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf("got ping %d\n", i) {
-				t.Fatalf("exchange %d after %v: %q, %v", i, time.Since(start), line, err)
-			}
-			time.Sleep(20 * time.Millisecond) // pacing the client, not synchronising
-		}
-	})
 }
 
 // TestListenerUpdateLosesNothing replaces a listener's configuration many

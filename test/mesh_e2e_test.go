@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/siftmesh/sift/internal/netns"
+	"github.com/siftmesh/sift/internal/testnet"
 )
 
 // The mesh end-to-end test: real sift-control and sift-proxy processes,
@@ -131,7 +132,7 @@ func TestMeshEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		serveIn(t, ln, func(c net.Conn) {
+		testnet.Serve(t, ln, func(c net.Conn) {
 			fmt.Fprintf(c, "hello from %s\n", app)
 			r := bufio.NewReader(c)
 			for {

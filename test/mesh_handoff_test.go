@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/siftmesh/sift/internal/netns"
+	"github.com/siftmesh/sift/internal/testnet"
 )
 
 // TestMeshOriginalDstHandOff: Envoy's use_original_dst with real iptables
@@ -45,7 +46,7 @@ func TestMeshOriginalDstHandOff(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		serveIn(t, ln, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
+		testnet.Serve(t, ln, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
 	}
 	greeterIn("127.0.0.1:9001", "virtual")
 	greeterIn("127.0.0.1:9002", "real")

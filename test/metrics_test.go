@@ -22,6 +22,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/siftmesh/sift/internal/testnet"
 )
 
 // metricsProxy has an admin server and detecting listeners: "in" (INBOUND;
@@ -97,7 +99,7 @@ func statusBackend(t *testing.T) string {
 		io.WriteString(w, "ok")
 	})
 	h2 := &http2.Server{}
-	return serveTCP(t, func(c net.Conn) { h2.ServeConn(c, &http2.ServeConnOpts{Handler: h}) })
+	return testnet.Backend(t, func(c net.Conn) { h2.ServeConn(c, &http2.ServeConnOpts{Handler: h}) })
 }
 
 // TestMetricsAfterRealTraffic drives HTTP/1.1, h2c, gRPC, an opaque
@@ -113,7 +115,7 @@ func statusBackend(t *testing.T) string {
 func TestMetricsAfterRealTraffic(t *testing.T) {
 	const greeting = "220 greeter ready\r\n"
 	p := startProxy(t, metricsProxy+h2Cluster("web", statusBackend(t))+staticCluster("greet", greeter(t, greeting))+
-		staticCluster("silent", serveTCP(t, func(c net.Conn) { io.Copy(c, c) })),
+		staticCluster("silent", testnet.Backend(t, func(c net.Conn) { io.Copy(c, c) })),
 		map[string]string{"greet": tcpProxy("greet"), "silent": tcpProxy("silent")})
 	in, tcpin, out, opq, admin := p.addr(t, "in"), p.addr(t, "tcpin"), p.addr(t, "out"), p.addr(t, "opq"), p.AdminAddr()
 

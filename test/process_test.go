@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/siftmesh/sift/internal/testnet"
 )
 
 var (
@@ -275,7 +277,7 @@ func TestProcessOpaqueIsZeroCopy(t *testing.T) {
 		t.Skip("strace not installed (.ci/run installs it)")
 	}
 	bin := siftProxyBinary(t)
-	sink := serveTCP(t, func(c net.Conn) {
+	sink := testnet.Backend(t, func(c net.Conn) {
 		n, _ := io.Copy(io.Discard, c)
 		fmt.Fprintf(c, "%d", n)
 	})

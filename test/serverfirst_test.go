@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/siftmesh/sift/internal/testnet"
 	"github.com/siftmesh/sift/listener"
 )
 
@@ -64,7 +65,7 @@ type countingEcho struct {
 
 func startCountingEcho(t *testing.T) *countingEcho {
 	e := &countingEcho{read: make(chan int, 16)}
-	e.addr = serveTCP(t, func(c net.Conn) {
+	e.addr = testnet.Backend(t, func(c net.Conn) {
 		e.conns.Add(1)
 		n, _ := io.Copy(c, c)
 		c.(*net.TCPConn).CloseWrite()

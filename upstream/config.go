@@ -52,6 +52,8 @@ type config struct {
 	edsConfig      *corev3.ConfigSource
 	// http holds the HTTP options, request balancing and outlier detection (http.go).
 	http httpConfig
+	// opaque is the opaque-transport setting (opaque.go); nil: none.
+	opaque *OpaqueTransport
 }
 
 type endpointSpec struct {
@@ -125,6 +127,9 @@ func parse(pb *clusterv3.Cluster) (*config, error) {
 		return nil, err
 	}
 	if err := c.parseHTTP(pb); err != nil {
+		return nil, err
+	}
+	if err := c.parseOpaqueTransport(pb); err != nil {
 		return nil, err
 	}
 	if err := c.parseDNS(pb); err != nil {

@@ -129,6 +129,11 @@ func (c *config) parseHTTP(pb *clusterv3.Cluster) error {
 	h.opts.IdleTimeout = defaultHTTPIdleTimeout
 	var common *corev3.HttpProtocolOptions
 	var h2 *corev3.Http2ProtocolOptions
+	for name := range pb.GetTypedExtensionProtocolOptions() {
+		if name != httpOptionsName && name != opaqueTransportName {
+			return fmt.Errorf("typed_extension_protocol_options[%s]: not supported by Sift (only %s and %s)", name, httpOptionsName, opaqueTransportName)
+		}
+	}
 	if a, ok := pb.GetTypedExtensionProtocolOptions()[httpOptionsName]; ok {
 		if pb.GetHttp2ProtocolOptions() != nil || pb.GetHttpProtocolOptions() != nil || pb.GetCommonHttpProtocolOptions() != nil ||
 			pb.GetProtocolSelection() != clusterv3.Cluster_USE_CONFIGURED_PROTOCOL {
@@ -155,9 +160,6 @@ func (c *config) parseHTTP(pb *clusterv3.Cluster) error {
 			return fmt.Errorf("typed_extension_protocol_options[%s]: explicit_http_config or use_downstream_protocol_config must be set", httpOptionsName)
 		}
 	} else {
-		for name := range pb.GetTypedExtensionProtocolOptions() {
-			return fmt.Errorf("typed_extension_protocol_options[%s]: not supported by Sift (only %s)", name, httpOptionsName)
-		}
 		for _, m := range []proto.Message{pb.GetCommonHttpProtocolOptions(), pb.GetHttpProtocolOptions(), pb.GetHttp2ProtocolOptions()} {
 			if err := httpPolicy.Check(m); err != nil {
 				return err

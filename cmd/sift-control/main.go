@@ -1,11 +1,18 @@
 // Command sift-control is Sift's control plane: it reads the mesh file,
 // turns it into per-proxy xDS snapshots and serves them over gRPC (ADS and
-// per-type LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta).
+// per-type LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta). With
+// --ca-dir it is also the mesh's certificate authority: every proxy gets its
+// workload's certificate and the trust bundle over SDS, and must prove its
+// node id with a node token (docs/mesh-identity.md).
 //
 //	sift-control --mesh mesh.yaml [--xds-address :18000] [--admin-address :9902]
 //	             [--node-id-fallback none|prefix|istio] [--http-connection-manager]
 //	             [--outbound-address 127.0.0.1:4140] [--inbound-address 0.0.0.0:4143]
+//	             [--ca-dir DIR [--ca-cert FILE --ca-key FILE [--ca-bundle FILE]]
+//	              [--cert-ttl 24h] [--ca-bundle-out FILE] [--xds-tls [--xds-tls-names sift-control,...]]]
 //	             [-l debug|info|warn|error]
+//	sift-control bootstrap --ca-dir DIR --node ID [--xds-address HOST:PORT] [--trust-file FILE] [-o FILE] ...
+//	sift-control ca rotate --ca-dir DIR [--overlap 24h] [--ca-cert FILE --ca-key FILE]
 //
 // The admin address serves /metrics (Prometheus) and /ready. SIGTERM or
 // SIGINT stops it gracefully.
@@ -13,6 +20,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,9 +39,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	controlv1 "github.com/siftmesh/sift/api/sift/control/v1"
 	"github.com/siftmesh/sift/controlplane"
+	"github.com/siftmesh/sift/controlplane/ca"
 	"github.com/siftmesh/sift/mesh/file"
 )
 
@@ -46,6 +57,14 @@ func main() {
 const stopGrace = 2 * time.Second
 
 func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "bootstrap":
+			return runBootstrap(args[1:], os.Stdout, stderr)
+		case "ca":
+			return runCA(args[1:], stderr)
+		}
+	}
 	fs := flag.NewFlagSet("sift-control", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -59,6 +78,12 @@ func run(args []string, stderr io.Writer) int {
 		connectTO  = fs.Duration("connect-timeout", time.Second, "connect_timeout of generated clusters")
 		level      = fs.String("l", "info", "log level: debug, info, warn, error")
 		pollPeriod = fs.Duration("mesh-poll-interval", file.DefaultInterval, "how often the mesh file is checked for edits")
+		caFlags    = addCAFlags(fs)
+		certTTL    = fs.Duration("cert-ttl", ca.DefaultLeafTTL, "lifetime of issued certificates (renewed at 70 %)")
+		xdsTLS     = fs.Bool("xds-tls", false, "serve xDS over TLS with a server certificate from the CA (needs --ca-dir)")
+		xdsNames   = fs.String("xds-tls-names", "sift-control,localhost,127.0.0.1", "DNS names and IPs of the xDS server certificate, comma-separated")
+		caPoll     = fs.Duration("ca-poll-interval", ca.DefaultPollInterval, "how often --ca-dir is checked for a rotation started by `sift-control ca rotate`")
+		bundleOut  = fs.String("ca-bundle-out", "", "keep this file holding the current trust bundle (PEM, 0644), for proxies' trusted_ca.filename")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -72,6 +97,7 @@ func run(args []string, stderr io.Writer) int {
 	if err := serve(log, config{
 		meshPath: *meshPath, xdsAddr: *xdsAddr, adminAddr: *adminAddr, fallback: *fallback, hcm: *hcm,
 		outbound: *outbound, inbound: *inbound, connectTimeout: *connectTO, poll: *pollPeriod,
+		ca: *caFlags, certTTL: *certTTL, caPoll: *caPoll, bundleOut: *bundleOut, xdsTLS: *xdsTLS, xdsNames: splitList(*xdsNames),
 	}); err != nil {
 		log.Error("sift-control: " + err.Error())
 		return 1
@@ -83,6 +109,11 @@ type config struct {
 	meshPath, xdsAddr, adminAddr, fallback, outbound, inbound string
 	hcm                                                       bool
 	connectTimeout, poll                                      time.Duration
+	ca                                                        caConfig
+	certTTL, caPoll                                           time.Duration
+	bundleOut                                                 string
+	xdsTLS                                                    bool
+	xdsNames                                                  []string
 }
 
 func serve(log *slog.Logger, cfg config) error {
@@ -118,21 +149,49 @@ func serve(log *slog.Logger, cfg config) error {
 	if err != nil {
 		return err
 	}
-	ctl, err = controlplane.New(controlplane.Config{Source: src, Options: opts, Fallback: matcher, Logger: log, Registerer: reg})
+	ctlCfg := controlplane.Config{Source: src, Options: opts, Fallback: matcher, Logger: log, Registerer: reg}
+	serverOpts := []grpc.ServerOption{
+		grpc.MaxConcurrentStreams(1000000),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+	}
+	var authority *ca.CA
+	switch {
+	case cfg.ca.dir != "":
+		if authority, err = cfg.ca.open(log, reg, cfg.certTTL, cfg.caPoll, cfg.bundleOut, false); err != nil {
+			return err
+		}
+		sec := &ca.Security{CA: authority, Logger: log}
+		ctlCfg.Options.Security, ctlCfg.Authenticator = sec, sec
+		if cfg.xdsTLS {
+			tlsCfg, err := authority.ServerTLSConfig(cfg.xdsNames)
+			if err != nil {
+				return fmt.Errorf("--xds-tls-names: %w", err)
+			}
+			serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+		} else {
+			log.Warn("xDS is served in plaintext: node tokens and private keys travel in clear (use --xds-tls outside development)")
+		}
+	case cfg.xdsTLS:
+		return errors.New("--xds-tls needs the CA: give --ca-dir")
+	case cfg.ca.cert != "" || cfg.ca.key != "" || cfg.ca.bundle != "":
+		return errors.New("--ca-cert, --ca-key and --ca-bundle need --ca-dir (the CA's state: node-token key, rotation)")
+	}
+	ctl, err = controlplane.New(ctlCfg)
 	if err != nil {
 		return err
+	}
+	if authority == nil && src.Snapshot().MTLS {
+		log.Warn("the mesh file sets mtls: true but the CA is off (--ca-dir): proxies get plaintext configuration")
 	}
 
 	xdsLis, err := net.Listen("tcp", cfg.xdsAddr)
 	if err != nil {
 		return fmt.Errorf("xds: %w", err)
 	}
-	gs := grpc.NewServer(
-		grpc.MaxConcurrentStreams(1000000),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
-	)
+	gs := grpc.NewServer(serverOpts...)
 	controlplane.Register(gs, ctl.NewServer(ctx))
+	controlv1.RegisterInsightsServer(gs, ctl)
 
 	var admin *http.Server
 	if cfg.adminAddr != "" {
@@ -144,6 +203,10 @@ func serve(log *slog.Logger, cfg config) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ready\n") })
+		mux.HandleFunc("/server_first", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(ctl.ServerFirstSuggestions())
+		})
 		admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go admin.Serve(adminLis)
 		log.Info("admin serving", "address", adminLis.Addr().String())
@@ -152,9 +215,15 @@ func serve(log *slog.Logger, cfg config) error {
 	done := make(chan struct{})
 	go func() { defer close(done); src.Run(ctx) }()
 	go ctl.Run(ctx)
+	caDone := make(chan struct{})
+	if authority != nil {
+		go func() { defer close(caDone); authority.Run(ctx.Done()) }()
+	} else {
+		close(caDone)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(xdsLis) }()
-	log.Info("xds serving", "address", xdsLis.Addr().String(), "mesh", cfg.meshPath)
+	log.Info("xds serving", "address", xdsLis.Addr().String(), "mesh", cfg.meshPath, "tls", cfg.xdsTLS, "ca", authority != nil)
 
 	select {
 	case <-ctx.Done():
@@ -175,6 +244,7 @@ func serve(log *slog.Logger, cfg config) error {
 	}
 	stop()
 	<-done
+	<-caDone
 	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("xds: %w", err)
 	}

@@ -1,3 +1,7 @@
+// Package opaquetransport is the inbound side of the opaque transport between
+// two Sift proxies (docs/mesh-transport.md): the network filter that reads the
+// header (package header) another proxy wrote first in the stream and
+// forwards the connection to 127.0.0.1:<port> without detecting again.
 package opaquetransport
 
 import (
@@ -15,6 +19,7 @@ import (
 
 	opaquetransportv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/opaquetransport/header"
 	"github.com/siftmesh/sift/filters/tcpproxy"
 	"github.com/siftmesh/sift/internal/pbcheck"
 )
@@ -132,25 +137,25 @@ func (in *Inbound) ServeConn(ctx context.Context, d *filters.Downstream) {
 
 // readHeader reads c until a whole header has arrived, within timeout. It
 // returns the header and the bytes read after it.
-func readHeader(c net.Conn, timeout time.Duration) (Header, []byte, error) {
+func readHeader(c net.Conn, timeout time.Duration) (header.Header, []byte, error) {
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return Header{}, nil, err
+		return header.Header{}, nil, err
 	}
 	buf := make([]byte, 0, 512)
 	for {
 		m, err := c.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+m]
-		h, n, need, perr := Parse(buf)
+		h, n, need, perr := header.Parse(buf)
 		switch {
 		case perr != nil:
-			return Header{}, nil, perr
+			return header.Header{}, nil, perr
 		case need == 0:
 			if err := c.SetReadDeadline(time.Time{}); err != nil {
-				return Header{}, nil, err
+				return header.Header{}, nil, err
 			}
 			return h, buf[n:], nil
 		case err != nil:
-			return Header{}, nil, fmt.Errorf("opaque transport: reading the header (%d of %d bytes): %w", len(buf), need, err)
+			return header.Header{}, nil, fmt.Errorf("opaque transport: reading the header (%d of %d bytes): %w", len(buf), need, err)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	opaquetransportv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/opaquetransport"
+	"github.com/siftmesh/sift/filters/opaquetransport/header"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -84,7 +85,7 @@ func TestInboundForwardsAfterTheHeader(t *testing.T) {
 	port := echoServer(t)
 	in := newInbound(t, &opaquetransportv1.Inbound{StatPrefix: "inbound", AllowedPorts: []uint32{uint32(port)}})
 	c, _ := serveOne(t, in)
-	hdr, err := opaquetransport.Append(nil, opaquetransport.Header{Port: port, ServerFirst: true, Protocol: "opaque"})
+	hdr, err := header.Append(nil, header.Header{Port: port, ServerFirst: true, Protocol: "opaque"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,8 +103,8 @@ func TestInboundForwardsAfterTheHeader(t *testing.T) {
 func TestInboundRefuses(t *testing.T) {
 	t.Parallel()
 	port := echoServer(t)
-	good, _ := opaquetransport.Append(nil, opaquetransport.Header{Port: port})
-	other, _ := opaquetransport.Append(nil, opaquetransport.Header{Port: port + 1})
+	good, _ := header.Append(nil, header.Header{Port: port})
+	other, _ := header.Append(nil, header.Header{Port: port + 1})
 	tests := []struct {
 		name string
 		send []byte

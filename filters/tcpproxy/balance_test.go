@@ -41,7 +41,7 @@ func TestPeakEWMAPrefersFastEndpoint(t *testing.T) {
 		// The slow endpoint gets a connection while nothing is known of it
 		// (or when a fast connect stalls on a busy machine); its connect
 		// time then keeps it out.
-		{"peak EWMA", &peakewmav1.PeakEwma{DefaultRtt: durationpb.New(time.Millisecond)}, func(n int) bool { return n <= 4 }},
+		{"peak EWMA", &peakewmav1.PeakEwma{DefaultRtt: durationpb.New(time.Millisecond)}, func(n int) bool { return n <= 8 }},
 		// About half; fewer than 6 of 40 has odds of about 1 in 200,000.
 		{"least request", &leastrequestv3.LeastRequest{}, func(n int) bool { return n >= 6 }},
 	}
@@ -49,7 +49,7 @@ func TestPeakEWMAPrefersFastEndpoint(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			fast, slow := nameServer(t, "fast"), nameServer(t, "slow")
-			addr := startProxy(t, cluster(t, tt.policy, fast, slow), slowDialer(slow, 100*time.Millisecond))
+			addr := startProxy(t, cluster(t, tt.policy, fast, slow), slowDialer(slow, 250*time.Millisecond))
 			got := map[string]int{}
 			for range conns {
 				got[roundTrip(t, addr)]++

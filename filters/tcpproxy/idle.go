@@ -1,38 +1,37 @@
 package tcpproxy
 
 import (
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // idleWatch implements Envoy's tcp_proxy idle_timeout — "the period in which
 // there are no bytes sent or received on either the upstream or downstream
-// connection" — without touching the data path: splice moves the bytes in
+// connection" — without touching the splice path: splice moves the bytes in
 // the kernel, so instead of counting them in user space, a timer samples the
-// sockets' kernel byte counters (TCP_INFO) every quarter of the timeout. The
-// connection is closed once the counters have not moved for the whole
-// timeout; it ends between 1 and 1.25 timeouts after the last byte.
+// sockets' kernel byte counters (TCP_INFO; for TLS, its TCP socket's) every
+// quarter of the timeout, plus moved, the bytes copied in user space where
+// no socket counts them (a unix socket). The connection is closed once
+// nothing has moved for the whole timeout; it ends between 1 and 1.25
+// timeouts after the last byte.
 type idleWatch struct {
 	mu      sync.Mutex
 	timer   *time.Timer
 	stopped bool
 }
 
-func watchIdle(timeout time.Duration, onIdle func(), conns ...net.Conn) *idleWatch {
+func watchIdle(timeout time.Duration, onIdle func(), moved *atomic.Uint64, conns ...net.Conn) *idleWatch {
 	w := &idleWatch{}
 	tick := max(timeout/4, time.Millisecond)
-	last, ok := activity(conns)
-	if !ok {
-		// No kernel counters (not TCP): fall back to a plain deadline from now.
-		w.timer = time.AfterFunc(timeout, onIdle)
-		return w
-	}
+	last := activity(moved, conns)
 	quietSince := time.Now()
 	var check func()
 	check = func() {
 		now := time.Now()
-		cur, _ := activity(conns)
+		cur := activity(moved, conns)
 		if cur != last {
 			last, quietSince = cur, now
 		} else if now.Sub(quietSince) >= timeout {
@@ -58,15 +57,26 @@ func (w *idleWatch) stop() {
 	w.timer.Stop()
 }
 
-// activity sums the bytes received and sent (acknowledged) on conns, as the
-// kernel counts them. ok is false if any conn has no such counters.
-func activity(conns []net.Conn) (total uint64, ok bool) {
+// activity sums moved and the bytes received and sent (acknowledged) on
+// conns, as the kernel counts them where it does.
+func activity(moved *atomic.Uint64, conns []net.Conn) uint64 {
+	total := moved.Load()
 	for _, c := range conns {
-		n, ok := socketBytes(c)
-		if !ok {
-			return 0, false
+		if n, ok := socketBytes(c); ok {
+			total += n
 		}
-		total += n
 	}
-	return total, true
+	return total
+}
+
+// countingReader counts the bytes read through it into n.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Uint64
+}
+
+func (c countingReader) Read(b []byte) (int, error) {
+	m, err := c.r.Read(b)
+	c.n.Add(uint64(m))
+	return m, err
 }

@@ -8,7 +8,16 @@ import (
 
 // socketBytes returns the bytes received plus the bytes sent and acknowledged
 // on a TCP socket (Linux TCP_INFO: tcpi_bytes_received, tcpi_bytes_acked).
+// A connection layered on TCP (a *tls.Conn, anything with NetConn) counts
+// its socket's bytes: records moving are activity.
 func socketBytes(c net.Conn) (uint64, bool) {
+	for {
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return 0, false

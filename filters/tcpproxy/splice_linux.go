@@ -4,13 +4,15 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
 // copyStream copies src to dst until src's EOF, by splice(2) when both are
-// TCP sockets, and returns how many bytes it moved.
+// TCP sockets, and returns how many bytes it moved. Bytes copied in user
+// space (not both TCP) are also added to moved as they go, for idle_timeout.
 //
 // Go's TCPConn.ReadFrom splices through a pipe it holds for the whole call —
 // while it waits for data too. A proxy whose connections are mostly idle
@@ -21,11 +23,11 @@ import (
 // one-byte MSG_PEEK (no payload is copied) tells "wait" (EAGAIN) from end of
 // stream (0): readiness alone cannot, since an edge-triggered event may carry
 // the last bytes and the FIN together and will not fire again.
-func copyStream(dst, src net.Conn) (int64, error) {
+func copyStream(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
 	tdst, ok1 := dst.(*net.TCPConn)
 	tsrc, ok2 := src.(*net.TCPConn)
 	if !ok1 || !ok2 {
-		return io.Copy(dst, src)
+		return io.Copy(dst, countingReader{src, moved})
 	}
 	raw, err := tsrc.SyscallConn()
 	if err != nil {

@@ -5,9 +5,10 @@ package tcpproxy
 import (
 	"io"
 	"net"
+	"sync/atomic"
 )
 
 // copyStream copies src to dst until src's EOF.
-func copyStream(dst, src net.Conn) (int64, error) {
-	return io.Copy(dst, src)
+func copyStream(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
+	return io.Copy(dst, countingReader{src, moved})
 }

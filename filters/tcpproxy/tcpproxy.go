@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/opaquetransport/header"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/telemetry/streaminfo"
 	"github.com/siftmesh/sift/upstream"
@@ -173,7 +175,7 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	} else {
 		rec.Cluster = p.pickCluster()
 		var err error
-		if up, err = p.connect(ctx, rec.Cluster); err != nil {
+		if up, err = p.connect(ctx, rec.Cluster, d.Info, false); err != nil {
 			rec.ConnectFailed, rec.Err = true, err
 			if ctx.Err() == nil {
 				p.log.Warn("upstream connect failed; closing downstream", "remote", remote, "cluster", rec.Cluster, "err", err)
@@ -248,8 +250,9 @@ func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
 		t := time.AfterFunc(lim.MaxDuration, abort)
 		defer t.Stop()
 	}
+	var moved atomic.Uint64 // bytes copied in user space (no kernel counter sees them)
 	if lim.Idle > 0 {
-		w := watchIdle(lim.Idle, abort, down, up)
+		w := watchIdle(lim.Idle, abort, &moved, down, up)
 		defer w.stop()
 	}
 	var (
@@ -259,10 +262,10 @@ func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
 	)
 	go func() {
 		defer close(done)
-		c.Upstream, errUp = pipe(up, down)
+		c.Upstream, errUp = pipe(up, down, &moved)
 	}()
 	var errDown error
-	c.Downstream, errDown = pipe(down, up)
+	c.Downstream, errDown = pipe(down, up, &moved)
 	if errDown != nil {
 		abort()
 	}
@@ -277,9 +280,9 @@ func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
 // Preconnect implements filters.Preconnector: it opens the connection
 // ServeConn would open (a cluster picked by weight, max_connect_attempts
 // with backoff), for the server-first race.
-func (p *Proxy) Preconnect(ctx context.Context, _ *filters.ConnInfo) (*filters.EarlyUpstream, error) {
+func (p *Proxy) Preconnect(ctx context.Context, info *filters.ConnInfo) (*filters.EarlyUpstream, error) {
 	name := p.pickCluster()
-	up, err := p.connect(ctx, name)
+	up, err := p.connect(ctx, name, info, true)
 	if err != nil {
 		return nil, err
 	}
@@ -300,10 +303,28 @@ func (p *Proxy) CanAdopt(e *filters.EarlyUpstream) bool {
 	return false
 }
 
+// writeTransportHeader starts conn with the opaque-transport header.
+func writeTransportHeader(conn net.Conn, ot *upstream.OpaqueTransport, info *filters.ConnInfo, early bool) error {
+	h := header.Header{Port: ot.Port, ServerFirst: early}
+	if h.Port == 0 {
+		h.Port = info.LocalAddr.Port()
+	}
+	if d := &info.Detection; !early && d.Ran {
+		h.Detected, h.Protocol = true, d.Protocol
+	}
+	var buf [header.MaxLen]byte
+	b, err := header.Append(buf[:0], h)
+	if err != nil {
+		return err
+	}
+	_, err = conn.Write(b)
+	return err
+}
+
 // pipe copies src to dst until src ends, then half-closes dst. It returns nil
 // when src ended with EOF: the other direction may go on.
-func pipe(dst, src net.Conn) (int64, error) {
-	n, err := copyStream(dst, src)
+func pipe(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
+	n, err := copyStream(dst, src, moved)
 	if err != nil {
 		return n, err
 	}
@@ -335,7 +356,12 @@ func (p *Proxy) pickCluster() string {
 
 // connect tries up to max_connect_attempts times, backing off between tries
 // (Envoy's backoff_options: jittered exponential from base_interval).
-func (p *Proxy) connect(ctx context.Context, name string) (*upstream.Conn, error) {
+//
+// For a cluster with the opaque transport (docs/mesh-transport.md), the
+// connection starts with the header: the peer's port, what detection found
+// of info, and early — the connection is opened by the server-first race,
+// before the client spoke.
+func (p *Proxy) connect(ctx context.Context, name string, info *filters.ConnInfo, early bool) (*upstream.Conn, error) {
 	c := p.manager.Get(name)
 	if c == nil {
 		return nil, fmt.Errorf("tcp_proxy: cluster %q not found", name)
@@ -345,6 +371,12 @@ func (p *Proxy) connect(ctx context.Context, name string) (*upstream.Conn, error
 	for attempt := 1; ; attempt++ {
 		conn, err := c.Dial(ctx)
 		if err == nil {
+			if ot := c.OpaqueTransport(); ot != nil {
+				if err := writeTransportHeader(conn, ot, info, early); err != nil {
+					conn.Close()
+					return nil, fmt.Errorf("tcp_proxy: cluster %q: %w", name, err)
+				}
+			}
 			return conn, nil
 		}
 		errs = append(errs, err)

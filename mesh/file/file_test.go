@@ -83,7 +83,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "empty file", yaml: "", want: []string{"m.yaml:1:1: the file is empty (write `namespaces: []` for an empty mesh)"}},
 		{name: "bad yaml", yaml: "namespaces: [\n", want: []string{"m.yaml:1:1: invalid YAML: did not find expected node content"}},
 		{name: "unknown top-level field", yaml: "namespace: []\n",
-			want: []string{"m.yaml:1:1: namespace: unknown field (known: cluster_domain, default_opaque_ports, detect_timeout, namespaces)"}},
+			want: []string{"m.yaml:1:1: namespace: unknown field (known: cluster_domain, default_opaque_ports, detect_timeout, mtls, namespaces, trust_domain)"}},
 		{name: "port out of range", yaml: `namespaces:
 - name: a
   services:
@@ -124,6 +124,20 @@ namespaces:
 `, want: []string{
 			"m.yaml:8:19: namespaces[0].services[1].cluster_ips[0]: 10.96.0.1 is already the cluster IP of a/s",
 			"m.yaml:10:5: namespaces[0].services[2].name: must be set",
+		}},
+		{name: "bad mtls value", yaml: `mtls: sometimes
+namespaces: []
+`, want: []string{
+			`m.yaml:1:7: mtls: must be true or false, got "sometimes"`,
+		}},
+		{name: "bad trust domain and service account", yaml: `trust_domain: Example.COM
+namespaces:
+- name: a
+  workloads:
+  - {name: w, service_account: "Not OK"}
+`, want: []string{
+			`m.yaml:1:15: trust_domain: "Example.COM" is not a SPIFFE trust domain (lower-case letters, digits, '.', '-' and '_')`,
+			`m.yaml:5:32: namespaces[0].workloads[0].service_account: "Not OK" is not a valid name (lower-case letters, digits and '-', as in Kubernetes)`,
 		}},
 		{name: "wrong kind", yaml: "namespaces: {a: b}\n",
 			want: []string{"m.yaml:1:13: namespaces: must be a list, got a mapping"}},
@@ -181,7 +195,7 @@ func TestSourceWatchesEdits(t *testing.T) {
 
 	// A valid edit is pushed within a second.
 	edited := strings.Replace(valid, "detect_timeout: 3s", "detect_timeout: 4s", 1)
-	if err := os.WriteFile(path, []byte(edited), 0o600); err != nil {
+	if err := writeAtomic(path, []byte(edited)); err != nil {
 		t.Fatal(err)
 	}
 	waitUpdate(t, updates, time.Second)
@@ -194,7 +208,7 @@ func TestSourceWatchesEdits(t *testing.T) {
 	second := src.Snapshot()
 
 	// A broken edit is reported and changes nothing.
-	if err := os.WriteFile(path, []byte(edited+"  - name: BROKEN\n"), 0o600); err != nil {
+	if err := writeAtomic(path, []byte(edited+"  - name: BROKEN\n")); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -215,7 +229,7 @@ func TestSourceWatchesEdits(t *testing.T) {
 	}
 
 	// Fixing it is picked up again.
-	if err := os.WriteFile(path, []byte(valid), 0o600); err != nil {
+	if err := writeAtomic(path, []byte(valid)); err != nil {
 		t.Fatal(err)
 	}
 	waitUpdate(t, updates, time.Second)
@@ -227,11 +241,21 @@ func TestSourceWatchesEdits(t *testing.T) {
 func TestOpenRejectsInvalid(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
-	if err := os.WriteFile(path, []byte("namespaces: [{name: x, bogus: 1}]\n"), 0o600); err != nil {
+	if err := writeAtomic(path, []byte("namespaces: [{name: x, bogus: 1}]\n")); err != nil {
 		t.Fatal(err)
 	}
 	_, err := Open(path, Options{})
 	if err == nil || !strings.HasPrefix(err.Error(), path+":1:24: namespaces[0].bogus: unknown field") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// writeAtomic replaces path's content at once, as editors that save by
+// rename do: the poller never reads a half-written file.
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

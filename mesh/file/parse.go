@@ -191,6 +191,18 @@ func (p *parser) str(n *yaml.Node, path string) string {
 	return n.Value
 }
 
+func (p *parser) boolean(n *yaml.Node, path string) bool {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+		p.errorf(n, path, "must be true or false, got %s", kindName(n))
+		return false
+	}
+	b, err := strconv.ParseBool(strings.ToLower(n.Value))
+	if err != nil {
+		p.errorf(n, path, "must be true or false, got %q", n.Value)
+	}
+	return b
+}
+
 func (p *parser) port(n *yaml.Node, path string) uint16 {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
 		p.errorf(n, path, "must be a port number, got %s", kindName(n))
@@ -286,6 +298,8 @@ func (p *parser) document(n *yaml.Node) *mesh.Mesh {
 			m.DetectTimeout = d
 		},
 		"cluster_domain": func(v *yaml.Node, path string) { m.ClusterDomain = p.str(v, path) },
+		"trust_domain":   func(v *yaml.Node, path string) { m.TrustDomain = p.str(v, path) },
+		"mtls":           func(v *yaml.Node, path string) { m.MTLS = p.boolean(v, path) },
 		"namespaces": func(v *yaml.Node, path string) {
 			p.seq(v, path, func(item *yaml.Node, path string) {
 				m.Namespaces = append(m.Namespaces, p.namespace(item, path))

@@ -1,10 +1,9 @@
-// Package opaquetransport is the opaque transport between two Sift proxies:
-// the small versioned header an outbound proxy writes first inside the mTLS
-// stream to a peer's inbound port, saying which local port the connection is
-// for and what the outbound side learned of it (docs/mesh-transport.md), and
-// the inbound network filter that reads it and forwards the connection to
-// 127.0.0.1:<port> without detecting again.
-package opaquetransport
+// Package header is the opaque-transport header: the small versioned header
+// an outbound Sift proxy writes first inside the mTLS stream to a peer's
+// inbound port, saying which local port the connection is for and what the
+// outbound side learned of it (docs/mesh-transport.md). Pure: bytes in,
+// header out.
+package header
 
 import (
 	"errors"
