@@ -178,7 +178,7 @@ func TestConfigDump(t *testing.T) {
 	for _, c := range dump.GetConfigs() {
 		types = append(types, strings.TrimPrefix(c.GetTypeUrl(), "type.googleapis.com/envoy.admin.v3."))
 	}
-	if diff := cmp.Diff([]string{"BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump", "EndpointsConfigDump"}, types); diff != "" {
+	if diff := cmp.Diff([]string{"BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump", "EndpointsConfigDump", "SecretsConfigDump"}, types); diff != "" {
 		t.Fatalf("configs (-want +got):\n%s", diff)
 	}
 

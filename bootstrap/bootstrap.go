@@ -29,7 +29,7 @@ import (
 // DESIGN.md). Node is accepted whole: it only identifies the proxy.
 var policy = pbcheck.Policy{
 	"envoy.config.bootstrap.v3.Bootstrap":                 pbcheck.Fields("node, admin, static_resources, dynamic_resources"),
-	"envoy.config.bootstrap.v3.Bootstrap.StaticResources": pbcheck.Fields("listeners, clusters"),
+	"envoy.config.bootstrap.v3.Bootstrap.StaticResources": pbcheck.Fields("listeners, clusters, secrets"),
 	// access_log_path is accepted only as /dev/null (see validateAdmin): many
 	// Envoy bootstraps carry it.
 	"envoy.config.bootstrap.v3.Admin": pbcheck.Fields("address, access_log_path"),

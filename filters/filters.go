@@ -99,6 +99,18 @@ type ConnInfo struct {
 	// it to the chosen chain's network filter when that filter can adopt it
 	// (EarlyAdopter), and closes it otherwise.
 	Early *EarlyUpstream
+	// TLS is true when the filter chain's transport socket terminated TLS
+	// (DownstreamTlsContext); the fields below are then set by the
+	// handshake, before any network filter runs.
+	TLS bool
+	// PeerIdentity is the client certificate's identity: its first URI SAN
+	// (a SPIFFE ID in a mesh), else its first DNS SAN, else its subject; ""
+	// without a client certificate (Envoy's RBAC principal_name).
+	PeerIdentity string
+	// LocalIdentity is the identity of the certificate the proxy presented.
+	LocalIdentity string
+	// NegotiatedProtocol is the ALPN protocol the handshake agreed, or "".
+	NegotiatedProtocol string
 }
 
 // Detection is the outcome of protocol detection on one connection.
@@ -350,6 +362,10 @@ func (c *replayConn) CloseWrite() error {
 	}
 	return errors.ErrUnsupported
 }
+
+// NetConn returns the connection being replayed (as tls.Conn's NetConn):
+// wrappers that measure the socket reach it.
+func (c *replayConn) NetConn() net.Conn { return c.Conn }
 
 func (c *replayConn) Read(b []byte) (int, error) {
 	if len(c.pending) > 0 {

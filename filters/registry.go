@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/siftmesh/sift/filters/detect/learn"
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/upstream"
 )
@@ -29,6 +30,9 @@ type BuildContext struct {
 	// Learned is the process's table of destinations learned to be
 	// server-first (shared by every listener and generation); nil: none.
 	Learned *learn.Table
+	// Secrets resolves the certificates of TLS transport sockets (inline,
+	// files, static secrets, SDS); nil: TLS transport sockets are refused.
+	Secrets *mtls.Store
 }
 
 // ListenerFilterFactory builds a listener filter from its typed config, whose

@@ -11,6 +11,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/listener/chainmatch"
 )
@@ -60,6 +61,10 @@ type FilterChain struct {
 	Name       string
 	Connection []filters.ConnectionFilter
 	Network    filters.NetworkFilter
+	// TLS is the chain's transport socket (DownstreamTlsContext), or nil for
+	// plaintext; HandshakeTimeout bounds its handshake (tls.go).
+	TLS              *mtls.Server
+	HandshakeTimeout time.Duration
 }
 
 // Envoy's listener_filters_timeout default.
@@ -73,8 +78,9 @@ var listenerPolicy = pbcheck.Policy{
 		Ignore("metadata", "descriptive: read by filters and tools, not by the listener").
 		Ignore("per_connection_buffer_limit_bytes", "tunes Envoy's buffers: Sift's are fixed and smaller").
 		Ignore("enable_reuse_port", "tunes Envoy's worker threads: Sift has one accept loop per listener"),
-	"envoy.config.listener.v3.FilterChain": pbcheck.Fields("filter_chain_match, filters, name").
+	"envoy.config.listener.v3.FilterChain": pbcheck.Fields("filter_chain_match, filters, name, transport_socket, transport_socket_connect_timeout").
 		Ignore("metadata", "descriptive: read by filters and tools, not by the listener"),
+	"envoy.config.core.v3.TransportSocket":    pbcheck.Fields("name, typed_config"),
 	"envoy.config.listener.v3.Filter":         pbcheck.Fields("name, typed_config"),
 	"envoy.config.listener.v3.ListenerFilter": pbcheck.Fields("name, typed_config, filter_disabled"),
 	"envoy.config.core.v3.Address":            pbcheck.Fields("socket_address"),
@@ -177,6 +183,9 @@ func decodeChain(fc *listenerv3.FilterChain, bc filters.BuildContext) (*FilterCh
 		return nil, errors.New("filters: a terminal network filter (tcp_proxy) is required")
 	}
 	chain := &FilterChain{Name: fc.GetName()}
+	if err := decodeTransportSocket(fc, chain, bc); err != nil {
+		return nil, err
+	}
 	last := len(fs) - 1
 	for i, f := range fs[:last] {
 		cf, err := filters.BuildConnectionFilter(f.GetTypedConfig(), bc)

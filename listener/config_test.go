@@ -34,7 +34,7 @@ func TestDecode(t *testing.T) {
 		{name: "unknown network filter", listener: `filter_chains: [{filters: [{name: x, typed_config: {"@type": type.googleapis.com/google.protobuf.Empty}}]}]`,
 			wantErr: "unsupported network filter type type.googleapis.com/google.protobuf.Empty"},
 		{name: "transport socket", listener: `filter_chains: [{filters: [` + tp + `], transport_socket: {name: tls}}]`,
-			wantErr: "filter_chains[0].transport_socket: not supported by Sift"},
+			wantErr: "filter_chains[0]: transport_socket: no secret store"},
 		{name: "listener field", listener: `freebind: true
 filter_chains: [{filters: [` + tp + `]}]`, wantErr: "freebind: not supported by Sift"},
 		{name: "duplicate matches", listener: `filter_chains: [{filters: [` + tp + `]}, {filters: [` + tp + `]}]`, wantErr: "filter_chains: "},

@@ -43,7 +43,8 @@ type Stats struct {
 	DetectionTimeout     atomic.Uint64 // the client stayed silent until the timeout (failed open)
 	// DetectionClosed counts connections closed by detection: failing closed
 	// on timeout, or a read error.
-	DetectionClosed atomic.Uint64
+	DetectionClosed  atomic.Uint64
+	TLSHandshakeFail atomic.Uint64 // closed: the chain's TLS handshake failed or timed out
 }
 
 // Listener is one bound (or hand-off only) listener and its generations.
@@ -223,6 +224,15 @@ func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, p
 		l.log.Debug("connection", "remote", info.RemoteAddr, "local", info.LocalAddr, "chain", chain.Name,
 			"detected", d.Protocol, "reason", d.Reason, "detect_bytes", d.Bytes, "detect_duration", d.Duration,
 			"verdicts", verdictsAttr(d), "raced", d.Raced, "race_error", d.RaceError, "early_upstream_reused", info.Early != nil)
+	}
+	if chain.TLS != nil { // the transport socket wraps the connection (tls.go)
+		tc, ok := l.handshake(g.ctx, c, chain, info, peeked)
+		if !ok {
+			closeEarly(info)
+			c.Close()
+			return
+		}
+		c, peeked = tc, nil
 	}
 	d := filters.NewDownstream(c, peeked, info, g.draining)
 	defer closeEarly(info) // a filter that can adopt it took it at once

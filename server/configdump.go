@@ -4,20 +4,20 @@ import (
 	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/siftmesh/sift/admin"
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/xds"
 )
 
 // ConfigDump implements admin.Source: Envoy's /config_dump — the bootstrap,
 // then listeners, clusters and endpoints, static and dynamic, with the
 // versions that were accepted — as JSON with the proto field names, as
-// Envoy prints it, with sensitive fields (private keys and the like)
-// redacted.
+// Envoy prints it.
 func (s *Server) ConfigDump() ([]byte, error) {
 	dump := &adminv3.ConfigDump{}
 	add := func(m proto.Message) error {
@@ -30,13 +30,15 @@ func (s *Server) ConfigDump() ([]byte, error) {
 	}
 	built := timestamppb.New(s.started)
 
-	if err := add(&adminv3.BootstrapConfigDump{Bootstrap: s.bootstrap, LastUpdated: built}); err != nil {
+	// Private keys and ticket keys are "[redacted]", as Envoy prints them.
+	boot := mtls.Redact(s.bootstrap).(*bootstrapv3.Bootstrap)
+	if err := add(&adminv3.BootstrapConfigDump{Bootstrap: boot, LastUpdated: built}); err != nil {
 		return nil, err
 	}
 
 	clusters := &adminv3.ClustersConfigDump{}
 	for _, pb := range s.bootstrap.GetStaticResources().GetClusters() {
-		a, err := anypb.New(pb)
+		a, err := anypb.New(mtls.Redact(pb))
 		if err != nil {
 			return nil, err
 		}
@@ -44,7 +46,7 @@ func (s *Server) ConfigDump() ([]byte, error) {
 	}
 	listeners := &adminv3.ListenersConfigDump{}
 	for _, pb := range s.bootstrap.GetStaticResources().GetListeners() {
-		a, err := anypb.New(pb)
+		a, err := anypb.New(mtls.Redact(pb))
 		if err != nil {
 			return nil, err
 		}
@@ -57,7 +59,7 @@ func (s *Server) ConfigDump() ([]byte, error) {
 		clusters.VersionInfo = version
 		for _, name := range sortedNames(res) {
 			r := res[name]
-			a, err := anypb.New(r.Msg)
+			a, err := anypb.New(mtls.Redact(r.Msg))
 			if err != nil {
 				return nil, err
 			}
@@ -68,7 +70,7 @@ func (s *Server) ConfigDump() ([]byte, error) {
 		listeners.VersionInfo = version
 		for _, name := range sortedNames(res) {
 			r := res[name]
-			a, err := anypb.New(r.Msg)
+			a, err := anypb.New(mtls.Redact(r.Msg))
 			if err != nil {
 				return nil, err
 			}
@@ -81,7 +83,7 @@ func (s *Server) ConfigDump() ([]byte, error) {
 		_, res = s.xds.Accepted(xds.EndpointType)
 		for _, name := range sortedNames(res) {
 			r := res[name]
-			a, err := anypb.New(r.Msg)
+			a, err := anypb.New(mtls.Redact(r.Msg))
 			if err != nil {
 				return nil, err
 			}
@@ -89,14 +91,31 @@ func (s *Server) ConfigDump() ([]byte, error) {
 				VersionInfo: r.Version, EndpointConfig: a, LastUpdated: stamp(r.LastUpdated)})
 		}
 	}
-	for _, m := range []proto.Message{clusters, listeners, endpoints} {
+	secrets := &adminv3.SecretsConfigDump{}
+	for _, pb := range s.bootstrap.GetStaticResources().GetSecrets() {
+		a, err := anypb.New(mtls.Redact(pb))
+		if err != nil {
+			return nil, err
+		}
+		secrets.StaticSecrets = append(secrets.StaticSecrets, &adminv3.SecretsConfigDump_StaticSecret{
+			Name: pb.GetName(), Secret: a, LastUpdated: built})
+	}
+	if s.xds != nil {
+		_, res := s.xds.Accepted(xds.SecretType)
+		for _, name := range sortedNames(res) {
+			r := res[name]
+			a, err := anypb.New(mtls.Redact(r.Msg))
+			if err != nil {
+				return nil, err
+			}
+			secrets.DynamicActiveSecrets = append(secrets.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{
+				Name: name, VersionInfo: r.Version, Secret: a, LastUpdated: stamp(r.LastUpdated)})
+		}
+	}
+	for _, m := range []proto.Message{clusters, listeners, endpoints, secrets} {
 		if err := add(m); err != nil {
 			return nil, err
 		}
-	}
-	// The dump holds copies (Anys): redacting them leaves the configuration alone.
-	if err := admin.Redact(dump); err != nil {
-		return nil, err
 	}
 	return protojson.MarshalOptions{UseProtoNames: true, Multiline: true, Indent: "  "}.Marshal(dump)
 }

@@ -107,6 +107,8 @@ func (d *dynamic) Apply(typeURL string, resources map[string]proto.Message) erro
 		return d.applyEndpoints(resources)
 	case xds.ListenerType:
 		return d.applyListeners(resources)
+	case xds.SecretType:
+		return d.applySecrets(resources)
 	}
 	return fmt.Errorf("resource type %s is not consumed by Sift yet", typeURL)
 }
@@ -149,7 +151,7 @@ func (d *dynamic) applyClusters(resources map[string]proto.Message) error {
 				return fail(fmt.Errorf("cluster %q: eds_cluster_config.eds_config.%w", name, err))
 			}
 		}
-		c, err := upstream.Build(pb, upstream.Options{Logger: d.s.log})
+		c, err := upstream.Build(pb, upstream.Options{Logger: d.s.log, Secrets: d.s.secrets})
 		if err != nil {
 			return fail(err)
 		}
@@ -175,6 +177,9 @@ func (d *dynamic) applyClusters(resources map[string]proto.Message) error {
 		c.Close()
 	}
 	d.clusters, d.clusterPBs = next, nextPBs
+	if err := d.subscribeSecrets(); err != nil {
+		return err
+	}
 	return d.subscribeEndpoints()
 }
 
@@ -238,7 +243,7 @@ func (d *dynamic) applyListeners(resources map[string]proto.Message) error {
 	active := map[string]*listener.Config{}
 	warming := map[string]*listener.Config{}
 	for name, cfg := range next {
-		if d.setRoutes(cfg) || cfg == d.listeners[name] {
+		if d.ready(cfg) || cfg == d.listeners[name] {
 			active[name] = cfg
 			continue
 		}
@@ -262,6 +267,9 @@ func (d *dynamic) applyListeners(resources map[string]proto.Message) error {
 		}
 	}
 	d.warming = warming
+	if err := d.subscribeSecrets(); err != nil {
+		return err
+	}
 	return d.subscribeRoutes()
 }
 
@@ -306,14 +314,14 @@ func (d *dynamic) setRoutes(cfg *listener.Config) bool {
 // startWarming ends a listener's warming after warmingTimeout even if its
 // routes never come.
 func (d *dynamic) startWarming(name string, cfg *listener.Config) {
-	d.s.log.Info("listener warming: waiting for its route configurations", "listener", name, "timeout", d.warmingTimeout)
+	d.s.log.Info("listener warming: waiting for its route configurations and secrets", "listener", name, "timeout", d.warmingTimeout)
 	time.AfterFunc(d.warmingTimeout, func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if d.warming[name] != cfg {
 			return // served, replaced or removed meanwhile
 		}
-		d.s.log.Warn("listener warming timed out; serving without its routes", "listener", name)
+		d.s.log.Warn("listener warming timed out; serving without its routes or secrets", "listener", name)
 		active := maps.Clone(d.listeners)
 		active[name] = cfg
 		if err := d.applyActive(active); err != nil {
@@ -375,7 +383,7 @@ func (d *dynamic) applyRoutes(resources map[string]proto.Message) error {
 	promoted := false
 	active := maps.Clone(d.listeners)
 	for name, cfg := range d.warming {
-		if d.setRoutes(cfg) {
+		if d.ready(cfg) {
 			active[name] = cfg
 			promoted = true
 		}
@@ -397,8 +405,9 @@ func (d *dynamic) applyRoutes(resources map[string]proto.Message) error {
 
 // dialXDS connects to an xDS server: an envoy_grpc service names a static
 // cluster (Envoy requires the xDS cluster to be static), a google_grpc one a
-// gRPC target. Connections are plaintext: TLS to the control plane comes with
-// the mTLS work.
+// gRPC target. When the cluster has a TLS transport_socket, the cluster's
+// Dial makes the TLS connection (offering ALPN "h2", which gRPC servers
+// require) and gRPC runs over it; keys travel on this connection.
 func (s *Server) dialXDS(svc *corev3.GrpcService) (*grpc.ClientConn, error) {
 	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
 	switch t := svc.GetTargetSpecifier().(type) {
@@ -415,7 +424,7 @@ func (s *Server) dialXDS(svc *corev3.GrpcService) (*grpc.ClientConn, error) {
 		}
 		return grpc.NewClient("passthrough:///"+name, creds,
 			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-				c, err := cluster.Dial(ctx)
+				c, err := cluster.Dial(ctx, "h2")
 				if err != nil {
 					return nil, err
 				}

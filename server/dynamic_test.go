@@ -430,7 +430,7 @@ func TestApplyListeners(t *testing.T) {
 func TestApplyUnknownType(t *testing.T) {
 	t.Parallel()
 	f := start(t)
-	err := f.s.dyn.Apply("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", nil)
+	err := f.s.dyn.Apply("type.googleapis.com/envoy.service.runtime.v3.Runtime", nil)
 	if err == nil || !strings.Contains(err.Error(), "not consumed by Sift") {
 		t.Errorf("error = %v", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/detect/learn"
 	"github.com/siftmesh/sift/filters/httplb"
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/listener"
 	"github.com/siftmesh/sift/telemetry/metrics"
 	"github.com/siftmesh/sift/telemetry/streaminfo"
@@ -29,6 +30,7 @@ import (
 	_ "github.com/siftmesh/sift/filters/detect"
 	_ "github.com/siftmesh/sift/filters/opaquetransport"
 	_ "github.com/siftmesh/sift/filters/originaldst"
+	_ "github.com/siftmesh/sift/filters/rbac"
 	_ "github.com/siftmesh/sift/filters/tcpproxy"
 )
 
@@ -68,6 +70,7 @@ type Server struct {
 	// reported on (insights.go); nil without dynamic_resources.
 	insights *grpc.ClientConn
 
+	secrets  *mtls.Store // certificates of TLS transport sockets (secrets.go)
 	xds      *xds.Client // nil without dynamic_resources
 	dyn      *dynamic
 	stopped  chan struct{} // closed by Shutdown
@@ -83,8 +86,12 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager(), stopped: make(chan struct{}),
 		bootstrap: b, started: time.Now(), learned: learn.New(learn.DefaultCapacity)}
+	if err := s.buildSecrets(b); err != nil { // before clusters and listeners: they use them
+		s.Close()
+		return nil, err
+	}
 	for i, pb := range b.GetStaticResources().GetClusters() {
-		c, err := upstream.Build(pb, upstream.Options{})
+		c, err := upstream.Build(pb, upstream.Options{Secrets: s.secrets})
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("static_resources.clusters[%d]: %w", i, err)
@@ -121,7 +128,7 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 // DecodeListener validates a Listener resource and builds its filters
 // against this server's clusters, ready for Listeners().Apply.
 func (s *Server) DecodeListener(pb *listenerv3.Listener) (*listener.Config, error) {
-	cfg, err := listener.Decode(pb, filters.BuildContext{Clusters: s.clusters, Logger: s.log, Learned: s.learned})
+	cfg, err := listener.Decode(pb, filters.BuildContext{Clusters: s.clusters, Logger: s.log, Learned: s.learned, Secrets: s.secrets})
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +162,9 @@ func (s *Server) Start() error {
 	err := s.dyn.subscribeEndpoints() // static EDS clusters
 	if err == nil {
 		err = s.dyn.subscribeRoutes() // static listeners' RDS
+	}
+	if err == nil {
+		err = s.dyn.subscribeSecrets() // static listeners' and clusters' SDS
 	}
 	s.dyn.mu.Unlock()
 	if err != nil {
@@ -326,5 +336,8 @@ func (s *Server) Close() {
 	}
 	if s.xds != nil && s.listeners == nil {
 		s.xds.Close()
+	}
+	if s.secrets != nil {
+		s.secrets.Close()
 	}
 }

@@ -89,7 +89,7 @@ static_resources:
 	}{
 		{"valid", []string{"--mode", "validate", "-c", good}, 0, "configuration '" + good + "' OK"},
 		{"unsupported field", []string{"--mode", "validate", "-c", bad}, 1,
-			`listener "l": filter_chains[0].transport_socket: not supported by Sift`},
+			`listener "l": filter_chains[0]: transport_socket (envoy.transport_sockets.tls): typed_config: must be set`},
 		{"missing file", []string{"--mode", "validate", "-c", "/nonexistent.yaml"}, 1, "no such file"},
 		{"bad flag", []string{"--no-such-flag"}, 1, "flag provided but not defined"},
 		{"bad mode", []string{"--mode", "fly", "-c", good}, 1, `--mode: "fly"`},

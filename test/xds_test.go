@@ -22,6 +22,7 @@ import (
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	secretservice "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -44,6 +45,7 @@ type controlPlane struct {
 	nacks    chan string         // error_detail messages received
 	versions map[string][]string // type URL → version_info of every SotW request
 	initial  []map[string]string // delta initial_resource_versions of every first request
+	opts     []grpc.ServerOption // e.g. TLS credentials
 }
 
 func startControlPlane(t *testing.T, ads bool) *controlPlane {
@@ -84,12 +86,13 @@ func (cp *controlPlane) serve(addr string) {
 		},
 	}
 	srv := serverv3.NewServer(context.Background(), cp.cache, callbacks)
-	g := grpc.NewServer()
+	g := grpc.NewServer(cp.opts...)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, srv)
 	listenerservice.RegisterListenerDiscoveryServiceServer(g, srv)
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, srv)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(g, srv)
 	routeservice.RegisterRouteDiscoveryServiceServer(g, srv)
+	secretservice.RegisterSecretDiscoveryServiceServer(g, srv)
 	cp.mu.Lock()
 	cp.grpc = g
 	cp.mu.Unlock()
@@ -285,7 +288,7 @@ func TestXDSRejectedUpdateIsNACKedAndOldConfigServes(t *testing.T) {
 			cp.set("2", snapshotFor(bad, edsCluster("web"), loadAssignment("web", backend)))
 			select {
 			case msg := <-cp.nacks:
-				for _, want := range []string{`listener "ingress"`, "filter_chains[0].transport_socket: not supported by Sift"} {
+				for _, want := range []string{`listener "ingress"`, "filter_chains[0]: transport_socket (envoy.transport_sockets.tls): typed_config: must be set"} {
 					if !strings.Contains(msg, want) {
 						t.Errorf("NACK %q does not name %q", msg, want)
 					}

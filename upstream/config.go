@@ -63,6 +63,7 @@ type endpointSpec struct {
 	weight   uint32
 	health   corev3.HealthStatus
 	hostname string // Endpoint.hostname
+	ts       uint8  // transport socket: index into Cluster.tls (tls.go)
 }
 
 type dnsConfig struct {

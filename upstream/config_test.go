@@ -123,7 +123,7 @@ func TestBuildInvalid(t *testing.T) {
 		{"circuit breakers", `{"name":"c","circuitBreakers":{"thresholds":[{"priority":"HIGH","maxConnections":10}]}}`,
 			`upstream: cluster "c": circuit_breakers.thresholds[0].priority: only DEFAULT is supported by Sift`},
 		{"transport socket", `{"name":"c","transportSocket":{"name":"envoy.transport_sockets.tls"}}`,
-			`upstream: cluster "c": transport_socket: not supported by Sift (upstream transport sockets (TLS) are not supported yet)`},
+			`upstream: cluster "c": transport_socket: no secret store (a TLS transport socket needs a server)`},
 		{"protocol options map", `{"name":"c","typedExtensionProtocolOptions":{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":{"@type":"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions","autoConfig":{}}}}`,
 			`upstream: cluster "c": typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].auto_config: not supported by Sift`},
 		{"dns resolvers", `{"name":"c","type":"STRICT_DNS","dnsResolvers":[{"socketAddress":{"address":"127.0.0.1","portValue":53}}]}`,

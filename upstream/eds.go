@@ -52,6 +52,7 @@ func (c *Cluster) UpdateLoadAssignment(cla *endpointv3.ClusterLoadAssignment) er
 	if err != nil {
 		return fmt.Errorf("upstream: cluster %q: %w", c.cfg.name, err)
 	}
+	c.tls.assign(specs, cla)
 	eps := make([]resolvedEndpoint, len(specs))
 	for i, ep := range specs {
 		eps[i] = ep.resolved(ep.host, ep.hostname)

@@ -69,9 +69,9 @@ var policy = pbcheck.Policy{
 		"ignore_health_on_host_removal":            ignore(whyNoHC),
 		"preconnect_policy":                        ignore("preconnecting is an optimisation"),
 
-		"transport_socket_matches":                     reject("transport socket matching is not supported"),
-		"transport_socket_matcher":                     reject("transport socket matching is not supported"),
-		"transport_socket":                             reject("upstream transport sockets (TLS) are not supported yet"),
+		"transport_socket_matches":                     use(), // tls.go
+		"transport_socket_matcher":                     reject("the transport_socket_matcher matcher tree is not supported: use transport_socket_matches"),
+		"transport_socket":                             use(), // tls.go
 		"per_connection_buffer_high_watermark_timeout": reject("buffer watermark enforcement is not supported"),
 		"health_checks":                                reject("active health checking is not supported"),
 		"outlier_detection":                            use(), // http.go
@@ -156,7 +156,7 @@ var policy = pbcheck.Policy{
 		"endpoint":              use(),
 		"health_status":         use(),
 		"load_balancing_weight": use(),
-		"metadata":              ignore("read by filters, not by the cluster"),
+		"metadata":              use(), // envoy.transport_socket_match (tls.go); other keys are read by filters
 		"endpoint_name":         reject("named endpoints are not supported: use endpoint"),
 	},
 	"envoy.config.endpoint.v3.Endpoint": {

@@ -361,7 +361,11 @@ func parseOutlier(od *clusterv3.OutlierDetection) (*balancer.Outlier, error) {
 // as Endpoints reports them) within connect_timeout, bypassing the
 // connection-level balancer: the request balancer has already chosen. Errors
 // are *DialError.
-func (c *Cluster) DialEndpoint(ctx context.Context, addr string) (net.Conn, error) {
+//
+// On a TLS cluster the connection is a handshaken *tls.Conn; alpn, when
+// the transport socket configures no alpn_protocols, is offered instead
+// (Envoy's ALPN override per connection pool: "h2" or "http/1.1").
+func (c *Cluster) DialEndpoint(ctx context.Context, addr string, alpn ...string) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.connectTimeout)
 	defer cancel()
 	nc, err := c.dialer.DialContext(dctx, "tcp", addr)
@@ -371,6 +375,10 @@ func (c *Cluster) DialEndpoint(ctx context.Context, addr string) (net.Conn, erro
 			de.connectTimeout = c.cfg.connectTimeout
 		}
 		return nil, de
+	}
+	if t := c.tls.of(c.transportOf(addr)); t != nil {
+		tc, _, err := c.handshake(dctx, ctx, t, nc, addr, alpn)
+		return tc, err
 	}
 	return nc, nil
 }

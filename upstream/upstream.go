@@ -17,6 +17,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/upstream/balancer"
 )
 
@@ -35,6 +36,9 @@ type Options struct {
 	// cluster sets upstream_connection_options.tcp_keepalive, a copy of the
 	// Dialer with that KeepAliveConfig is used.
 	Dialer *net.Dialer
+	// Secrets resolves the certificates of TLS transport sockets; nil: a
+	// cluster with a TLS transport_socket is refused.
+	Secrets *mtls.Store
 	// Logger receives, at debug level, the fields Build accepts and ignores
 	// (with the reason), and DNS resolution failures and recoveries (a change of
 	// state is logged once, not every refresh); nil means slog.Default().
@@ -65,6 +69,7 @@ type Cluster struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	ext       extensions // state other packages keep per cluster (http.go)
+	tls       transports // transport sockets (tls.go)
 }
 
 // snapshot is one endpoint set and the picker built for it. Immutable.
@@ -82,6 +87,7 @@ type host struct {
 	ep       *balancer.Endpoint // Addr, Weight
 	health   corev3.HealthStatus
 	hostname string
+	ts       uint8 // transport socket (tls.go)
 }
 
 // lbHealth is what balancing makes of a health_status.
@@ -141,6 +147,10 @@ func Build(pb *clusterv3.Cluster, opts Options) (*Cluster, error) {
 	if c.rnd == nil {
 		c.rnd = rand.IntN
 	}
+	if err := c.buildTransports(pb, opts.Secrets); err != nil {
+		return nil, fmt.Errorf("upstream: cluster %q: %w", pb.GetName(), err)
+	}
+	c.tls.assign(cfg.endpoints, pb.GetLoadAssignment())
 	switch cfg.discovery {
 	case discoveryStatic:
 		eps := make([]resolvedEndpoint, len(cfg.endpoints))
@@ -191,7 +201,13 @@ func (c *Cluster) Ready() <-chan struct{} { return c.ready }
 // balancer may pick another endpoint. Dial keeps working after Close, on the
 // last endpoint set, so that connections of a draining generation can still
 // retry.
-func (c *Cluster) Dial(ctx context.Context) (*Conn, error) {
+//
+// On a TLS cluster the connection is handshaken before Dial returns (within
+// the same connect_timeout); alpn, when the transport socket configures no
+// alpn_protocols, is offered (gRPC to an xDS server offers "h2"). Until the
+// transport socket's SDS secrets arrive, Dial waits for them within the
+// same deadline (Envoy's cluster warming).
+func (c *Cluster) Dial(ctx context.Context, alpn ...string) (*Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.connectTimeout)
 	defer cancel()
 	s := c.snap.Load()
@@ -219,11 +235,20 @@ func (c *Cluster) Dial(ctx context.Context) (*Conn, error) {
 		}
 		return nil, de
 	}
-	// Peak EWMA: the connection's latency is its connect time (a failed
-	// connect is not observed).
+	var id mtls.Identity
+	if t := c.tls.of(c.transportOf(ep.Addr)); t != nil {
+		tc, tid, err := c.handshake(dctx, ctx, t, nc, ep.Addr, alpn)
+		if err != nil {
+			ep.Done()
+			return nil, err
+		}
+		nc, id = tc, tid
+	}
+	// Peak EWMA: the connection's latency is its connect time, handshake
+	// included (a failed connect is not observed).
 	now := time.Now()
 	c.cfg.lb.Observe(ep, now.Sub(start), now)
-	return &Conn{Conn: nc, Addr: ep.Addr, ep: ep}, nil
+	return &Conn{Conn: nc, Addr: ep.Addr, ep: ep, TLS: id}, nil
 }
 
 // Close stops the cluster's background work (DNS refresh) and waits for it to
@@ -309,10 +334,12 @@ type resolvedEndpoint struct {
 	weight   uint32
 	health   corev3.HealthStatus
 	hostname string
+	ts       uint8 // transport socket (tls.go)
 }
 
 func (ep endpointSpec) resolved(ip, hostname string) resolvedEndpoint {
 	return resolvedEndpoint{
+		ts:       ep.ts,
 		addr:     net.JoinHostPort(ip, fmt.Sprint(ep.port)),
 		weight:   ep.weight,
 		health:   ep.health,
@@ -346,7 +373,7 @@ func (c *Cluster) setEndpoints(eps []resolvedEndpoint) {
 			hosts[i], reuse[ep] = hs[0], hs[1:]
 			continue
 		}
-		hosts[i] = &host{ep: c.cfg.lb.NewEndpoint(ep.addr, ep.weight, now), health: ep.health, hostname: ep.hostname}
+		hosts[i] = &host{ep: c.cfg.lb.NewEndpoint(ep.addr, ep.weight, now), health: ep.health, hostname: ep.hostname, ts: ep.ts}
 	}
 	c.snap.Store(&snapshot{hosts: hosts, picker: c.newPicker(hosts)})
 	close(c.changed)
@@ -363,7 +390,7 @@ func (c *Cluster) changedCh() <-chan struct{} {
 }
 
 func (h *host) key() resolvedEndpoint {
-	return resolvedEndpoint{addr: h.ep.Addr, weight: h.ep.Weight, health: h.health, hostname: h.hostname}
+	return resolvedEndpoint{addr: h.ep.Addr, weight: h.ep.Weight, health: h.health, hostname: h.hostname, ts: h.ts}
 }
 
 func sameEndpoints(hosts []*host, eps []resolvedEndpoint) bool {
@@ -419,6 +446,9 @@ type Conn struct {
 	net.Conn
 	// Addr is the endpoint's address ("ip:port").
 	Addr string
+	// TLS is what the transport socket's handshake established (the
+	// server's identity: server_id), zero for plaintext.
+	TLS mtls.Identity
 
 	ep       *balancer.Endpoint
 	released atomic.Bool

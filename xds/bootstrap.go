@@ -112,10 +112,16 @@ func Sources(dr *bootstrapv3.Bootstrap_DynamicResources, dial Dialer) (map[strin
 			return fail(err)
 		}
 	}
-	// Named types follow their parents' server.
+	// Named types follow their parents' server; secrets (SDS) come from the
+	// ADS server, else the listeners' server, else the clusters'.
 	if ads != nil {
-		sources[EndpointType], sources[RouteType] = ads, ads
+		sources[EndpointType], sources[RouteType], sources[SecretType] = ads, ads, ads
 	} else {
+		if s := sources[ListenerType]; s != nil {
+			sources[SecretType] = s
+		} else if s := sources[ClusterType]; s != nil {
+			sources[SecretType] = s
+		}
 		if s := sources[ClusterType]; s != nil {
 			sources[EndpointType] = s
 		}

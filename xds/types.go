@@ -1,6 +1,6 @@
 // Package xds is sift-proxy's xDS client: it subscribes to Listener,
-// Cluster, ClusterLoadAssignment (and, as their consumers land,
-// RouteConfiguration and Secret) resources over ADS or per-type streams, in
+// Cluster, ClusterLoadAssignment, RouteConfiguration and Secret (SDS)
+// resources over ADS or per-type streams, in
 // the state-of-the-world or the delta (incremental) protocol, and hands each
 // complete, decoded resource set to a Handler that validates it and swaps it
 // in — or rejects it, which the client reports to the server as a NACK while

@@ -213,6 +213,9 @@ func (p *clusterPool) newTransport(addr string, h2 bool) *http.Transport {
 	} else {
 		t.Protocols.SetHTTP1(true)
 	}
+	if p.c.TLS() {
+		tlsTransport(t, p.c, addr, h2)
+	}
 	return t
 }
 

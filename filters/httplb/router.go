@@ -55,6 +55,7 @@ type reqState struct {
 	upgrade      string // lower-case upgrade type, or ""
 	downstreamH2 bool
 	external     bool // the client is not on an internal address
+	tls          bool // the downstream connection is TLS
 	idleFired    atomic.Bool
 	reqTOFired   atomic.Bool
 }
@@ -153,6 +154,8 @@ func (p *reverseProxy) rewrite(pr *httputil.ProxyRequest) {
 	}
 	if proto := in.Header.Get("X-Forwarded-Proto"); proto != "" && !c.useRemoteAddress {
 		out.Header.Set("X-Forwarded-Proto", proto)
+	} else if st.tls {
+		out.Header.Set("X-Forwarded-Proto", "https") // as Envoy, for a TLS downstream
 	} else {
 		out.Header.Set("X-Forwarded-Proto", "http")
 	}
@@ -300,12 +303,15 @@ type connState struct {
 	remote   netip.AddrPort
 	external bool
 	h2       bool
+	// tls, peer and local: the downstream transport socket's outcome.
+	tls         bool
+	peer, local string
 }
 
 // serveHTTP handles one request on a downstream connection.
 func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 	rec := &Record{Start: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
-		Info: cs.info}
+		Info: cs.info, TLS: cs.tls, ClientID: cs.peer, ServerID: cs.local}
 	rw := &recordingWriter{ResponseWriter: w}
 	body := &countingBody{ReadCloser: r.Body}
 	if r.Body != nil && r.Body != http.NoBody {
@@ -393,7 +399,7 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		h.localReply(w, r, rec, rt.ClusterNotFoundCode, reasonNoCluster, "")
 		return
 	}
-	st := &reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, external: cs.external}
+	st := &reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, external: cs.external, tls: cs.tls}
 	if upgrade == "connect" {
 		if !rt.ConnectTerminate {
 			h.localReply(w, r, rec, http.StatusForbidden, reasonUpgrade, "")

@@ -40,7 +40,7 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 		streaminfo.ReportConnStart(d.Info)
 		defer h.reportConn(d.Info, conn)
 	}
-	cs := &connState{info: d.Info, remote: d.Info.RemoteAddr}
+	cs := &connState{info: d.Info, remote: d.Info.RemoteAddr, tls: d.Info.TLS, peer: d.Info.PeerIdentity, local: d.Info.LocalIdentity}
 	cs.external = !isInternal(cs.remote.Addr())
 
 	var handlers sync.WaitGroup
@@ -81,7 +81,10 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	}
 
 	served := make(chan struct{})
-	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto && bytes.HasPrefix(d.Peeked(), []byte(h2Preface)))
+	// Over TLS the codec follows ALPN: "h2" means HTTP/2 (the preface was
+	// not peeked, it is inside TLS).
+	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto &&
+		(bytes.HasPrefix(d.Peeked(), []byte(h2Preface)) || d.Info.NegotiatedProtocol == "h2"))
 	switch {
 	case useH2:
 		go func() {

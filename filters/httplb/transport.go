@@ -95,7 +95,7 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		ep.Start()
 		t0 := time.Now()
-		resp, err := p.transport(ep, h2).RoundTrip(areq)
+		resp, err := p.transport(ep, h2).RoundTrip(overTLS(areq, p.c.TLS()))
 		if perTry != nil {
 			perTry.Stop()
 		}

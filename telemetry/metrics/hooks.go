@@ -32,6 +32,9 @@ type reqSeries struct {
 // OnRequest implements httplb.Hook: one record per finished HTTP request.
 func (r *Registry) OnRequest(rec *streaminfo.Request) {
 	k := reqKey{peer: peerOf(rec.Info), authority: rec.Authority, status: rec.Status, grpc: rec.GRPCStatus, cluster: rec.Cluster}
+	if rec.Info == nil && rec.TLS { // an HCM served without a listener
+		k.tls, k.clientID, k.serverID = true, rec.ClientID, rec.ServerID
+	}
 	s := get(&r.reqCache, k, func() *reqSeries { return r.newReqSeries(k) })
 	s.requests.Inc()
 	s.responses.Inc()

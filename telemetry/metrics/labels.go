@@ -66,16 +66,18 @@ type peer struct {
 	clientID, serverID string
 }
 
-// peerOf reads the labels a connection contributes.
+// peerOf reads the labels a connection contributes: tls when the downstream
+// transport socket terminated TLS, client_id the client certificate's
+// identity, server_id the identity the proxy presented (the server's, on an
+// inbound connection).
 //
-// TODO(mtls): tls, client_id and server_id are "false" and "" until the mTLS
-// work adds the downstream TLS state and peer identities to filters.ConnInfo;
-// fill them here from those fields.
+// TODO: on outbound connections Linkerd's server_id is the upstream's
+// identity; Sift's upstream TLS does not report it in the records yet.
 func peerOf(info *filters.ConnInfo) peer {
 	if info == nil {
 		return peer{}
 	}
-	return peer{dir: info.Direction, target: info.LocalAddr}
+	return peer{dir: info.Direction, target: info.LocalAddr, tls: info.TLS, clientID: info.PeerIdentity, serverID: info.LocalIdentity}
 }
 
 // values renders the base labels in baseLabels' order.

@@ -122,11 +122,14 @@ func TestRequests(t *testing.T) {
 		},
 		{
 			name:   "base labels: direction, target_addr, srv_port, tls, identities",
-			recs:   []streaminfo.Request{{Authority: "x", Status: 200, Info: outInfo}, {Authority: "x", Status: 200}},
+			recs: []streaminfo.Request{{Authority: "x", Status: 200, Info: outInfo}, {Authority: "x", Status: 200},
+				{Authority: "x", Status: 200, Info: &filters.ConnInfo{LocalAddr: inAddr, Direction: filters.DirectionInbound, TLS: true,
+					PeerIdentity: "spiffe://sift.local/ns/a/sa/client", LocalIdentity: "spiffe://sift.local/ns/b/sa/server"}}},
 			metric: "request_total",
 			want: []string{
 				"authority=x,client_id=,direction=outbound,server_id=,srv_port=3306,target_addr=10.0.0.2:3306,tls=false 1",
 				"authority=x,client_id=,direction=unspecified,server_id=,srv_port=,target_addr=,tls=false 1",
+				"authority=x,client_id=spiffe://sift.local/ns/a/sa/client,direction=inbound,server_id=spiffe://sift.local/ns/b/sa/server,srv_port=8080,target_addr=10.0.0.1:8080,tls=true 1",
 			},
 		},
 		{

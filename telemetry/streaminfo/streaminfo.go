@@ -58,6 +58,13 @@ type Request struct {
 	Path      string
 	RequestID string // x-request-id sent upstream ("" when not generated)
 
+	// TLS is true when the downstream connection is TLS (a transport
+	// socket); ClientID and ServerID are then the peer's and the proxy's
+	// identities (SPIFFE IDs in a mesh), for the telemetry labels tls,
+	// client_id and server_id.
+	TLS                bool
+	ClientID, ServerID string
+
 	Route       string // route name ("" for unnamed routes)
 	VirtualHost string
 	Cluster     string
