@@ -241,8 +241,11 @@ func (s *Server) installMetrics() {
 		Learned:           s.learned,
 		ProcessCollectors: true,
 	})
-	streaminfo.SetConnHook(s.metrics)
-	httplb.SetHook(s.metrics)
+	// One slot per process for each hook: consumers (access logs, tracing)
+	// join the Tee.
+	tee := streaminfo.NewTee(s.metrics)
+	streaminfo.SetConnHook(tee)
+	httplb.SetHook(tee)
 }
 
 // Metrics implements admin.MetricsSource.
