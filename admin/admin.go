@@ -1,9 +1,11 @@
 // Package admin is sift-proxy's admin server, at the bootstrap's
-// admin.address, with Envoy's endpoints where Sift has them: /ready (200
-// "LIVE" while serving, 503 while starting or draining), /listeners and
-// /config_dump; and Sift's own /detections (why each recent connection went
-// where it went) and /detections/learned (destinations learned to be
-// server-first).
+// admin.address, with Envoy's endpoints where Sift has them: / (the index),
+// /ready (200 "LIVE" while serving, 503 while starting or draining),
+// /server_info, /listeners, /clusters, /config_dump, /stats,
+// /stats/prometheus (also at /metrics); and Sift's own /detections (why each
+// recent connection went where it went) and /detections/learned
+// (destinations learned to be server-first). The endpoint list is in
+// endpoints (endpoints.go).
 package admin
 
 import (
@@ -63,11 +65,13 @@ func Listen(addr string, src Source, log *slog.Logger) (*Server, error) {
 	}
 	s := &Server{src: src, ln: ln, served: make(chan struct{})}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /ready", s.ready)
-	mux.HandleFunc("GET /listeners", s.listeners)
-	mux.HandleFunc("GET /config_dump", s.configDump)
-	mux.HandleFunc("GET /detections", s.detections)
-	mux.HandleFunc("GET /detections/learned", s.learned)
+	for _, e := range s.endpoints() {
+		pattern := "GET " + e.path
+		if e.path == "/" {
+			pattern = "GET /{$}"
+		}
+		mux.HandleFunc(pattern, e.handler)
+	}
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go func() {

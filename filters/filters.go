@@ -33,6 +33,12 @@ const (
 	ProtocolH2C    = envoynames.ProtocolH2C
 )
 
+// Traffic directions (Envoy's Listener.traffic_direction), as metrics label them.
+const (
+	DirectionInbound  = "inbound"
+	DirectionOutbound = "outbound"
+)
+
 // Field is a bit set of the connection facts a listener filter can establish.
 // The listener uses it to skip filters whose findings could not change which
 // filter chain the connection gets (an opaque port costs no detection time).
@@ -66,6 +72,11 @@ type ConnInfo struct {
 	LocalAddrRestored bool
 	// AcceptedAt is when the listener accepted the connection.
 	AcceptedAt time.Time
+	// Listener is the name of the listener serving the connection, and
+	// Direction its traffic_direction: DirectionInbound, DirectionOutbound
+	// or "" (unspecified). Set by the listener before listener filters run.
+	Listener  string
+	Direction string
 
 	// TransportProtocol is "" until a filter sets it; matching treats "" as
 	// raw_buffer, as Envoy does.

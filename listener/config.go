@@ -25,6 +25,9 @@ type Config struct {
 	// BindToPort is false for listeners that only receive connections handed
 	// off by another listener's use_original_dst.
 	BindToPort bool
+	// Direction is traffic_direction as metrics label it:
+	// filters.DirectionInbound, filters.DirectionOutbound, or "" (UNSPECIFIED).
+	Direction string
 	// UseOriginalDst hands redirected connections to the listener bound to
 	// their original destination, if there is one.
 	UseOriginalDst bool
@@ -69,9 +72,10 @@ const defaultListenerFiltersTimeout = 15 * time.Second
 
 var listenerPolicy = pbcheck.Policy{
 	"envoy.config.listener.v3.Listener": pbcheck.Fields("name, address, filter_chains, default_filter_chain, "+
-		"listener_filters, listener_filters_timeout, continue_on_listener_filters_timeout, use_original_dst, bind_to_port").
+		"listener_filters, listener_filters_timeout, continue_on_listener_filters_timeout, use_original_dst, bind_to_port, "+
+		"traffic_direction").
 		Ignore("stat_prefix", "statistics only").
-		Ignore("traffic_direction, metadata", "descriptive: read by filters and tools, not by the listener").
+		Ignore("metadata", "descriptive: read by filters and tools, not by the listener").
 		Ignore("per_connection_buffer_limit_bytes", "tunes Envoy's buffers: Sift's are fixed and smaller").
 		Ignore("enable_reuse_port", "tunes Envoy's worker threads: Sift has one accept loop per listener"),
 	"envoy.config.listener.v3.FilterChain": pbcheck.Fields("filter_chain_match, filters, name, transport_socket, transport_socket_connect_timeout").
@@ -114,6 +118,7 @@ func decode(pb *listenerv3.Listener, bc filters.BuildContext) (*Config, error) {
 		Address:                  addr.String(),
 		BindToPort:               pb.GetBindToPort() == nil || pb.GetBindToPort().GetValue(),
 		UseOriginalDst:           pb.GetUseOriginalDst().GetValue(),
+		Direction:                direction(pb.GetTrafficDirection()),
 		ContinueOnFiltersTimeout: pb.GetContinueOnListenerFiltersTimeout(),
 	}
 	// 0 disables, as in Envoy.
@@ -276,4 +281,15 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
+}
+
+// direction maps traffic_direction to the label metrics use.
+func direction(d corev3.TrafficDirection) string {
+	switch d {
+	case corev3.TrafficDirection_INBOUND:
+		return filters.DirectionInbound
+	case corev3.TrafficDirection_OUTBOUND:
+		return filters.DirectionOutbound
+	}
+	return ""
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/telemetry/streaminfo"
 )
 
 // DefaultDetectionLogSize is how many recent connections a Manager's
@@ -99,6 +100,7 @@ func (l *Listener) record(info *filters.ConnInfo, chain *FilterChain, outcome st
 		r.EarlyUpstream = info.Early.Endpoint
 	}
 	l.mgr.detections.Add(&r)
+	streaminfo.ReportDetection(info, outcome)
 }
 
 // countDetection updates the detection counters for a connection that

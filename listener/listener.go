@@ -152,7 +152,7 @@ func (l *Listener) serve(c net.Conn, g *generation, accepted time.Time) {
 	defer l.stats.Active.Add(-1)
 
 	info := &filters.ConnInfo{LocalAddr: addrPort(c.LocalAddr()), RemoteAddr: addrPort(c.RemoteAddr()), AcceptedAt: accepted,
-		Fallback: g}
+		Listener: l.name, Direction: g.cfg.Direction, Fallback: g}
 	peeked, ok := l.inspect(c, g.cfg, info, accepted)
 	if !ok {
 		l.record(info, nil, OutcomeClosed)
@@ -181,7 +181,7 @@ func (l *Listener) serveHandedOff(c net.Conn, g *generation, prev *filters.ConnI
 	l.stats.Active.Add(1)
 	defer l.stats.Active.Add(-1)
 	info := &filters.ConnInfo{LocalAddr: prev.LocalAddr, RemoteAddr: prev.RemoteAddr, LocalAddrRestored: true, AcceptedAt: accepted,
-		Fallback: g}
+		Listener: l.name, Direction: g.cfg.Direction, Fallback: g}
 	conn := net.Conn(c)
 	if len(peeked) > 0 {
 		conn = filters.NewDownstream(c, peeked, info, nil).Conn()

@@ -17,15 +17,17 @@ import (
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/detect/learn"
+	"github.com/siftmesh/sift/filters/httplb"
 	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/listener"
+	"github.com/siftmesh/sift/telemetry/metrics"
+	"github.com/siftmesh/sift/telemetry/streaminfo"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/xds"
 
 	// The filters sift-proxy serves, registered by type URL.
 	_ "github.com/siftmesh/sift/filters/connlimit"
 	_ "github.com/siftmesh/sift/filters/detect"
-	_ "github.com/siftmesh/sift/filters/httplb"
 	_ "github.com/siftmesh/sift/filters/opaquetransport"
 	_ "github.com/siftmesh/sift/filters/originaldst"
 	_ "github.com/siftmesh/sift/filters/rbac"
@@ -41,6 +43,8 @@ type Options struct {
 	// InsightsInterval is how often learned server-first destinations are
 	// checked for a report to the control plane (default 10s).
 	InsightsInterval time.Duration
+	// CommandLine is what /server_info reports as command_line_options.
+	CommandLine admin.CommandLineOptions
 }
 
 // Server is a configured sift-proxy.
@@ -53,6 +57,9 @@ type Server struct {
 	configs   []*listener.Config
 	admin     *admin.Server
 	adminAddr string
+	// metrics is the process's registry, kept when there is an admin
+	// server to scrape it (nil otherwise: no hook, no cost).
+	metrics *metrics.Registry
 
 	bootstrap *bootstrapv3.Bootstrap
 	started   time.Time
@@ -135,6 +142,7 @@ func (s *Server) DecodeListener(pb *listenerv3.Listener) (*listener.Config, erro
 func (s *Server) Start() error {
 	s.listeners = listener.NewManager(s.log, s.opts.DrainTime)
 	if s.adminAddr != "" {
+		s.installMetrics()
 		a, err := admin.Listen(s.adminAddr, s, s.log)
 		if err != nil {
 			return err
@@ -214,6 +222,45 @@ func (s *Server) buildXDS(b *bootstrapv3.Bootstrap) error {
 	}
 	s.xds = client
 	return nil
+}
+
+// installMetrics creates the process's metrics registry and installs it as
+// the connection and request hook. The hooks are process-wide: the last
+// server started in a process receives every record (one sift-proxy is one
+// process; tests that check values run one server with an admin address at
+// a time).
+func (s *Server) installMetrics() {
+	s.metrics = metrics.New(metrics.Options{
+		Clusters: s.clusters,
+		Listeners: func() map[string]*listener.Listener {
+			if s.listeners == nil {
+				return nil
+			}
+			return s.listeners.Listeners()
+		},
+		Learned:           s.learned,
+		ProcessCollectors: true,
+	})
+	// One slot per process for each hook: consumers (access logs, tracing)
+	// join the Tee.
+	tee := streaminfo.NewTee(s.metrics)
+	streaminfo.SetConnHook(tee)
+	httplb.SetHook(tee)
+}
+
+// Metrics implements admin.MetricsSource.
+func (s *Server) Metrics() *metrics.Registry { return s.metrics }
+
+// Clusters implements admin.ClusterSource.
+func (s *Server) Clusters() []*upstream.Cluster { return s.clusters.Clusters() }
+
+// ServerInfo implements admin.InfoSource.
+func (s *Server) ServerInfo() admin.ServerInfo {
+	info := admin.ServerInfo{Started: s.started, CommandLine: s.opts.CommandLine}
+	if n := s.bootstrap.GetNode(); n != nil {
+		info.Node = n
+	}
+	return info
 }
 
 // Listeners returns the running listeners (after Start).

@@ -440,6 +440,16 @@ func (c *Cluster) Extension(key any, create func() any) any {
 	return v
 }
 
+// LookupExtension returns the value stored under key by Extension, without
+// creating one.
+func (c *Cluster) LookupExtension(key any) (any, bool) {
+	e := &c.ext
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v, ok := e.m[key]
+	return v, ok
+}
+
 func (e *extensions) close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -279,6 +279,10 @@ type Endpoint struct {
 	Hostname string
 	// Active is the number of connections open to it from Dial.
 	Active int64
+	// RTT and Cost are the connection-level peak-EWMA estimate and cost
+	// (balancer.State), zero unless the cluster balances with peak-EWMA.
+	RTT  time.Duration
+	Cost float64
 }
 
 // LBHealth is what balancing makes of e's Health.
@@ -297,6 +301,24 @@ func (c *Cluster) Endpoints() []Endpoint {
 	out := make([]Endpoint, len(s.hosts))
 	for i, h := range s.hosts {
 		out[i] = h.view()
+	}
+	return out
+}
+
+// EndpointStates returns the current endpoints with their balancing state
+// (RTT and Cost filled for peak-EWMA), for admin pages and metrics; nil while
+// the cluster is warming.
+func (c *Cluster) EndpointStates() []Endpoint {
+	s := c.snap.Load()
+	if s == nil {
+		return nil
+	}
+	now := time.Now()
+	out := make([]Endpoint, len(s.hosts))
+	for i, h := range s.hosts {
+		out[i] = h.view()
+		st := c.cfg.lb.State(h.ep, now)
+		out[i].RTT, out[i].Cost = st.RTT, st.Cost
 	}
 	return out
 }

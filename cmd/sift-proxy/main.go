@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/bootstrap"
 	"github.com/siftmesh/sift/server"
 )
@@ -111,7 +112,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if o.serviceNode != "" || o.serviceCluster != "" {
 		bootstrap.OverrideNode(b, o.serviceNode, o.serviceCluster)
 	}
-	srv, err := server.Build(b, server.Options{DrainTime: o.drainTime, Logger: log})
+	mode := "Serve"
+	if o.mode == "validate" {
+		mode = "Validate"
+	}
+	srv, err := server.Build(b, server.Options{DrainTime: o.drainTime, Logger: log, CommandLine: admin.CommandLineOptions{
+		ConfigPath: o.configPath, ConfigYAML: o.configYAML, LogLevel: o.logLevel, LogFormat: o.logFormat,
+		DrainTime: fmt.Sprintf("%ds", int64(o.drainTime.Seconds())), Mode: mode,
+		ServiceNode: o.serviceNode, ServiceCluster: o.serviceCluster}})
 	if err != nil {
 		fmt.Fprintf(stderr, "sift-proxy: %s: %v\n", configName(o), err)
 		return 1

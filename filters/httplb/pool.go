@@ -67,6 +67,26 @@ func poolFor(c *upstream.Cluster) *clusterPool {
 	return c.Extension(poolKey{}, func() any { return newClusterPool(c) }).(*clusterPool)
 }
 
+// RequestStates returns the request-level balancing state of c's endpoints
+// by address — requests in flight and, for peak-EWMA, the latency estimate
+// and cost — or nil when no HTTP connection manager has routed to c. For
+// admin pages and metrics: it takes the pool's lock briefly.
+func RequestStates(c *upstream.Cluster) map[string]balancer.State {
+	v, ok := c.LookupExtension(poolKey{})
+	if !ok {
+		return nil
+	}
+	p := v.(*clusterPool)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	out := make(map[string]balancer.State, len(p.eps))
+	for addr, ep := range p.eps {
+		out[addr] = p.lb.State(ep.Endpoint, now)
+	}
+	return out
+}
+
 func newClusterPool(c *upstream.Cluster) *clusterPool {
 	return &clusterPool{c: c, opts: c.HTTPOptions(), lb: c.Balancing(), outlier: c.OutlierDetection(),
 		eps: map[string]*endpoint{}, now: time.Now}

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/httplb/route"
 )
 
@@ -282,12 +283,23 @@ func grpcCode(status int, reason string) int {
 	return 2 // UNKNOWN
 }
 
+// responseGRPCStatus returns the grpc-status a handler left in its response
+// header map: a trailer (declared, or with http.TrailerPrefix) or a
+// trailers-only response's header.
+func responseGRPCStatus(h http.Header) string {
+	if v := h.Get("Grpc-Status"); v != "" {
+		return v
+	}
+	return h.Get(http.TrailerPrefix + "Grpc-Status")
+}
+
 func isGRPC(r *http.Request) bool {
 	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
 }
 
 // connState is what requests of one downstream connection share.
 type connState struct {
+	info     *filters.ConnInfo // nil when served without a listener
 	remote   netip.AddrPort
 	external bool
 	h2       bool
@@ -299,7 +311,7 @@ type connState struct {
 // serveHTTP handles one request on a downstream connection.
 func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 	rec := &Record{Start: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
-		TLS: cs.tls, ClientID: cs.peer, ServerID: cs.local}
+		Info: cs.info, TLS: cs.tls, ClientID: cs.peer, ServerID: cs.local}
 	rw := &recordingWriter{ResponseWriter: w}
 	body := &countingBody{ReadCloser: r.Body}
 	if r.Body != nil && r.Body != http.NoBody {
@@ -311,6 +323,9 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 			rec.Status = int(rw.status.Load())
 		}
 		rec.BytesSent, rec.BytesReceived = rw.bytes.Load(), body.n.Load()
+		if isGRPC(r) {
+			rec.GRPCStatus = responseGRPCStatus(rw.Header())
+		}
 		if hk := currentHook(); hk != nil {
 			hk.OnRequest(rec)
 		}

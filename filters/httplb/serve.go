@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/h2c"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/telemetry/streaminfo"
 )
 
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -32,7 +34,13 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // is closed and every request handler on it has returned.
 func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	conn := &trackedConn{Conn: d.Conn(), closed: make(chan struct{})}
-	cs := &connState{remote: d.Info.RemoteAddr, tls: d.Info.TLS, peer: d.Info.PeerIdentity, local: d.Info.LocalIdentity}
+	if streaminfo.HasConnHook() {
+		// The connection-level record (tcp_* metrics count HTTP connections
+		// too, as Linkerd's do); requests have their own records.
+		streaminfo.ReportConnStart(d.Info)
+		defer h.reportConn(d.Info, conn)
+	}
+	cs := &connState{info: d.Info, remote: d.Info.RemoteAddr, tls: d.Info.TLS, peer: d.Info.PeerIdentity, local: d.Info.LocalIdentity}
 	cs.external = !isInternal(cs.remote.Addr())
 
 	var handlers sync.WaitGroup
@@ -114,12 +122,37 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	handlers.Wait()
 }
 
+// reportConn hands the finished connection's record to the process-wide hook.
+func (h *HCM) reportConn(info *filters.ConnInfo, c *trackedConn) {
+	rec := &streaminfo.Conn{Start: info.AcceptedAt, Filter: "http_connection_manager", StatPrefix: h.cfg.statPrefix,
+		Info: info, BytesReceived: c.read.Load(), BytesSent: c.written.Load()}
+	if !rec.Start.IsZero() {
+		rec.Duration = time.Since(rec.Start)
+	}
+	streaminfo.ReportConn(rec)
+}
+
 // trackedConn reports its closing: the server closes the connection when it
-// is done, and a hijacker (upgrade, CONNECT, h2c) when the tunnel ends.
+// is done, and a hijacker (upgrade, CONNECT, h2c) when the tunnel ends. It
+// counts the bytes each way (peeked bytes included: Downstream.Conn replays
+// them through Read).
 type trackedConn struct {
 	net.Conn
-	once   sync.Once
-	closed chan struct{}
+	once          sync.Once
+	closed        chan struct{}
+	read, written atomic.Int64
+}
+
+func (c *trackedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *trackedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.written.Add(int64(n))
+	return n, err
 }
 
 func (c *trackedConn) Close() error {

@@ -151,6 +151,7 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	defer down.Close()
 	rec := streaminfo.Conn{Start: d.Info.AcceptedAt, Filter: "tcp_proxy", StatPrefix: p.statPrefix, Info: d.Info}
 	defer p.report(&rec)
+	streaminfo.ReportConnStart(d.Info)
 	// Attributes go on the rare log lines themselves: a logger built with
 	// With per connection would allocate on every connection.
 	remote := d.Info.RemoteAddr

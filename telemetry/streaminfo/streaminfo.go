@@ -15,8 +15,9 @@ import (
 	"github.com/siftmesh/sift/filters"
 )
 
-// Conn is one TCP connection served by an opaque network filter (tcp_proxy,
-// the inbound opaque transport).
+// Conn is one TCP connection served by a network filter: tcp_proxy, or the
+// HTTP connection manager (Filter "http_connection_manager": no cluster or
+// endpoint, since each request has its own; bytes include HTTP framing).
 type Conn struct {
 	// Start is when the listener accepted the connection; Duration runs to
 	// when both directions had ended.
@@ -77,6 +78,14 @@ type Request struct {
 
 	BytesReceived int64 // request body bytes read from the client
 	BytesSent     int64 // response body bytes written to the client
+
+	// GRPCStatus is the response's grpc-status (trailers, or the headers of
+	// a trailers-only response) for gRPC requests, "" otherwise.
+	GRPCStatus string
+	// Info is the downstream connection's facts (addresses, direction,
+	// detection). Read-only; nil when the request did not come through a
+	// listener (tests serving an HCM directly).
+	Info *filters.ConnInfo
 }
 
 // ConnHook receives a Conn once the connection has ended.
@@ -84,7 +93,29 @@ type ConnHook interface {
 	OnConn(c *Conn)
 }
 
-type connHookBox struct{ h ConnHook }
+// ConnStartHook is implemented by ConnHooks that also want to know when a
+// connection starts being served (open-connection gauges). OnConnStart is
+// called on the connection's goroutine before any upstream is opened, once
+// per connection that later reaches OnConn; info is read-only and must not be
+// kept past OnConn.
+type ConnStartHook interface {
+	OnConnStart(info *filters.ConnInfo)
+}
+
+// DetectionHook is implemented by ConnHooks that want every accepted
+// connection's detection outcome, including connections closed before a
+// network filter saw them. The listener calls OnDetection once per
+// connection at the end of its pipeline with outcome "dispatched", "no_chain"
+// or "closed"; info is read-only and must not be kept.
+type DetectionHook interface {
+	OnDetection(info *filters.ConnInfo, outcome string)
+}
+
+type connHookBox struct {
+	h     ConnHook
+	start ConnStartHook // nil unless h implements it
+	det   DetectionHook // nil unless h implements it
+}
 
 var connHook atomic.Pointer[connHookBox]
 
@@ -95,7 +126,27 @@ func SetConnHook(h ConnHook) {
 		connHook.Store(nil)
 		return
 	}
-	connHook.Store(&connHookBox{h})
+	b := &connHookBox{h: h}
+	b.start, _ = h.(ConnStartHook)
+	b.det, _ = h.(DetectionHook)
+	connHook.Store(b)
+}
+
+// ReportConnStart tells the hook, if it implements ConnStartHook, that the
+// connection described by info is being served by a network filter that
+// will report it with ReportConn.
+func ReportConnStart(info *filters.ConnInfo) {
+	if b := connHook.Load(); b != nil && b.start != nil {
+		b.start.OnConnStart(info)
+	}
+}
+
+// ReportDetection hands a connection's detection outcome to the hook, if it
+// implements DetectionHook.
+func ReportDetection(info *filters.ConnInfo, outcome string) {
+	if b := connHook.Load(); b != nil && b.det != nil {
+		b.det.OnDetection(info, outcome)
+	}
 }
 
 // ReportConn hands c to the process-wide hook, if one is installed.

@@ -126,6 +126,32 @@ func (c Config) Observe(ep *Endpoint, latency time.Duration, now time.Time) {
 	}
 }
 
+// State is one endpoint's balancing state at one moment, for admin pages and
+// metrics.
+type State struct {
+	// Load is the units of load in flight (Endpoint.Load).
+	Load int64
+	// RTT is the peak-EWMA latency estimate decayed to the moment, and Cost
+	// the estimate times (Load+1), in nanoseconds: what the picker compares.
+	// Both are zero unless the policy is PeakEWMA.
+	RTT  time.Duration
+	Cost float64
+	// Ejected is true while outlier detection keeps the endpoint out.
+	Ejected bool
+}
+
+// State returns ep's balancing state at now. It takes ep's estimate lock
+// briefly; it is meant for scrapes, not the data path.
+func (c Config) State(ep *Endpoint, now time.Time) State {
+	if c.Policy != PeakEWMA {
+		return State{Load: ep.Load(), Ejected: ep.Ejected(now)}
+	}
+	rtt := ep.RTTEstimate(now, c.decay())
+	load := ep.Load()
+	// As cost computes it, from one reading of the load.
+	return State{Load: load, RTT: rtt, Cost: float64(rtt) * float64(load+1), Ejected: ep.Ejected(now)}
+}
+
 // NewEndpoint returns a new endpoint for this policy: its latency estimate
 // starts at DefaultRTT (as Tower's), stamped at now.
 func (c Config) NewEndpoint(addr string, weight uint32, now time.Time) *Endpoint {
