@@ -17,6 +17,7 @@ import (
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/detect/learn"
 	"github.com/siftmesh/sift/listener"
+	"github.com/siftmesh/sift/telemetry/accesslog"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/xds"
 
@@ -67,6 +68,7 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	accesslog.SetNode(b.GetNode())
 	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager(), stopped: make(chan struct{}),
 		bootstrap: b, started: time.Now(), learned: learn.New(learn.DefaultCapacity)}
 	for i, pb := range b.GetStaticResources().GetClusters() {
@@ -244,6 +246,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.listeners != nil {
 		s.listeners.Shutdown(ctx)
 	}
+	accesslog.Shutdown() // after the connections: their entries are queued
 	var err error
 	if s.admin != nil {
 		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/httplb/route"
 )
 
@@ -285,6 +286,7 @@ func isGRPC(r *http.Request) bool {
 
 // connState is what requests of one downstream connection share.
 type connState struct {
+	info     *filters.ConnInfo
 	remote   netip.AddrPort
 	external bool
 	h2       bool
@@ -292,7 +294,8 @@ type connState struct {
 
 // serveHTTP handles one request on a downstream connection.
 func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
-	rec := &Record{Start: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto}
+	rec := &Record{Start: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
+		Info: cs.info, Header: r.Header}
 	rw := &recordingWriter{ResponseWriter: w}
 	body := &countingBody{ReadCloser: r.Body}
 	if r.Body != nil && r.Body != http.NoBody {
@@ -304,6 +307,10 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 			rec.Status = int(rw.status.Load())
 		}
 		rec.BytesSent, rec.BytesReceived = rw.bytes.Load(), body.n.Load()
+		if rec.Status != 0 {
+			rec.ResponseHeader = rw.Header()
+		}
+		h.accessLogs.LogRequest(rec)
 		if hk := currentHook(); hk != nil {
 			hk.OnRequest(rec)
 		}

@@ -32,7 +32,7 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // is closed and every request handler on it has returned.
 func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	conn := &trackedConn{Conn: d.Conn(), closed: make(chan struct{})}
-	cs := &connState{remote: d.Info.RemoteAddr}
+	cs := &connState{info: d.Info, remote: d.Info.RemoteAddr}
 	cs.external = !isInternal(cs.remote.Addr())
 
 	var handlers sync.WaitGroup

@@ -9,6 +9,7 @@
 package streaminfo
 
 import (
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +71,15 @@ type Request struct {
 
 	BytesReceived int64 // request body bytes read from the client
 	BytesSent     int64 // response body bytes written to the client
+
+	// Info is the downstream connection's facts (addresses, detection);
+	// read-only, nil when the request did not arrive on a listener.
+	Info *filters.ConnInfo
+	// Header is the request's header as received from the client, and
+	// ResponseHeader the response's as sent to it (nil when none was
+	// written). Both are read-only: they belong to the finished exchange
+	// and nothing writes them once the record is reported.
+	Header, ResponseHeader http.Header
 }
 
 // ConnHook receives a Conn once the connection has ended.

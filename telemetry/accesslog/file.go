@@ -1,0 +1,168 @@
+package accesslog
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+)
+
+const (
+	// fileQueueLen bounds the lines waiting for a file writer.
+	fileQueueLen = 8192
+	// flushInterval is Envoy's default file_flush_interval.
+	flushInterval = time.Second
+	fileBufSize   = 64 << 10
+)
+
+// format renders one line for an entry.
+type format struct {
+	text textFormat  // nil when json is set
+	json *jsonFormat // nil for text
+}
+
+func (f *format) render(l *lineBuf, e *entry) {
+	if f.json != nil {
+		l.b, l.scratch = f.json.appendJSON(l.b, l.scratch, e)
+		return
+	}
+	l.b = f.text.appendText(l.b, e)
+}
+
+// lineSink formats entries and queues them to a file writer.
+type lineSink struct {
+	format *format
+	w      *fileWriter
+}
+
+func (s *lineSink) log(e *entry) {
+	l := getLine()
+	s.format.render(l, e)
+	s.w.enqueue(l)
+}
+
+// worker is a restartable goroutine: started on first use, stopped (after
+// draining) by stop, started again by a later use.
+type worker struct {
+	mu      sync.Mutex
+	running bool
+	quit    chan struct{}
+	done    chan struct{}
+	run     func(quit <-chan struct{})
+}
+
+func (w *worker) ensure() {
+	w.mu.Lock()
+	if !w.running {
+		w.running = true
+		w.quit, w.done = make(chan struct{}), make(chan struct{})
+		go func(quit, done chan struct{}) {
+			defer close(done)
+			w.run(quit)
+		}(w.quit, w.done)
+	}
+	w.mu.Unlock()
+}
+
+func (w *worker) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.running {
+		close(w.quit)
+		<-w.done
+		w.running = false
+	}
+}
+
+// fileWriter owns one open file (or stdout/stderr) and the goroutine that
+// writes its queued lines through a buffer, flushed every flushInterval and
+// when stopped.
+type fileWriter struct {
+	worker
+	path string
+	out  io.Writer
+	q    chan *lineBuf
+}
+
+// fileWriters are shared by path, as Envoy's access log manager does.
+var fileWriters = map[string]*fileWriter{}
+
+// openFile returns the writer for path, opening the file (append, create)
+// on first use.
+func openFile(path string) (*fileWriter, error) {
+	writersMu.Lock()
+	defer writersMu.Unlock()
+	if w, ok := fileWriters[path]; ok {
+		return w, nil
+	}
+	var out io.Writer
+	switch path {
+	case "/dev/stdout":
+		out = os.Stdout
+	case "/dev/stderr":
+		out = os.Stderr
+	default:
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		out = f
+	}
+	w := &fileWriter{path: path, out: out, q: make(chan *lineBuf, fileQueueLen)}
+	w.run = w.loop
+	fileWriters[path] = w
+	return w, nil
+}
+
+func (w *fileWriter) enqueue(l *lineBuf) {
+	w.ensure()
+	select {
+	case w.q <- l:
+	default:
+		dropped.Add(1)
+		putLine(l)
+	}
+}
+
+func (w *fileWriter) loop(quit <-chan struct{}) {
+	bw := bufio.NewWriterSize(w.out, fileBufSize)
+	t := time.NewTicker(flushInterval)
+	defer t.Stop()
+	failed := false
+	write := func(l *lineBuf) {
+		if _, err := bw.Write(l.b); err != nil && !failed {
+			failed = true // once: a full disk must not flood the log
+			slog.Warn("accesslog: write failed", "path", w.path, "err", err)
+		}
+		putLine(l)
+	}
+	flush := func() {
+		if err := bw.Flush(); err != nil && !failed {
+			failed = true
+			slog.Warn("accesslog: write failed", "path", w.path, "err", err)
+		}
+	}
+	for {
+		select {
+		case l := <-w.q:
+			write(l)
+		case <-t.C:
+			flush()
+		case <-quit:
+			for {
+				select {
+				case l := <-w.q:
+					write(l)
+				default:
+					flush()
+					return
+				}
+			}
+		}
+	}
+}
+
+func (w *fileWriter) String() string { return fmt.Sprintf("file %s", w.path) }
