@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -47,6 +48,11 @@ func (s *lineSink) log(e *entry) {
 // worker is a restartable goroutine: started on first use, stopped (after
 // draining) by stop, started again by a later use.
 type worker struct {
+	// up is true while a goroutine runs and no stop has begun: the fast
+	// path of ensure. stop clears it before asking the goroutine to drain,
+	// so a caller that queued an item and then saw up is sure the item is
+	// drained or processed.
+	up      atomic.Bool
 	mu      sync.Mutex
 	running bool
 	quit    chan struct{}
@@ -54,7 +60,11 @@ type worker struct {
 	run     func(quit <-chan struct{})
 }
 
+// ensure starts the goroutine unless it runs. Callers queue first.
 func (w *worker) ensure() {
+	if w.up.Load() {
+		return
+	}
 	w.mu.Lock()
 	if !w.running {
 		w.running = true
@@ -64,13 +74,16 @@ func (w *worker) ensure() {
 			w.run(quit)
 		}(w.quit, w.done)
 	}
+	w.up.Store(true)
 	w.mu.Unlock()
 }
 
+// stop asks the goroutine to drain its queue and waits until it has.
 func (w *worker) stop() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.running {
+		w.up.Store(false)
 		close(w.quit)
 		<-w.done
 		w.running = false
@@ -117,14 +130,17 @@ func openFile(path string) (*fileWriter, error) {
 	return w, nil
 }
 
+// enqueue queues l, or drops it when the queue is full. Queueing before
+// ensure means a line is either drained by a stopping goroutine or found
+// by a (re)started one: none is left behind.
 func (w *fileWriter) enqueue(l *lineBuf) {
-	w.ensure()
 	select {
 	case w.q <- l:
 	default:
 		dropped.Add(1)
 		putLine(l)
 	}
+	w.ensure()
 }
 
 func (w *fileWriter) loop(quit <-chan struct{}) {

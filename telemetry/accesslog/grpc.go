@@ -116,12 +116,12 @@ func newGRPCSink(c *grpcv3.CommonGrpcAccessLogConfig, kind grpcKind, reqH, respH
 }
 
 func (w *grpcWriter) enqueue(e entry) {
-	w.ensure()
 	select {
 	case w.q <- e:
 	default:
 		dropped.Add(1)
 	}
+	w.ensure() // after queueing: see fileWriter.enqueue
 }
 
 // loop owns the ClientConn and stream: it batches entries until bufSize
