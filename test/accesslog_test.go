@@ -257,3 +257,40 @@ func sameHostPort(addr string, port uint32) bool {
 	_, p, _ := net.SplitHostPort(addr)
 	return p == strconv.Itoa(int(port))
 }
+
+// TestListenerAccessLog: Listener.access_log logs a connection no filter
+// chain took, with Envoy's NR flag and what detection found.
+func TestListenerAccessLog(t *testing.T) {
+	t.Parallel()
+	logPath := filepath.Join(t.TempDir(), "listener.log")
+	p := startProxy(t, `
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    access_log:
+    - name: envoy.access_loggers.file
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+        path: {{log}}
+        format: "%DOWNSTREAM_REMOTE_ADDRESS% %RESPONSE_FLAGS% %SIFT_FILTER% %SIFT_DETECTED_PROTOCOL% %SIFT_DETECTION_REASON% %SIFT_DETECTION_BYTES%\n"
+    listener_filters:
+    - name: sift.detect
+      typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, timeout: 5s}
+    filter_chains:
+    - {filter_chain_match: {application_protocols: [http/1.1]}, filters: {{http}}}
+  clusters:
+`+staticCluster("http", httpBackend(t, "b1")), map[string]string{"log": logPath, "http": tcpProxy("http")})
+	c := dial(t, p.addr(t, "l"))
+	io.WriteString(c, "ping\n")
+	readAllWithin(t, c, 10*time.Second) // closed: no chain
+	client := c.LocalAddr().String()
+	p.Shutdown(context.Background()) // flushes the file
+	got, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(client+" NR listener opaque no_match 5\n", string(got)); diff != "" {
+		t.Errorf("listener access log (-want +got):\n%s", diff)
+	}
+}

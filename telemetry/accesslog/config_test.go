@@ -164,3 +164,10 @@ func TestSharedFileWriter(t *testing.T) {
 		t.Errorf("%d lines, want 200", n)
 	}
 }
+
+func TestPolicyAudit(t *testing.T) {
+	t.Parallel()
+	if err := policy.Audit(); err != nil {
+		t.Fatal(err)
+	}
+}

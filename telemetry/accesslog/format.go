@@ -507,6 +507,9 @@ func responseFlags(e *entry) string {
 	if e.req != nil {
 		return reasonFlags[e.req.Error]
 	}
+	if e.conn.NoChain {
+		return "NR" // Envoy: no filter chain matched the connection
+	}
 	if e.conn.ConnectFailed {
 		if e.conn.Cluster != "" && strings.Contains(errString(e.conn.Err), "not found") {
 			return "NC"

@@ -23,7 +23,8 @@ type Conn struct {
 	// when both directions had ended.
 	Start    time.Time
 	Duration time.Duration
-	// Filter names the network filter ("tcp_proxy", "opaque_transport") and
+	// Filter names the network filter ("tcp_proxy", "opaque_transport"), or
+	// is "listener" for a connection the listener closed itself, and
 	// StatPrefix its stat_prefix.
 	Filter, StatPrefix string
 	// Info is the downstream connection's facts: addresses, detection, TLS
@@ -34,6 +35,10 @@ type Conn struct {
 	Endpoint string // "ip:port" of the upstream, "" when none was reached
 	// ConnectFailed is set when no upstream connection could be opened.
 	ConnectFailed bool
+	// NoChain is set on a listener's record (Filter "listener") of a
+	// connection no filter chain matched; a listener record without it is
+	// one the listener filters closed.
+	NoChain bool
 
 	// BytesReceived came from the downstream (and went upstream, peeked
 	// bytes included); BytesSent went to the downstream.
