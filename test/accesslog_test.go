@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -292,5 +293,60 @@ static_resources:
 	}
 	if diff := cmp.Diff(client+" NR listener opaque no_match 5\n", string(got)); diff != "" {
 		t.Errorf("listener access log (-want +got):\n%s", diff)
+	}
+}
+
+// TestProcessReopensAccessLogOnSIGUSR1: like Envoy, sift-proxy reopens its
+// access log files on SIGUSR1, so that logrotate can move them.
+func TestProcessReopensAccessLogOnSIGUSR1(t *testing.T) {
+	t.Parallel()
+	bin := siftProxyBinary(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	cfg := writeBootstrap(t, `
+static_resources:
+  listeners:
+  - name: sift
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: echo
+          cluster: echo
+          access_log: [{name: envoy.access_loggers.file, typed_config: {"@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: {{log}}, format: "%UPSTREAM_CLUSTER% %BYTES_RECEIVED%\n"}}]
+  clusters:
+`+staticCluster("echo", echo(t)), map[string]string{"log": logPath})
+	p := startProcess(t, []string{bin, "-c", cfg, "--log-format", "json"}, "sift")
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	fileIs := func(path, want string) func() bool {
+		return func() bool { b, _ := os.ReadFile(path); return string(b) == want }
+	}
+
+	echoOnce(t, p.addrs["sift"], "a", 0)
+	waitFor("the first line", fileIs(logPath, "echo 1\n")) // flushed within a second
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(int(p.pid.Load()), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the reopened file", func() bool { _, err := os.Stat(logPath); return err == nil })
+	echoOnce(t, p.addrs["sift"], "bb", 0)
+	if err := syscall.Kill(int(p.pid.Load()), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	for path, want := range map[string]string{logPath + ".1": "echo 1\n", logPath: "echo 2\n"} {
+		if got, _ := os.ReadFile(path); string(got) != want {
+			t.Errorf("%s = %q, want %q", path, got, want)
+		}
 	}
 }

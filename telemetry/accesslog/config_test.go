@@ -171,3 +171,32 @@ func TestPolicyAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestReopen(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rotate.log")
+	ls, err := Decode(decodeYAML(t, `[{name: f, typed_config: {"@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: `+
+		path+`, format: "%ROUTE_NAME%\n"}}]`), Context{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := testRequest(), testRequest()
+	first.Route, second.Route = "first", "second"
+	ls.LogRequest(first)
+	if err := os.Rename(path, path+".1"); err != nil { // what logrotate does
+		t.Fatal(err)
+	}
+	Reopen()
+	ls.LogRequest(second)
+	ls[0].sink.(*lineSink).w.stop()
+	for file, want := range map[string]string{path + ".1": "first\n", path: "second\n"} {
+		got, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, string(got)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", file, diff)
+		}
+	}
+}

@@ -2,7 +2,6 @@ package accesslog
 
 import (
 	"bufio"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -96,8 +95,14 @@ func (w *worker) stop() {
 type fileWriter struct {
 	worker
 	path string
-	out  io.Writer
-	q    chan *lineBuf
+	out  io.Writer // the loop's alone once it runs
+	file *os.File  // out, when it is a file Reopen may reopen; the loop's too
+	// reopenable is true for files, false for stdout/stderr. Immutable.
+	reopenable bool
+	q          chan *lineBuf
+	// reopen asks the loop to reopen the file; it closes the channel it
+	// is sent once done.
+	reopen chan chan struct{}
 }
 
 // fileWriters are shared by path, as Envoy's access log manager does.
@@ -112,6 +117,7 @@ func openFile(path string) (*fileWriter, error) {
 		return w, nil
 	}
 	var out io.Writer
+	var file *os.File
 	switch path {
 	case "/dev/stdout":
 		out = os.Stdout
@@ -122,9 +128,9 @@ func openFile(path string) (*fileWriter, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = f
+		out, file = f, f
 	}
-	w := &fileWriter{path: path, out: out, q: make(chan *lineBuf, fileQueueLen)}
+	w := &fileWriter{path: path, out: out, file: file, reopenable: file != nil, q: make(chan *lineBuf, fileQueueLen), reopen: make(chan chan struct{})}
 	w.run = w.loop
 	fileWriters[path] = w
 	return w, nil
@@ -167,6 +173,22 @@ func (w *fileWriter) loop(quit <-chan struct{}) {
 			write(l)
 		case <-t.C:
 			flush()
+		case done := <-w.reopen:
+			// Lines queued before the request go to the old file.
+		pending:
+			for {
+				select {
+				case l := <-w.q:
+					write(l)
+				default:
+					break pending
+				}
+			}
+			flush()
+			w.reopenFile()
+			bw.Reset(w.out)
+			failed = false
+			close(done)
 		case <-quit:
 			for {
 				select {
@@ -181,4 +203,39 @@ func (w *fileWriter) loop(quit <-chan struct{}) {
 	}
 }
 
-func (w *fileWriter) String() string { return fmt.Sprintf("file %s", w.path) }
+// reopenFile opens the path again (a log rotator moved the file) and
+// closes the old file; on failure it keeps writing to the old one.
+func (w *fileWriter) reopenFile() {
+	f, err := os.OpenFile(w.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		slog.Warn("accesslog: reopen failed; writing to the old file", "path", w.path, "err", err)
+		return
+	}
+	w.file.Close()
+	w.file, w.out = f, f
+}
+
+// Reopen reopens every access log file (not stdout or stderr), as Envoy
+// does on SIGUSR1, so that a log rotator can move the files away. Lines
+// queued before the call go to the old files. It returns once every file
+// has been reopened.
+func Reopen() {
+	writersMu.Lock()
+	var ws []*fileWriter
+	for _, w := range fileWriters {
+		if w.reopenable {
+			ws = append(ws, w)
+		}
+	}
+	writersMu.Unlock()
+	for _, w := range ws {
+		w.ensure()
+		done := make(chan struct{})
+		w.mu.Lock() // not while a stop drains: the loop would be gone
+		if w.running {
+			w.reopen <- done
+			<-done
+		}
+		w.mu.Unlock()
+	}
+}
