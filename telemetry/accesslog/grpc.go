@@ -164,6 +164,16 @@ func (w *grpcWriter) loop(quit <-chan struct{}) {
 				stream = nil
 			}
 		}
+		// finish half-closes the stream and waits for the service's
+		// response, within the shutdown budget: a successful Send only
+		// queued the message, and closing the ClientConn before it is
+		// written would lose it.
+		finish = func() {
+			if stream != nil {
+				stream.CloseAndRecv()
+				stream = nil
+			}
+		}
 	)
 	defer tick.Stop()
 	send := func() {
@@ -244,7 +254,7 @@ func (w *grpcWriter) loop(quit <-chan struct{}) {
 				}
 			}
 			send()
-			closeOld()
+			finish()
 			return
 		}
 	}
