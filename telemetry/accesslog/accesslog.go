@@ -15,7 +15,11 @@
 // buffer and queued to a writer goroutine (one per file path, one per gRPC
 // stream config, shared process-wide); when a queue is full the line is
 // dropped and counted (Dropped). Writers flush every second and at
-// Shutdown, which the server calls when it stops.
+// Shutdown, which the server calls when it stops; Reopen (SIGUSR1 in
+// sift-proxy) reopens the files for log rotation. Writers are kept for the
+// life of the process (there is no filter teardown to release them), one
+// per distinct path or gRPC configuration; a stopped writer costs no
+// goroutine.
 //
 // # Formats
 //
