@@ -31,6 +31,7 @@ type alsServer struct {
 	ids      []*alsv3.StreamAccessLogsMessage_Identifier
 	http     []*datav3.HTTPAccessLogEntry
 	tcp      []*datav3.TCPAccessLogEntry
+	batches  []int // entries per message, in arrival order
 	received chan struct{}
 }
 
@@ -46,6 +47,7 @@ func (s *alsServer) StreamAccessLogs(stream alsv3.AccessLogService_StreamAccessL
 		}
 		s.http = append(s.http, m.GetHttpLogs().GetLogEntry()...)
 		s.tcp = append(s.tcp, m.GetTcpLogs().GetLogEntry()...)
+		s.batches = append(s.batches, len(m.GetHttpLogs().GetLogEntry())+len(m.GetTcpLogs().GetLogEntry()))
 		s.mu.Unlock()
 		select {
 		case s.received <- struct{}{}:
@@ -95,9 +97,68 @@ func clustersFor(t *testing.T, addr string) *upstream.Manager {
 }
 
 func alsYAML(typ, logName, extra string) string {
+	return alsYAMLBuffer(typ, logName, extra, "buffer_flush_interval: 0.05s")
+}
+
+func alsYAMLBuffer(typ, logName, extra, buffer string) string {
 	return fmt.Sprintf(`[{name: envoy.access_loggers.%s, typed_config: {"@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.%s,
-  %s common_config: {log_name: %s, transport_api_version: V3, buffer_flush_interval: 0.05s, grpc_service: {envoy_grpc: {cluster_name: als}}}}}]`,
-		map[string]string{"HttpGrpcAccessLogConfig": "http_grpc", "TcpGrpcAccessLogConfig": "tcp_grpc"}[typ], typ, extra, logName)
+  %s common_config: {log_name: %s, transport_api_version: V3, %s, grpc_service: {envoy_grpc: {cluster_name: als}}}}}]`,
+		map[string]string{"HttpGrpcAccessLogConfig": "http_grpc", "TcpGrpcAccessLogConfig": "tcp_grpc"}[typ], typ, extra, logName, buffer)
+}
+
+// TestGRPCBatching: entries are batched until buffer_size_bytes or
+// buffer_flush_interval, whichever comes first.
+func TestGRPCBatching(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, buffer string
+		want         []int
+	}{
+		// A 1-byte buffer is full with every entry: one message each.
+		{"size", "buffer_size_bytes: 1, buffer_flush_interval: 3600s", []int{1, 1, 1, 1, 1}},
+		// A large buffer waits for the interval: the five entries, logged
+		// at once, travel together (or in two messages, should a tick fall
+		// between two of them).
+		{"interval", "buffer_size_bytes: 1000000, buffer_flush_interval: 0.2s", []int{5}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			als, addr := startALS(t)
+			ls, err := Decode(decodeYAML(t, alsYAMLBuffer("TcpGrpcAccessLogConfig", "batch-"+tt.name, "", tt.buffer)),
+				Context{Clusters: clustersFor(t, addr)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 5 {
+				ls.LogConn(testConn())
+			}
+			deadline := time.After(10 * time.Second) // only keeps a broken test from hanging
+			for {
+				als.mu.Lock()
+				n := len(als.tcp)
+				als.mu.Unlock()
+				if n >= 5 {
+					break
+				}
+				select {
+				case <-als.received:
+				case <-deadline:
+					t.Fatalf("received %d entries, want 5", n)
+				}
+			}
+			ls[0].sink.(*grpcSink).w.stop()
+			als.mu.Lock()
+			defer als.mu.Unlock()
+			got := als.batches
+			if tt.name == "interval" && len(got) == 2 && got[0]+got[1] == 5 {
+				got = []int{5} // a tick between two entries
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("entries per message (-want +got):\n%s", diff)
+			}
+		})
+	}
 }
 
 func TestGRPCAccessLog(t *testing.T) {
