@@ -51,10 +51,24 @@ func SetNode(n *corev3.Node) { node.Store(n) }
 
 // grpcSink queues entries to a shared gRPC writer; entries are converted to
 // protos on the writer's goroutine (records are not reused, so keeping them
-// is safe).
+// is safe), except the response headers to log, which are copied here: the
+// HTTP/2 server may still edit the response header map (trailers) once the
+// handler has returned.
 type grpcSink struct{ w *grpcWriter }
 
-func (s *grpcSink) log(e *entry) { s.w.enqueue(*e) }
+func (s *grpcSink) log(e *entry) {
+	q := queued{entry: *e}
+	if len(s.w.respHeaders) > 0 && e.req != nil && e.req.ResponseHeader != nil {
+		q.respHeaders = pick(e.req.ResponseHeader.Get, s.w.respHeaders)
+	}
+	s.w.enqueue(q)
+}
+
+// queued is an entry waiting for the gRPC writer.
+type queued struct {
+	entry
+	respHeaders map[string]string // additional_response_headers_to_log, copied
+}
 
 // grpcWriters are shared by configuration: loggers of successive listener
 // generations with the same config use one stream, as Envoy's logger cache
@@ -72,7 +86,7 @@ type grpcWriter struct {
 	bufSize     int
 	reqHeaders  []string
 	respHeaders []string
-	q           chan entry
+	q           chan queued
 }
 
 func newGRPCSink(c *grpcv3.CommonGrpcAccessLogConfig, kind grpcKind, reqH, respH []string, field string, ctx Context) (sink, error) {
@@ -109,13 +123,13 @@ func newGRPCSink(c *grpcv3.CommonGrpcAccessLogConfig, kind grpcKind, reqH, respH
 	if old, ok := grpcWriters[key]; ok {
 		return &grpcSink{w: old}, nil
 	}
-	w.q = make(chan entry, grpcQueueLen)
+	w.q = make(chan queued, grpcQueueLen)
 	w.run = w.loop
 	grpcWriters[key] = w
 	return &grpcSink{w: w}, nil
 }
 
-func (w *grpcWriter) enqueue(e entry) {
+func (w *grpcWriter) enqueue(e queued) {
 	select {
 	case w.q <- e:
 	default:
@@ -219,13 +233,13 @@ func (w *grpcWriter) loop(quit <-chan struct{}) {
 		}
 		backoff, warned = grpcBackoffBase, false
 	}
-	add := func(e entry) {
+	add := func(e queued) {
 		if w.kind == kindHTTP {
 			h := w.httpEntry(&e)
 			size += proto.Size(h)
 			http = append(http, h)
 		} else {
-			t := w.tcpEntry(&e)
+			t := w.tcpEntry(&e.entry)
 			size += proto.Size(t)
 			tcp = append(tcp, t)
 		}
@@ -350,7 +364,8 @@ func common(e *entry) *datav3.AccessLogCommon {
 	return c
 }
 
-func (w *grpcWriter) httpEntry(e *entry) *datav3.HTTPAccessLogEntry {
+func (w *grpcWriter) httpEntry(q *queued) *datav3.HTTPAccessLogEntry {
+	e := &q.entry
 	h := &datav3.HTTPAccessLogEntry{CommonProperties: common(e)}
 	r := e.req
 	if r == nil {
@@ -392,9 +407,7 @@ func (w *grpcWriter) httpEntry(e *entry) *datav3.HTTPAccessLogEntry {
 			resp.ResponseCodeDetails = "via_upstream"
 		}
 	}
-	if len(w.respHeaders) > 0 && r.ResponseHeader != nil {
-		resp.ResponseHeaders = pick(r.ResponseHeader.Get, w.respHeaders)
-	}
+	resp.ResponseHeaders = q.respHeaders
 	h.Request, h.Response = req, resp
 	return h
 }

@@ -80,11 +80,14 @@ type Request struct {
 	// Info is the downstream connection's facts (addresses, detection);
 	// read-only, nil when the request did not arrive on a listener.
 	Info *filters.ConnInfo
-	// Header is the request's header as received from the client, and
-	// ResponseHeader the response's as sent to it (nil when none was
-	// written). Both are read-only: they belong to the finished exchange
-	// and nothing writes them once the record is reported.
-	Header, ResponseHeader http.Header
+	// Header is the request's header as received from the client
+	// (read-only; nothing writes it once the record is reported).
+	Header http.Header
+	// ResponseHeader is the response's header as sent to the client, nil
+	// when none was written. Read it only during the hook call, and copy
+	// what you keep: the HTTP/2 server may still edit the map (undeclared
+	// trailers) after the handler has returned.
+	ResponseHeader http.Header
 }
 
 // ConnHook receives a Conn once the connection has ended.
