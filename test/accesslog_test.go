@@ -36,7 +36,7 @@ static_resources:
       typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, timeout: 0.1s}
     filter_chains:
     - name: http
-      filter_chain_match: {application_protocols: [http/1.1]}
+      filter_chain_match: {application_protocols: [http/1.1, h2c]}
       filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
@@ -155,6 +155,11 @@ func TestAccessLogFileAndALS(t *testing.T) {
 	httpClient := conn.LocalAddr().String()
 	tcpClient := echoOnce(t, addr, "ping\n", 0)                     // no sniffer matches
 	lateClient := echoOnce(t, addr, "late\n", 400*time.Millisecond) // silent past the 0.1s timeout
+	h2 := h2cClient()
+	if got, want := get(t, h2, "http://"+addr+"/h2"), "b1 GET /h2 HTTP/1.1"; got != want { // HTTP/1.1 upstream
+		t.Errorf("h2c body %q, want %q", got, want)
+	}
+	h2.CloseIdleConnections()
 
 	// The ALS receives one HTTP and two TCP entries (the deadline only keeps
 	// a broken test from hanging).
@@ -163,11 +168,11 @@ func TestAccessLogFileAndALS(t *testing.T) {
 		als.mu.Lock()
 		n, m := len(als.http), len(als.tcp)
 		als.mu.Unlock()
-		if n >= 1 && m >= 2 {
+		if n >= 2 && m >= 2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ALS received %d HTTP and %d TCP entries, want 1 and 2", n, m)
+			t.Fatalf("ALS received %d HTTP and %d TCP entries, want 2 and 2", n, m)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -182,6 +187,12 @@ func TestAccessLogFileAndALS(t *testing.T) {
 		var m map[string]any
 		if err := json.Unmarshal(l, &m); err != nil {
 			t.Fatalf("line %q: %v", l, err)
+		}
+		if m["path"] == "/h2" { // its client address is the h2 transport's secret
+			if m["proto"] != "HTTP/2.0" || m["detected"] != "h2c" || m["reason"] != "match" || m["code"] != 200.0 {
+				t.Errorf("h2c line %v, want proto HTTP/2.0, detected h2c by match, code 200", m)
+			}
+			continue
 		}
 		lines = append(lines, m)
 	}
@@ -204,9 +215,17 @@ func TestAccessLogFileAndALS(t *testing.T) {
 	if !als.names["e2e-http"] || !als.names["e2e-tcp"] {
 		t.Errorf("ALS streams %v, want e2e-http and e2e-tcp", als.names)
 	}
+	versions := map[string]datav3.HTTPAccessLogEntry_HTTPVersion{}
+	for _, e := range als.http {
+		versions[e.GetRequest().GetPath()] = e.GetProtocolVersion()
+	}
+	if diff := cmp.Diff(map[string]datav3.HTTPAccessLogEntry_HTTPVersion{"/hello": datav3.HTTPAccessLogEntry_HTTP11,
+		"/h2": datav3.HTTPAccessLogEntry_HTTP2}, versions); diff != "" {
+		t.Errorf("ALS HTTP versions by path (-want +got):\n%s", diff)
+	}
 	h := als.http[0]
-	if got := h.GetRequest().GetPath(); got != "/hello" {
-		t.Errorf("ALS HTTP path %q", got)
+	if h.GetRequest().GetPath() != "/hello" {
+		h = als.http[1]
 	}
 	if got := h.GetResponse().GetResponseCode().GetValue(); got != 200 {
 		t.Errorf("ALS HTTP response code %d", got)
