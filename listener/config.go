@@ -14,6 +14,7 @@ import (
 	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/listener/chainmatch"
+	"github.com/siftmesh/sift/telemetry/accesslog"
 )
 
 // Config is a validated, immutable listener: what Decode makes of an Envoy
@@ -41,7 +42,10 @@ type Config struct {
 
 	Chains       []*FilterChain
 	DefaultChain *FilterChain // nil: none
-	table        *chainmatch.Table
+	// AccessLogs log connections the listener closed itself: listener
+	// filters closed them, or no filter chain matched (Listener.access_log).
+	AccessLogs accesslog.Loggers
+	table      *chainmatch.Table
 	// guardsHTTP: some chain enforces HTTP-level policy (filters.HTTPPolicy).
 	guardsHTTP bool
 }
@@ -73,7 +77,7 @@ const defaultListenerFiltersTimeout = 15 * time.Second
 var listenerPolicy = pbcheck.Policy{
 	"envoy.config.listener.v3.Listener": pbcheck.Fields("name, address, filter_chains, default_filter_chain, "+
 		"listener_filters, listener_filters_timeout, continue_on_listener_filters_timeout, use_original_dst, bind_to_port, "+
-		"traffic_direction").
+		"traffic_direction, access_log").
 		Ignore("stat_prefix", "statistics only").
 		Ignore("metadata", "descriptive: read by filters and tools, not by the listener").
 		Ignore("per_connection_buffer_limit_bytes", "tunes Envoy's buffers: Sift's are fixed and smaller").
@@ -124,6 +128,9 @@ func decode(pb *listenerv3.Listener, bc filters.BuildContext) (*Config, error) {
 	// 0 disables, as in Envoy.
 	if cfg.FiltersTimeout, err = pbcheck.Duration(pb.GetListenerFiltersTimeout(), "listener_filters_timeout",
 		defaultListenerFiltersTimeout, pbcheck.NonNegative); err != nil {
+		return nil, err
+	}
+	if cfg.AccessLogs, err = accesslog.Decode(pb.GetAccessLog(), accesslog.Context{Clusters: bc.Clusters}); err != nil {
 		return nil, err
 	}
 	for i, lf := range pb.GetListenerFilters() {

@@ -156,6 +156,7 @@ func (l *Listener) serve(c net.Conn, g *generation, accepted time.Time) {
 	peeked, ok := l.inspect(c, g.cfg, info, accepted)
 	if !ok {
 		l.record(info, nil, OutcomeClosed)
+		logUnserved(g.cfg, info, false)
 		closeEarly(info)
 		c.Close()
 		return
@@ -189,6 +190,7 @@ func (l *Listener) serveHandedOff(c net.Conn, g *generation, prev *filters.ConnI
 	more, ok := l.inspect(conn, g.cfg, info, accepted)
 	if !ok {
 		l.record(info, nil, OutcomeClosed)
+		logUnserved(g.cfg, info, false)
 		closeEarly(info)
 		c.Close()
 		return
@@ -211,6 +213,7 @@ func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, p
 	if chain == nil {
 		l.stats.NoChain.Add(1)
 		l.record(info, nil, OutcomeNoChain)
+		logUnserved(g.cfg, info, true)
 		l.log.Debug("no filter chain matched; closing", "remote", info.RemoteAddr, "local", info.LocalAddr,
 			"transport", info.TransportProtocol, "sni", info.ServerName, "alpn", info.ApplicationProtocols)
 		closeEarly(info)

@@ -20,6 +20,7 @@ import (
 	"github.com/siftmesh/sift/filters/httplb"
 	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/listener"
+	"github.com/siftmesh/sift/telemetry/accesslog"
 	"github.com/siftmesh/sift/telemetry/metrics"
 	"github.com/siftmesh/sift/telemetry/streaminfo"
 	"github.com/siftmesh/sift/upstream"
@@ -84,6 +85,7 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	accesslog.SetNode(b.GetNode())
 	s := &Server{opts: opts, log: opts.Logger, clusters: upstream.NewManager(), stopped: make(chan struct{}),
 		bootstrap: b, started: time.Now(), learned: learn.New(learn.DefaultCapacity)}
 	if err := s.buildSecrets(b); err != nil { // before clusters and listeners: they use them
@@ -316,6 +318,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.listeners != nil {
 		s.listeners.Shutdown(ctx)
 	}
+	accesslog.Shutdown() // after the connections: their entries are queued
 	var err error
 	if s.admin != nil {
 		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)

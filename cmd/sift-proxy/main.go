@@ -3,7 +3,7 @@
 //	sift-proxy -c bootstrap.yaml [--config-yaml YAML] [-l level] [--drain-time-s N] [--mode serve|validate]
 //
 // It reads an Envoy v3 bootstrap, serves its listeners and drains on SIGTERM
-// or SIGINT.
+// or SIGINT; SIGUSR1 reopens the access log files, as Envoy's does.
 package main
 
 import (
@@ -22,6 +22,7 @@ import (
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/bootstrap"
 	"github.com/siftmesh/sift/server"
+	"github.com/siftmesh/sift/telemetry/accesslog"
 )
 
 func main() {
@@ -135,6 +136,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("sift-proxy started", "node", b.GetNode().GetId(), "pid", os.Getpid(), "drain_time", o.drainTime)
+
+	reopen := make(chan os.Signal, 1)
+	signal.Notify(reopen, syscall.SIGUSR1) // Envoy's: reopen the access logs
+	stopReopen := make(chan struct{})
+	defer func() { signal.Stop(reopen); close(stopReopen) }()
+	go func() {
+		for {
+			select {
+			case <-reopen:
+				accesslog.Reopen()
+			case <-stopReopen:
+				return
+			}
+		}
+	}()
 
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 
@@ -40,13 +41,21 @@ static_resources:
 // in-process sift-proxy in front of it; it returns the proxy's address.
 func startBenchProxy(b *testing.B) string {
 	b.Helper()
+	return startBenchProxyHCM(b, "")
+}
+
+// startBenchProxyHCM is startBenchProxy with hcm, YAML fields (indented
+// for the HCM's typed_config), added to the HCM.
+func startBenchProxyHCM(b *testing.B, hcm string) string {
+	b.Helper()
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "hello from the backend\n")
 	}))
 	b.Cleanup(backend.Close)
 	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
-	bs, err := bootstrap.Parse([]byte(fmt.Sprintf(benchBootstrap, port)))
+	yaml := strings.Replace(fmt.Sprintf(benchBootstrap, port), "codec_type: AUTO\n", "codec_type: AUTO\n"+hcm, 1)
+	bs, err := bootstrap.Parse([]byte(yaml))
 	if err != nil {
 		b.Fatal(err)
 	}

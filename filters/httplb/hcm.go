@@ -24,6 +24,7 @@
 package httplb
 
 import (
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 
@@ -32,6 +33,7 @@ import (
 
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/httplb/route"
+	"github.com/siftmesh/sift/telemetry/accesslog"
 	"github.com/siftmesh/sift/upstream"
 )
 
@@ -49,6 +51,9 @@ type HCM struct {
 	clusters *upstream.Manager
 	log      *slog.Logger
 	proxy    *reverseProxy
+	// accessLogs are the HCM's access_log loggers, called for every
+	// request before the process-wide hook.
+	accessLogs accesslog.Loggers
 }
 
 var _ filters.NetworkFilter = (*HCM)(nil)
@@ -65,6 +70,9 @@ func New(cfg *hcmv3.HttpConnectionManager, bc filters.BuildContext) (*HCM, error
 	}
 	if h.log == nil {
 		h.log = slog.Default()
+	}
+	if h.accessLogs, err = accesslog.Decode(cfg.GetAccessLog(), accesslog.Context{Clusters: h.clusters}); err != nil {
+		return nil, fmt.Errorf("httplb: %w", err)
 	}
 	h.log = h.log.With("filter", "http_connection_manager", "stat_prefix", c.statPrefix)
 	hcmPolicy.LogIgnored(h.log, cfg)

@@ -311,7 +311,7 @@ type connState struct {
 // serveHTTP handles one request on a downstream connection.
 func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 	rec := &Record{Start: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
-		Info: cs.info, TLS: cs.tls, ClientID: cs.peer, ServerID: cs.local}
+		Info: cs.info, TLS: cs.tls, ClientID: cs.peer, ServerID: cs.local, Header: r.Header}
 	rw := &recordingWriter{ResponseWriter: w}
 	body := &countingBody{ReadCloser: r.Body}
 	if r.Body != nil && r.Body != http.NoBody {
@@ -326,6 +326,10 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		if isGRPC(r) {
 			rec.GRPCStatus = responseGRPCStatus(rw.Header())
 		}
+		if rec.Status != 0 {
+			rec.ResponseHeader = rw.Header()
+		}
+		h.accessLogs.LogRequest(rec)
 		if hk := currentHook(); hk != nil {
 			hk.OnRequest(rec)
 		}

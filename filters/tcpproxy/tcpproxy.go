@@ -24,6 +24,7 @@ import (
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/opaquetransport/header"
 	"github.com/siftmesh/sift/internal/pbcheck"
+	"github.com/siftmesh/sift/telemetry/accesslog"
 	"github.com/siftmesh/sift/telemetry/streaminfo"
 	"github.com/siftmesh/sift/upstream"
 )
@@ -47,7 +48,7 @@ const (
 
 var policy = pbcheck.Policy{
 	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": pbcheck.Fields("stat_prefix, cluster, weighted_clusters, " +
-		"idle_timeout, max_connect_attempts, backoff_options, max_downstream_connection_duration"),
+		"idle_timeout, max_connect_attempts, backoff_options, max_downstream_connection_duration, access_log"),
 	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster":               pbcheck.Fields("clusters"),
 	"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": pbcheck.Fields("name, weight"),
 }
@@ -64,6 +65,7 @@ type Proxy struct {
 	backoffMax      time.Duration
 	manager         *upstream.Manager
 	log             *slog.Logger
+	accessLogs      accesslog.Loggers
 }
 
 type weightedCluster struct {
@@ -123,6 +125,9 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 		return nil, errors.New("cluster or weighted_clusters: one must be set")
 	}
 	var err error
+	if p.accessLogs, err = accesslog.Decode(cfg.GetAccessLog(), accesslog.Context{Clusters: bc.Clusters}); err != nil {
+		return nil, err
+	}
 	if p.idleTimeout, err = pbcheck.Duration(cfg.GetIdleTimeout(), "idle_timeout", p.idleTimeout, pbcheck.NonNegative); err != nil {
 		return nil, err
 	}
@@ -207,15 +212,17 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	}
 }
 
-// report hands a finished connection's record to the process-wide hook.
+// report hands a finished connection's record to the access logs and the
+// process-wide hook; it copies the record only when one of them is there.
 func (p *Proxy) report(rec *streaminfo.Conn) {
-	if !streaminfo.HasConnHook() {
+	if len(p.accessLogs) == 0 && !streaminfo.HasConnHook() {
 		return
 	}
 	if !rec.Start.IsZero() {
 		rec.Duration = time.Since(rec.Start)
 	}
 	r := *rec // the hook may keep it; rec lives on ServeConn's stack
+	p.accessLogs.LogConn(&r)
 	streaminfo.ReportConn(&r)
 }
 

@@ -121,7 +121,7 @@ func TestRequests(t *testing.T) {
 			},
 		},
 		{
-			name:   "base labels: direction, target_addr, srv_port, tls, identities",
+			name: "base labels: direction, target_addr, srv_port, tls, identities",
 			recs: []streaminfo.Request{{Authority: "x", Status: 200, Info: outInfo}, {Authority: "x", Status: 200},
 				{Authority: "x", Status: 200, Info: &filters.ConnInfo{LocalAddr: inAddr, Direction: filters.DirectionInbound, TLS: true,
 					PeerIdentity: "spiffe://sift.local/ns/a/sa/client", LocalIdentity: "spiffe://sift.local/ns/b/sa/server"}}},

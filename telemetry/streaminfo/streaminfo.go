@@ -9,6 +9,7 @@
 package streaminfo
 
 import (
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -23,7 +24,8 @@ type Conn struct {
 	// when both directions had ended.
 	Start    time.Time
 	Duration time.Duration
-	// Filter names the network filter ("tcp_proxy", "opaque_transport") and
+	// Filter names the network filter ("tcp_proxy", "opaque_transport"), or
+	// is "listener" for a connection the listener closed itself, and
 	// StatPrefix its stat_prefix.
 	Filter, StatPrefix string
 	// Info is the downstream connection's facts: addresses, detection, TLS
@@ -34,6 +36,10 @@ type Conn struct {
 	Endpoint string // "ip:port" of the upstream, "" when none was reached
 	// ConnectFailed is set when no upstream connection could be opened.
 	ConnectFailed bool
+	// NoChain is set on a listener's record (Filter "listener") of a
+	// connection no filter chain matched; a listener record without it is
+	// one the listener filters closed.
+	NoChain bool
 
 	// BytesReceived came from the downstream (and went upstream, peeked
 	// bytes included); BytesSent went to the downstream.
@@ -86,6 +92,14 @@ type Request struct {
 	// detection). Read-only; nil when the request did not come through a
 	// listener (tests serving an HCM directly).
 	Info *filters.ConnInfo
+	// Header is the request's header as received from the client
+	// (read-only; nothing writes it once the record is reported).
+	Header http.Header
+	// ResponseHeader is the response's header as sent to the client, nil
+	// when none was written. Read it only during the hook call, and copy
+	// what you keep: the HTTP/2 server may still edit the map (undeclared
+	// trailers) after the handler has returned.
+	ResponseHeader http.Header
 }
 
 // ConnHook receives a Conn once the connection has ended.
