@@ -380,6 +380,17 @@ func (d *dynamic) applyRoutes(resources map[string]proto.Message) error {
 	for _, cfg := range d.listeners {
 		d.setRoutes(cfg)
 	}
+	promoted, err := d.promoteReady()
+	if err != nil || !promoted {
+		return err
+	}
+	// The versions they replace may have used other route configurations.
+	return d.subscribeRoutes()
+}
+
+// promoteReady puts in service the warming listeners whose routes and
+// secrets have all arrived. It reports whether any was.
+func (d *dynamic) promoteReady() (bool, error) {
 	promoted := false
 	active := maps.Clone(d.listeners)
 	for name, cfg := range d.warming {
@@ -389,18 +400,17 @@ func (d *dynamic) applyRoutes(resources map[string]proto.Message) error {
 		}
 	}
 	if !promoted {
-		return nil
+		return false, nil
 	}
 	if err := d.applyActive(active); err != nil {
-		return err
+		return false, err
 	}
 	for name, cfg := range d.warming {
 		if active[name] == cfg {
 			delete(d.warming, name)
 		}
 	}
-	// The versions they replace may have used other route configurations.
-	return d.subscribeRoutes()
+	return true, nil
 }
 
 // dialXDS connects to an xDS server: an envoy_grpc service names a static

@@ -2,7 +2,6 @@ package server
 
 import (
 	"fmt"
-	"maps"
 	"slices"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -88,24 +87,6 @@ func (d *dynamic) applySecrets(resources map[string]proto.Message) error {
 	if err := d.s.secrets.ApplySDS(secrets); err != nil {
 		return err
 	}
-	promoted := false
-	active := maps.Clone(d.listeners)
-	for name, cfg := range d.warming {
-		if d.ready(cfg) {
-			active[name] = cfg
-			promoted = true
-		}
-	}
-	if !promoted {
-		return nil
-	}
-	if err := d.applyActive(active); err != nil {
-		return err
-	}
-	for name, cfg := range d.warming {
-		if active[name] == cfg {
-			delete(d.warming, name)
-		}
-	}
-	return nil
+	_, err := d.promoteReady()
+	return err
 }

@@ -74,12 +74,9 @@ func startCountingEcho(t *testing.T) *countingEcho {
 	return e
 }
 
-// TestEarlyUpstreamReusedWhenClientSpeaksLate: a client-first protocol whose
-// client speaks after the grace period gets the early upstream — one
-// connection to the backend, not two.
-func TestEarlyUpstreamReusedWhenClientSpeaksLate(t *testing.T) {
-	t.Parallel()
-	backend := startCountingEcho(t)
+// lateClientProxy detects with a 20 ms grace period: HTTP to an HTTP
+// backend, everything else to backend.
+func lateClientProxy(t *testing.T, backend *countingEcho) *proxy {
 	yaml := `
 static_resources:
   listeners:
@@ -93,6 +90,16 @@ static_resources:
   clusters:
 ` + staticCluster("echo", backend.addr) + staticCluster("http", httpBackend(t, "http1"))
 	p := startProxy(t, yaml, map[string]string{"http": tcpProxy("http"), "echo": tcpProxy("echo")})
+	return p
+}
+
+// TestEarlyUpstreamReusedWhenClientSpeaksLate: a client-first protocol whose
+// client speaks after the grace period gets the early upstream — one
+// connection to the backend, not two.
+func TestEarlyUpstreamReusedWhenClientSpeaksLate(t *testing.T) {
+	t.Parallel()
+	backend := startCountingEcho(t)
+	p := lateClientProxy(t, backend)
 	c := dial(t, p.addr(t, "sift"))
 	time.Sleep(100 * time.Millisecond) // well past the grace period: the race has begun
 	io.WriteString(c, "late but client-first\n")
@@ -119,19 +126,7 @@ static_resources:
 func TestEarlyUpstreamClosedWhenHTTPChosen(t *testing.T) {
 	t.Parallel()
 	backend := startCountingEcho(t)
-	yaml := `
-static_resources:
-  listeners:
-  - name: sift
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    listener_filters:
-    - {name: sift.detect, typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect, server_first_grace_period: 0.02s}}
-    filter_chains:
-    - {name: http, filter_chain_match: {application_protocols: [http/1.1]}, filters: {{http}}}
-    default_filter_chain: {name: opaque, filters: {{echo}}}
-  clusters:
-` + staticCluster("echo", backend.addr) + staticCluster("http", httpBackend(t, "http1"))
-	p := startProxy(t, yaml, map[string]string{"http": tcpProxy("http"), "echo": tcpProxy("echo")})
+	p := lateClientProxy(t, backend)
 	c := dial(t, p.addr(t, "sift"))
 	time.Sleep(100 * time.Millisecond)
 	io.WriteString(c, "GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -191,7 +186,7 @@ static_resources:
 	if len(recs) != 1 || recs[0].Protocol != "http/1.1" {
 		t.Errorf("/detections?reason=match = %+v", recs)
 	}
-	text := getText(t, admin+"/detections?format=text")
+	text := fetch(t, admin+"/detections?format=text")
 	if !strings.Contains(text, "server_first") || !strings.Contains(text, "tls:no_match,h2:no_match,http1:match") {
 		t.Errorf("/detections?format=text =\n%s", text)
 	}
@@ -211,23 +206,9 @@ static_resources:
 	}
 }
 
-func getText(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
-	}
-	return string(b)
-}
-
 func getJSON(t *testing.T, url string, v any) {
 	t.Helper()
-	if err := json.Unmarshal([]byte(getText(t, url)), v); err != nil {
+	if err := json.Unmarshal([]byte(fetch(t, url)), v); err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 }

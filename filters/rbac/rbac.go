@@ -187,20 +187,26 @@ func allMatch(ms []matcher, info *filters.ConnInfo) bool {
 	return true
 }
 
+// combine builds each rule of an and/or set (field is the list's path) and
+// matches all of them (and) or any.
+func combine[R any](rules []R, field string, and bool, build func(R, string) (matcher, error)) (matcher, error) {
+	ms := make([]matcher, len(rules))
+	for i, r := range rules {
+		m, err := build(r, fmt.Sprintf("%s[%d]", field, i))
+		if err != nil {
+			return nil, err
+		}
+		ms[i] = m
+	}
+	if and {
+		return func(i *filters.ConnInfo) bool { return allMatch(ms, i) }, nil
+	}
+	return func(i *filters.ConnInfo) bool { return anyMatch(ms, i) }, nil
+}
+
 func permission(p *rbacv3.Permission, field string) (matcher, error) {
 	set := func(rules []*rbacv3.Permission, name string, and bool) (matcher, error) {
-		ms := make([]matcher, len(rules))
-		for i, r := range rules {
-			m, err := permission(r, fmt.Sprintf("%s.%s.rules[%d]", field, name, i))
-			if err != nil {
-				return nil, err
-			}
-			ms[i] = m
-		}
-		if and {
-			return func(i *filters.ConnInfo) bool { return allMatch(ms, i) }, nil
-		}
-		return func(i *filters.ConnInfo) bool { return anyMatch(ms, i) }, nil
+		return combine(rules, field+"."+name+".rules", and, permission)
 	}
 	switch r := p.GetRule().(type) {
 	case *rbacv3.Permission_Any:
@@ -245,18 +251,7 @@ func permission(p *rbacv3.Permission, field string) (matcher, error) {
 
 func principal(p *rbacv3.Principal, field string) (matcher, error) {
 	set := func(ids []*rbacv3.Principal, name string, and bool) (matcher, error) {
-		ms := make([]matcher, len(ids))
-		for i, id := range ids {
-			m, err := principal(id, fmt.Sprintf("%s.%s.ids[%d]", field, name, i))
-			if err != nil {
-				return nil, err
-			}
-			ms[i] = m
-		}
-		if and {
-			return func(i *filters.ConnInfo) bool { return allMatch(ms, i) }, nil
-		}
-		return func(i *filters.ConnInfo) bool { return anyMatch(ms, i) }, nil
+		return combine(ids, field+"."+name+".ids", and, principal)
 	}
 	switch r := p.GetIdentifier().(type) {
 	case *rbacv3.Principal_Any:
