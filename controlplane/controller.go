@@ -53,8 +53,10 @@ type Controller struct {
 	snapshots map[string]*cache.Snapshot // workload key -> snapshot of the current mesh
 	nodes     map[string]*nodeState      // node id -> state, for connected nodes
 	streams   map[streamKey]*streamState
-	// learned is each node's last report of server-first destinations (insights.go).
+	// learned is each node's last report of server-first destinations, and
+	// advised what was last made of them (insights.go).
 	learned map[string][]netip.AddrPort
+	advised []ServerFirstSuggestion
 }
 
 type nodeState struct {
@@ -153,6 +155,9 @@ func (c *Controller) apply(m *mesh.Mesh) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.mesh, c.snapshots = m, snaps
+	if len(c.learned) > 0 {
+		c.adviseLocked()
+	}
 	for _, w := range m.Workloads() {
 		c.sync(w.NodeID)
 	}

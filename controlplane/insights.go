@@ -69,20 +69,27 @@ func (c *Controller) ReportLearned(_ context.Context, req *controlv1.ReportLearn
 	if c.learned == nil {
 		c.learned = map[string][]netip.AddrPort{}
 	}
-	before := c.suggestionsLocked()
 	if len(dsts) == 0 {
 		delete(c.learned, req.GetNodeId())
 	} else {
 		c.learned[req.GetNodeId()] = dsts
 	}
+	c.adviseLocked()
+	return &controlv1.ReportLearnedResponse{}, nil
+}
+
+// adviseLocked recomputes the suggestions — after a report, or a mesh
+// change that can map reported destinations to other service ports — logs
+// the ones not advised before, and sets the metric. c.mu held.
+func (c *Controller) adviseLocked() {
 	after := c.suggestionsLocked()
 	for _, s := range after {
-		if !slices.ContainsFunc(before, func(b ServerFirstSuggestion) bool { return b.Service == s.Service && b.Port == s.Port }) {
+		if !slices.ContainsFunc(c.advised, func(b ServerFirstSuggestion) bool { return b.Service == s.Service && b.Port == s.Port }) {
 			c.log.Info(s.Advice, "service", s.Service, "port", s.Port, "reported_by", s.Nodes)
 		}
 	}
+	c.advised = after
 	c.metrics.setServerFirst(after)
-	return &controlv1.ReportLearnedResponse{}, nil
 }
 
 // ServerFirstSuggestions lists the service ports proxies learned to be

@@ -98,8 +98,11 @@ static_resources:
 	if len(got) != 1 || got[0].Service != "db/mariadb" || fmt.Sprint(got[0].Port) != lport || strings.Join(got[0].Nodes, ",") != "client-0.db" {
 		t.Fatalf("/server_first = %+v; want db/mariadb port %s reported by client-0.db", got, lport)
 	}
-	if !strings.Contains(ctl.logs(), "looks server-first: mark it opaque") {
-		t.Error("sift-control did not log its advice")
+	for !strings.Contains(ctl.logs(), "looks server-first: mark it opaque") { // the log is read asynchronously
+		if time.Now().After(deadline) {
+			t.Fatal("sift-control did not log its advice")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	resp, err := http.Get("http://" + ctl.admin + "/metrics")
 	if err != nil {
