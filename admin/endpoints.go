@@ -19,11 +19,12 @@ type endpoint struct {
 func (s *Server) endpoints() []endpoint {
 	return []endpoint{
 		{"/", "print out the list of admin endpoints", s.index},
+		{"/dashboard", "a live page: listeners, connections by detected protocol, detection decisions, clusters with EWMA costs", s.dashboard},
 		{"/help", "print out the list of admin endpoints", s.help},
 		{"/ready", "print the server state: 200 LIVE while serving, 503 otherwise", s.ready},
 		{"/server_info", "print server version, state, uptime, node and command-line options (JSON)", s.serverInfo},
-		{"/listeners", "print listener names and bound addresses", s.listeners},
-		{"/clusters", "print upstream clusters and their endpoints: health, active connections and requests, EWMA cost", s.clusters},
+		{"/listeners", "print listener names and bound addresses (?format=json)", s.listeners},
+		{"/clusters", "print upstream clusters and their endpoints: health, active connections and requests, EWMA cost (?format=json)", s.clusters},
 		{"/config_dump", "dump the current configuration (JSON; secrets redacted)", s.configDump},
 		{"/stats", "print server stats with Envoy names (?filter=regex, ?format=json)", s.stats},
 		{"/stats/prometheus", "print server metrics in Prometheus exposition format", s.prometheus},
