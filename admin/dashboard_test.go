@@ -167,4 +167,3 @@ func compact(t *testing.T, js string) string {
 	}
 	return string(b)
 }
-
