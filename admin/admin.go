@@ -1,11 +1,12 @@
 // Package admin is sift-proxy's admin server, at the bootstrap's
 // admin.address, with Envoy's endpoints where Sift has them: / (the index),
 // /ready (200 "LIVE" while serving, 503 while starting or draining),
-// /server_info, /listeners, /clusters, /config_dump, /stats,
-// /stats/prometheus (also at /metrics); and Sift's own /detections (why each
-// recent connection went where it went) and /detections/learned
-// (destinations learned to be server-first). The endpoint list is in
-// endpoints (endpoints.go).
+// /server_info, /listeners and /clusters (text, or ?format=json), /config_dump,
+// /stats, /stats/prometheus (also at /metrics); and Sift's own /detections
+// (why each recent connection went where it went), /detections/learned
+// (destinations learned to be server-first) and /dashboard (a live page
+// over the JSON endpoints, embedded in the binary: dashboard.html). The
+// endpoint list is in endpoints (endpoints.go).
 package admin
 
 import (

@@ -42,7 +42,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	var b strings.Builder
-	b.WriteString("<!doctype html>\n<html><head><title>sift-proxy admin</title></head><body>\n<h1>sift-proxy admin</h1>\n<table>\n")
+	b.WriteString("<!doctype html>\n<html><head><title>sift-proxy admin</title></head><body>\n<h1>sift-proxy admin</h1>\n<p><a href=\"/dashboard\"><b>live dashboard</b></a></p>\n<table>\n")
 	for _, e := range s.endpoints() {
 		if e.path == "/" {
 			continue
