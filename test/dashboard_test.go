@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,7 +52,7 @@ static_resources:
 		t.Fatalf("HTTP through the proxy: %q", got)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second) // a hang guard; a run takes a few seconds
 	defer cancel()
 	b := startChromium(ctx, t, chromium)
 	page := b.newPage(ctx, t)
@@ -139,14 +140,20 @@ func startChromium(ctx context.Context, t *testing.T, path string) *browser {
 		"--remote-allow-origins=http://127.0.0.1", "--user-data-dir="+dir, "about:blank")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	// Its own process group, so that its helper processes end with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("chromium: %v", err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second): // Browser.close was not enough
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
 	})
 
 	var port, wsPath string
@@ -177,6 +184,9 @@ func startChromium(ctx context.Context, t *testing.T, path string) *browser {
 	read := make(chan struct{})
 	go b.read(read)
 	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		b.call(ctx, "", "Browser.close", nil)
 		ws.Close()
 		<-read
 	})
