@@ -61,13 +61,14 @@ static_resources:
 	page.call(ctx, t, "Page.enable", nil)
 	page.call(ctx, t, "Page.navigate", map[string]any{"url": "http://" + p.AdminAddr() + "/dashboard"})
 
-	// The page has rendered the connection once its first refresh is done.
+	// The page has rendered the connection once its first refresh is done
+	// (the header says "updated" when every panel has been drawn).
 	text := page.waitFor(ctx, t, "the HTTP connection", func(text string) bool {
-		return strings.Contains(text, addr) && strings.Contains(text, "http/1.1")
+		return strings.Contains(text, "updated ") && strings.Contains(text, addr) && strings.Contains(text, "http/1.1")
 	})
 	for _, want := range []string{
 		"dash\t127.0.0.1:",                     // the listener and its address
-		"http/1.1\t",                           // connections by protocol
+		"http/1.1\n1 (100%)",                   // connections by protocol
 		"match", "tls:no_match", "http1:match", // the reason and the verdicts
 		"web-chain", "dispatched",
 		"greeter round_robin\n", "web peak_ewma\n", " µs", // the clusters, one with EWMA costs
@@ -86,7 +87,7 @@ static_resources:
 	c.Close()
 	text = page.waitFor(ctx, t, "the server-first connection", func(text string) bool {
 		return strings.Contains(text, "server_first") && strings.Contains(text, "greeter-chain") &&
-			strings.Contains(text, "counting")
+			strings.Contains(text, "opaque\n1 (50%)") && strings.Contains(text, "counting")
 	})
 
 	// The filter box keeps the matching decisions.
