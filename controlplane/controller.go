@@ -152,6 +152,7 @@ func (c *Controller) apply(m *mesh.Mesh) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	before := c.suggestionsLocked()
 	c.mesh, c.snapshots = m, snaps
 	for _, w := range m.Workloads() {
 		c.sync(w.NodeID)
@@ -161,6 +162,7 @@ func (c *Controller) apply(m *mesh.Mesh) {
 			c.sync(id)
 		}
 	}
+	c.adviseLocked(before)
 }
 
 // sync sets node id's snapshot from the current mesh if it changed. c.mu held.

@@ -75,6 +75,16 @@ func (c *Controller) ReportLearned(_ context.Context, req *controlv1.ReportLearn
 	} else {
 		c.learned[req.GetNodeId()] = dsts
 	}
+	c.adviseLocked(before)
+	return &controlv1.ReportLearnedResponse{}, nil
+}
+
+// adviseLocked logs each suggestion that is not in before and sets the
+// server-first metric. It runs after a report and after a mesh change:
+// either can make a learned destination a service port (a report that
+// arrives before the mesh names the port is advised on the mesh change).
+// c.mu held.
+func (c *Controller) adviseLocked(before []ServerFirstSuggestion) {
 	after := c.suggestionsLocked()
 	for _, s := range after {
 		if !slices.ContainsFunc(before, func(b ServerFirstSuggestion) bool { return b.Service == s.Service && b.Port == s.Port }) {
@@ -82,7 +92,6 @@ func (c *Controller) ReportLearned(_ context.Context, req *controlv1.ReportLearn
 		}
 	}
 	c.metrics.setServerFirst(after)
-	return &controlv1.ReportLearnedResponse{}, nil
 }
 
 // ServerFirstSuggestions lists the service ports proxies learned to be
