@@ -1,11 +1,12 @@
 // Package admin is sift-proxy's admin server, at the bootstrap's
 // admin.address, with Envoy's endpoints where Sift has them: / (the index),
 // /ready (200 "LIVE" while serving, 503 while starting or draining),
-// /server_info, /listeners, /clusters, /config_dump, /stats,
-// /stats/prometheus (also at /metrics); and Sift's own /detections (why each
-// recent connection went where it went) and /detections/learned
-// (destinations learned to be server-first). The endpoint list is in
-// endpoints (endpoints.go).
+// /server_info, /listeners and /clusters (text, or ?format=json), /config_dump,
+// /stats, /stats/prometheus (also at /metrics); and Sift's own /detections
+// (why each recent connection went where it went), /detections/learned
+// (destinations learned to be server-first) and /dashboard (a live page
+// over the JSON endpoints, embedded in the binary: dashboard.html). The
+// endpoint list is in endpoints (endpoints.go).
 package admin
 
 import (
@@ -16,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -106,16 +108,40 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, st)
 }
 
-func (s *Server) listeners(w http.ResponseWriter, _ *http.Request) {
+// listeners serves Envoy's /listeners text form, "name::address" lines
+// sorted by name; ?format=json gives Envoy's admin.v3.Listeners shape,
+// {"listener_statuses":[{"name","local_address":{"socket_address":{...}}}]}.
+func (s *Server) listeners(w http.ResponseWriter, r *http.Request) {
 	addrs := s.src.ListenerAddrs()
 	names := make([]string, 0, len(addrs))
 	for n := range addrs {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	for _, n := range names {
-		fmt.Fprintf(w, "%s::%s\n", n, addrs[n])
+	switch f := r.URL.Query().Get("format"); f {
+	case "", "text":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, n := range names {
+			fmt.Fprintf(w, "%s::%s\n", n, addrs[n])
+		}
+	case "json":
+		type listenerJSON struct {
+			Name    string      `json:"name"`
+			Address addressJSON `json:"local_address"`
+		}
+		out := struct {
+			Listeners []listenerJSON `json:"listener_statuses"`
+		}{Listeners: make([]listenerJSON, 0, len(names))}
+		for _, n := range names {
+			l := listenerJSON{Name: n}
+			host, port, _ := net.SplitHostPort(addrs[n])
+			l.Address.Socket.Address = host
+			l.Address.Socket.Port, _ = strconv.Atoi(port)
+			out.Listeners = append(out.Listeners, l)
+		}
+		writeJSON(w, out)
+	default:
+		http.Error(w, fmt.Sprintf("listeners: format: want text or json, got %q", f), http.StatusBadRequest)
 	}
 }
 

@@ -19,11 +19,12 @@ type endpoint struct {
 func (s *Server) endpoints() []endpoint {
 	return []endpoint{
 		{"/", "print out the list of admin endpoints", s.index},
+		{"/dashboard", "a live page: listeners, connections by detected protocol, detection decisions, clusters with EWMA costs", s.dashboard},
 		{"/help", "print out the list of admin endpoints", s.help},
 		{"/ready", "print the server state: 200 LIVE while serving, 503 otherwise", s.ready},
 		{"/server_info", "print server version, state, uptime, node and command-line options (JSON)", s.serverInfo},
-		{"/listeners", "print listener names and bound addresses", s.listeners},
-		{"/clusters", "print upstream clusters and their endpoints: health, active connections and requests, EWMA cost", s.clusters},
+		{"/listeners", "print listener names and bound addresses (?format=json)", s.listeners},
+		{"/clusters", "print upstream clusters and their endpoints: health, active connections and requests, EWMA cost (?format=json)", s.clusters},
 		{"/config_dump", "dump the current configuration (JSON; secrets redacted)", s.configDump},
 		{"/stats", "print server stats with Envoy names (?filter=regex, ?format=json)", s.stats},
 		{"/stats/prometheus", "print server metrics in Prometheus exposition format", s.prometheus},
@@ -41,7 +42,7 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	var b strings.Builder
-	b.WriteString("<!doctype html>\n<html><head><title>sift-proxy admin</title></head><body>\n<h1>sift-proxy admin</h1>\n<table>\n")
+	b.WriteString("<!doctype html>\n<html><head><title>sift-proxy admin</title></head><body>\n<h1>sift-proxy admin</h1>\n<p><a href=\"/dashboard\"><b>live dashboard</b></a></p>\n<table>\n")
 	for _, e := range s.endpoints() {
 		if e.path == "/" {
 			continue

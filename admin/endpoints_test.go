@@ -116,7 +116,7 @@ func newFull(t *testing.T, cs ...*upstream.Cluster) *full {
 func TestIndex(t *testing.T) {
 	t.Parallel()
 	base := listen(t, minimal{})
-	paths := []string{"/help", "/ready", "/server_info", "/listeners", "/clusters", "/config_dump", "/stats",
+	paths := []string{"/dashboard", "/help", "/ready", "/server_info", "/listeners", "/clusters", "/config_dump", "/stats",
 		"/stats/prometheus", "/metrics", "/detections", "/detections/learned"}
 	for _, tc := range []struct {
 		name, accept, wantType string
