@@ -9,19 +9,26 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/siftmesh/sift/internal/netns"
 	"github.com/siftmesh/sift/internal/testnet"
@@ -57,6 +64,7 @@ const (
 	mtlsPG     = "10.96.0.20:5432"
 	mtlsGreet  = "10.96.0.30:7000"
 	mtlsSecure = "10.96.0.40:443"
+	mtlsRPC    = "10.96.0.50:9090"
 	mtlsApp    = "10.77.0.10"
 
 	mtlsClientID = "spiffe://cluster.local/ns/shop/sa/client"
@@ -84,6 +92,10 @@ namespaces:
     cluster_ips: [10.96.0.40]
     selector: {app: shop}
     ports: [{name: https, port: 443, target_port: 8443}]
+  - name: rpc
+    cluster_ips: [10.96.0.50]
+    selector: {app: shop}
+    ports: [{name: grpc, port: 9090}]
   workloads:
   - name: client-0
     addresses: [10.77.0.2]
@@ -93,7 +105,7 @@ namespaces:
     addresses: [10.77.0.10]
     labels: {app: shop}
     service_account: shop
-    ports: [{name: http, port: 8080}, {name: pg, port: 5432}, {name: greet, port: 7000}, {name: https, port: 8443}]
+    ports: [{name: http, port: 8080}, {name: pg, port: 5432}, {name: greet, port: 7000}, {name: https, port: 8443}, {name: grpc, port: 9090}]
 `
 
 // mtlsEnv is the running topology.
@@ -105,6 +117,7 @@ type mtlsEnv struct {
 	caDir   string
 	client  *http.Client // from the client namespace, one connection per request
 	appCert *x509.Certificate
+	greeted atomic.Int64 // connections the greeters accepted
 }
 
 func TestMeshMTLS(t *testing.T) {
@@ -138,7 +151,7 @@ func TestMeshMTLS(t *testing.T) {
 	client, app := e.ns["client-0"], e.ns["app-0"]
 	must(client.IP("route", "add", meshServiceNet, "via", "10.77.0.1"))
 	must(client.Iptables("-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", meshServiceNet, "-j", "REDIRECT", "--to-ports", "4140"))
-	for _, port := range []string{"8080", "5432", "7000", "8443"} {
+	for _, port := range []string{"8080", "5432", "7000", "8443", "9090"} {
 		must(app.Iptables("-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", port, "-j", "REDIRECT", "--to-ports", "4143"))
 	}
 
@@ -152,8 +165,17 @@ func TestMeshMTLS(t *testing.T) {
 	for _, port := range []string{"5432", "7000"} {
 		ln, err := app.Listen("tcp", "127.0.0.1:"+port)
 		must(err)
-		testnet.Serve(t, ln, greetHandler("app-0:"+port))
+		greet := greetHandler("app-0:" + port)
+		testnet.Serve(t, ln, func(c net.Conn) { e.greeted.Add(1); greet(c) })
 	}
+	ln, err = app.Listen("tcp", "127.0.0.1:9090")
+	must(err)
+	gs := grpc.NewServer()
+	hs := health.NewServer()
+	hs.SetServingStatus("shop.rpc", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
 	appTLS, appCert := selfSignedTLS(t, "secure.shop")
 	e.appCert = appCert
 	ln, err = app.Listen("tcp", "127.0.0.1:8443")
@@ -170,14 +192,17 @@ func TestMeshMTLS(t *testing.T) {
 	})
 
 	// sift-control: the CA, xDS over TLS with a certificate for its
-	// bridge address.
+	// bridge address, the current trust bundle kept in a file that every
+	// proxy's bootstrap reads (trusted_ca.filename, watched), as a shared
+	// volume would, so that xDS survives a root rotation.
 	dir := t.TempDir()
+	bundle := filepath.Join(dir, "bundle.pem")
 	meshPath := filepath.Join(dir, "mesh.yaml")
 	writeFileAtomic(t, meshPath, mtlsMeshYAML)
 	e.caDir = filepath.Join(dir, "ca")
 	e.control = startMeshProc(t, "sift-control", e.net.Command(controlBin, "--mesh", meshPath, "--xds-address", meshXDS,
 		"--admin-address", "", "--ca-dir", e.caDir, "--xds-tls", "--xds-tls-names", "sift-control,10.77.0.1",
-		"--ca-poll-interval", "50ms", "-l", "debug"))
+		"--ca-poll-interval", "50ms", "--ca-bundle-out", bundle, "-l", "debug"))
 	e.control.waitLog(t, 0, 30*time.Second, "xds serving", func(l string) bool { return strings.Contains(l, `msg="xds serving"`) })
 
 	// The proxies, with the bootstraps sift-control writes: the node token,
@@ -191,7 +216,7 @@ func TestMeshMTLS(t *testing.T) {
 	} {
 		boot := filepath.Join(dir, w.name+"-bootstrap.yaml")
 		out, err := exec.Command(controlBin, "bootstrap", "--ca-dir", e.caDir, "--node", w.name+".shop",
-			"--xds-address", meshXDS, "--admin-address", "127.0.0.1:9901", "-o", boot).CombinedOutput()
+			"--xds-address", meshXDS, "--admin-address", "127.0.0.1:9901", "--trust-file", bundle, "-o", boot).CombinedOutput()
 		if err != nil {
 			t.Fatalf("sift-control bootstrap: %v\n%s", err, out)
 		}
@@ -215,9 +240,11 @@ func TestMeshMTLS(t *testing.T) {
 		run  func(*testing.T, *mtlsEnv)
 	}{
 		{"HTTPOverMTLS", mtlsHTTP},
+		{"GRPCOverMTLS", mtlsGRPC},
 		{"ServerFirst", mtlsServerFirst},
 		{"ApplicationTLS", mtlsAppTLS},
 		{"InboundRefusesPlaintextAndStrangers", mtlsRefusals},
+		{"RootRotationUnderLoad", mtlsRotation},
 	} {
 		if !t.Run(sc.name, func(t *testing.T) { sc.run(t, e) }) {
 			t.FailNow()
@@ -336,20 +363,19 @@ func (e *mtlsEnv) waitMetricLine(t *testing.T, w string, want ...string) string 
 // sent to app-0:8080 over mTLS; app-0's inbound terminates it (the client's
 // SPIFFE ID on its metrics) and serves it with the connection manager.
 func mtlsHTTP(t *testing.T, e *mtlsEnv) {
+	// The first request may race the outbound listener's EDS: poll.
 	var body string
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		name, err := meshGet(e.client, mtlsWebURL)
+		resp, err := e.client.Get(mtlsWebURL)
 		if err == nil {
-			resp, err2 := e.client.Get(mtlsWebURL)
-			if err2 != nil {
-				t.Fatal(err2)
-			}
-			b, _ := io.ReadAll(resp.Body)
+			b, rerr := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			body = string(b)
-			_ = name
-			break
+			if rerr == nil && resp.StatusCode == http.StatusOK {
+				body = string(b)
+				break
+			}
+			err = fmt.Errorf("status %d, %q, %v", resp.StatusCode, b, rerr)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("GET %s from the client namespace: %v", mtlsWebURL, err)
@@ -359,26 +385,57 @@ func mtlsHTTP(t *testing.T, e *mtlsEnv) {
 	if want := "name=app-0 host=10.96.0.10 remote=127.0.0.1"; body != want {
 		t.Errorf("body = %q, want %q", body, want)
 	}
+	// The outbound side detected HTTP; app-0's inbound saw TLS on 8080 (the
+	// redirect kept the port) and served it on the HTTP chain.
+	e.proxies["client-0"].waitLog(t, 0, 10*time.Second, "the outbound HTTP connection", jsonRecord(map[string]string{
+		"msg": "connection", "listener": "outbound", "local": "10.96.0.10:80",
+		"chain": "http|web.shop.svc.cluster.local:80|10.96.0.10", "detected": "http/1.1",
+	}))
 	e.proxies["app-0"].waitLog(t, 0, 10*time.Second, "the inbound mTLS HTTP connection", jsonRecord(map[string]string{
-		"msg": "connection", "listener": "inbound", "local": mtlsApp + ":8080", "chain": "http|inbound:8080",
+		"msg": "connection", "listener": "inbound", "local": mtlsApp + ":8080", "chain": "http|inbound:8080", "detected": "tls",
 	}))
 	// app-0's request metrics: the connection was mTLS, from the client's
 	// identity to app-0's. (The outbound side's server_id is not reported
 	// yet: telemetry/metrics peerOf's TODO.)
-	e.waitMetricLine(t, "app-0", "request_total{", `direction="inbound"`, `srv_port="8080"`, `tls="true"`,
-		`client_id="`+mtlsClientID+`"`, `server_id="`+mtlsServerID+`"`)
+	t.Log(e.waitMetricLine(t, "app-0", "request_total{", `direction="inbound"`, `srv_port="8080"`, `tls="true"`,
+		`client_id="`+mtlsClientID+`"`, `server_id="`+mtlsServerID+`"`))
+}
+
+// Scenario 1b: a gRPC call (h2c from the client, detected) to the rpc
+// service, over mTLS between the proxies.
+func mtlsGRPC(t *testing.T, e *mtlsEnv) {
+	cc, err := grpc.NewClient("passthrough:///"+mtlsRPC, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return e.ns["client-0"].DialContext(ctx, "tcp", addr)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: "shop.rpc"})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC health check through the mesh: %v, %v", resp, err)
+	}
+	e.proxies["client-0"].waitLog(t, 0, 10*time.Second, "the outbound h2c connection", jsonRecord(map[string]string{
+		"msg": "connection", "listener": "outbound", "local": mtlsRPC, "detected": "h2c",
+	}))
+	e.waitMetricLine(t, "app-0", "request_total{", `direction="inbound"`, `srv_port="9090"`, `tls="true"`,
+		`client_id="`+mtlsClientID+`"`)
 }
 
 // Scenario 2: server-first services greet through both proxies: pg on the
 // default opaque list (no detection), and greet on a port of unknown
 // protocol, whose client is silent: the outbound race opens the opaque
 // transport after the grace period (50 ms) and the greeting comes back.
+// Both reach app-0 through the opaque transport on its inbound port.
 func mtlsServerFirst(t *testing.T, e *mtlsEnv) {
 	for _, tc := range []struct{ addr, want, chain string }{
 		{mtlsPG, "hello from app-0:5432\n", "opaque|pg.shop.svc.cluster.local:5432|10.96.0.20"},
 		{mtlsGreet, "hello from app-0:7000\n", "opaque|greet.shop.svc.cluster.local:7000|10.96.0.30"},
 	} {
-		from := e.proxies["client-0"].logCount()
+		from := map[string]int{"client-0": e.proxies["client-0"].logCount(), "app-0": e.proxies["app-0"].logCount()}
 		start := time.Now()
 		c := dialIn(t, e.ns["client-0"], tc.addr)
 		r := bufio.NewReader(c)
@@ -387,7 +444,7 @@ func mtlsServerFirst(t *testing.T, e *mtlsEnv) {
 		if err != nil || greeting != tc.want {
 			t.Fatalf("%s: greeting %q, %v; want %q", tc.addr, greeting, err, tc.want)
 		}
-		t.Logf("%s: greeting after %v", tc.addr, took)
+		t.Logf("%s: greeting after %v (server-first grace period 50 ms)", tc.addr, took)
 		if _, err := io.WriteString(c, "ping\n"); err != nil {
 			t.Fatal(err)
 		}
@@ -395,19 +452,19 @@ func mtlsServerFirst(t *testing.T, e *mtlsEnv) {
 			t.Fatalf("%s: reply %q, %v", tc.addr, reply, err)
 		}
 		c.Close()
-		e.proxies["client-0"].waitLog(t, from, 10*time.Second, "the outbound connection to "+tc.addr, jsonRecord(map[string]string{
+		e.proxies["client-0"].waitLog(t, from["client-0"], 10*time.Second, "the outbound connection to "+tc.addr, jsonRecord(map[string]string{
 			"msg": "connection", "listener": "outbound", "local": tc.addr, "chain": tc.chain,
 		}))
+		e.proxies["app-0"].waitLog(t, from["app-0"], 10*time.Second, "the opaque-transport connection for "+tc.addr, jsonRecord(map[string]string{
+			"msg": "connection", "listener": "inbound", "local": mtlsApp + ":4143", "chain": "opaque-transport|inbound:4143", "detected": "tls",
+		}))
 	}
-	// Both arrived through the opaque transport on app-0's inbound port.
-	e.proxies["app-0"].waitLog(t, 0, 10*time.Second, "an opaque-transport connection", jsonRecord(map[string]string{
-		"msg": "connection", "listener": "inbound", "local": mtlsApp + ":4143", "chain": "opaque-transport|inbound:4143",
-	}))
 }
 
 // Scenario 3: the client speaks TLS to the secure service; the mesh carries
 // it opaque inside mTLS: the client sees the application's certificate.
 func mtlsAppTLS(t *testing.T, e *mtlsEnv) {
+	from := e.proxies["app-0"].logCount()
 	raw := dialIn(t, e.ns["client-0"], mtlsSecure)
 	pool := x509.NewCertPool()
 	pool.AddCert(e.appCert)
@@ -428,21 +485,34 @@ func mtlsAppTLS(t *testing.T, e *mtlsEnv) {
 	e.proxies["client-0"].waitLog(t, 0, 10*time.Second, "the outbound TLS connection", jsonRecord(map[string]string{
 		"msg": "connection", "listener": "outbound", "local": mtlsSecure, "chain": "tls|secure.shop.svc.cluster.local:443|10.96.0.40",
 	}))
+	e.proxies["app-0"].waitLog(t, from, 10*time.Second, "the opaque-transport connection", jsonRecord(map[string]string{
+		"msg": "connection", "listener": "inbound", "local": mtlsApp + ":4143", "chain": "opaque-transport|inbound:4143",
+	}))
 }
 
-// Scenario 4: app-0's inbound port refuses plaintext, and TLS from a client
-// whose certificate another CA signed; nothing reaches the application.
+// Scenario 4: app-0's inbound refuses plaintext — to the inbound port
+// itself and to an application port (an unmeshed client) — and TLS from a
+// client whose certificate another CA signed; nothing reaches the
+// application.
 func mtlsRefusals(t *testing.T, e *mtlsEnv) {
 	inbound := mtlsApp + ":4143"
-	t.Run("plaintext", func(t *testing.T) {
-		c := dialIn(t, e.ns["client-0"], inbound)
-		// The opaque-transport header in clear, naming the greeter: were it
-		// forwarded, the greeting would come back.
-		io.WriteString(c, "SIFT\x01\x00\x1b\x58\x00")
+	// The opaque-transport header, naming the greeter on 7000: were it
+	// forwarded, the greeting would come back.
+	const header = "SIFT\x01\x00\x1b\x58\x00"
+	greeted := e.greeted.Load()
+	refused := func(t *testing.T, c net.Conn, send string) {
+		t.Helper()
+		io.WriteString(c, send)
 		b, err := io.ReadAll(c)
 		if len(b) != 0 || isTimeout(err) {
-			t.Fatalf("plaintext to %s: read %q, %v; want the connection closed with nothing", inbound, b, err)
+			t.Fatalf("read %q, %v; want the connection closed with nothing", b, err)
 		}
+	}
+	t.Run("plaintext to the inbound port", func(t *testing.T) {
+		refused(t, dialIn(t, e.ns["client-0"], inbound), header)
+	})
+	t.Run("plaintext HTTP to an application port", func(t *testing.T) {
+		refused(t, dialIn(t, e.ns["client-0"], mtlsApp+":8080"), "GET / HTTP/1.1\r\nHost: app\r\n\r\n")
 	})
 	t.Run("foreign CA", func(t *testing.T) {
 		cfg, _ := selfSignedTLS(t, "stranger")
@@ -452,7 +522,7 @@ func mtlsRefusals(t *testing.T, e *mtlsEnv) {
 		if err == nil {
 			// TLS 1.3: the server's verdict on the client certificate
 			// arrives with the first read.
-			io.WriteString(c, "SIFT\x01\x00\x1b\x58\x00")
+			io.WriteString(c, header)
 			var b []byte
 			b, err = io.ReadAll(c)
 			if len(b) != 0 || isTimeout(err) {
@@ -461,6 +531,9 @@ func mtlsRefusals(t *testing.T, e *mtlsEnv) {
 		}
 		t.Logf("foreign client certificate refused: %v", err)
 	})
+	if n := e.greeted.Load() - greeted; n != 0 {
+		t.Errorf("the greeters accepted %d connections from refused clients", n)
+	}
 }
 
 func isTimeout(err error) bool {
@@ -468,8 +541,197 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-var (
-	_ = context.Background
-	_ = os.Getpid
-	_ = url.Parse
-)
+// Scenario 5: the mesh root is rotated (`sift-control ca rotate`, a 2 s
+// overlap: the bundle gains the new root, leaves switch to it at 1 s, the old
+// root leaves at 2 s) under continuous HTTP and opaque traffic, every
+// request a new mTLS connection: none fails; a connection opened before the
+// rotation still works after it; app-0 presents a leaf of the new root.
+func mtlsRotation(t *testing.T, e *mtlsEnv) {
+	oldRoot := readRoot(t, filepath.Join(e.caDir, "root.pem"))
+	if got := e.inboundLeaf(t); !bytesEqual(got.AuthorityKeyId, oldRoot.SubjectKeyId) {
+		t.Fatalf("before the rotation app-0's leaf is not the root's")
+	}
+	long := dialIn(t, e.ns["client-0"], mtlsPG)
+	longR := bufio.NewReader(long)
+	if g, err := longR.ReadString('\n'); err != nil || g != "hello from app-0:5432\n" {
+		t.Fatalf("greeting %q, %v", g, err)
+	}
+	long.SetDeadline(time.Now().Add(30 * time.Second))
+
+	load := startMeshLoad(e.client, mtlsWebURL, 2, 5000)
+	defer load.finish()
+	opaque := startOpaqueLoad(e.ns["client-0"], mtlsGreet, 2)
+	defer opaque.finish()
+	load.until(t, 20*time.Second, "traffic from the load", func() bool { return load.count() >= 20 })
+
+	out, err := exec.Command(siftControlBinary(t), "ca", "rotate", "--ca-dir", e.caDir, "--overlap", "2s").CombinedOutput()
+	if err != nil {
+		t.Fatalf("sift-control ca rotate: %v\n%s", err, out)
+	}
+	// The rotation ends when next-root.pem has become root.pem.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(e.caDir, "rotation.json")); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rotation did not finish within 20 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	newRoot := readRoot(t, filepath.Join(e.caDir, "root.pem"))
+	if newRoot.Equal(oldRoot) {
+		t.Fatal("root.pem unchanged after the rotation")
+	}
+	// app-0 presents a leaf of the new root, and traffic flows on.
+	deadline = time.Now().Add(10 * time.Second)
+	for !bytesEqual(e.inboundLeaf(t).AuthorityKeyId, newRoot.SubjectKeyId) {
+		if time.Now().After(deadline) {
+			t.Fatal("app-0 does not present a leaf of the new root")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mark := load.count()
+	load.until(t, 20*time.Second, "50 requests after the rotation", func() bool { return load.count()-mark >= 50 })
+	load.finish()
+	opaque.finish()
+
+	if _, err := io.WriteString(long, "still there\n"); err != nil {
+		t.Fatal(err)
+	}
+	if reply, err := longR.ReadString('\n'); err != nil || reply != "got still there\n" {
+		t.Errorf("the connection opened before the rotation: %q, %v", reply, err)
+	}
+	if n, failures := load.failedRequests(); n > 0 {
+		t.Errorf("%d of %d HTTP requests failed around the rotation; first: %v", n, load.count(), failures)
+	}
+	if n, failures := opaque.failed(); n > 0 {
+		t.Errorf("%d of %d opaque connections failed around the rotation; first: %v", n, opaque.count(), failures)
+	}
+	t.Logf("around the rotation: %d HTTP requests, %d opaque connections", load.count(), opaque.count())
+}
+
+// inboundLeaf returns the certificate app-0's inbound presents (a TLS
+// client without a certificate sees it before the server refuses it).
+func (e *mtlsEnv) inboundLeaf(t *testing.T) *x509.Certificate {
+	t.Helper()
+	var leaf *x509.Certificate
+	raw := dialIn(t, e.ns["client-0"], mtlsApp+":4143")
+	c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"sift.opaque/1"},
+		VerifyPeerCertificate: func(certs [][]byte, _ [][]*x509.Certificate) error {
+			var err error
+			leaf, err = x509.ParseCertificate(certs[0])
+			return err
+		}})
+	c.Handshake()
+	c.Close()
+	if leaf == nil {
+		t.Fatal("app-0's inbound presented no certificate")
+	}
+	return leaf
+}
+
+func readRoot(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			t.Fatalf("%s holds no certificate", path)
+		}
+		if b.Type == "CERTIFICATE" {
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+	}
+}
+
+func bytesEqual(a, b []byte) bool { return len(a) > 0 && string(a) == string(b) }
+
+// opaqueLoad: workers each open connection after connection to a greeter,
+// read the greeting, send a line and read the reply, until finished.
+type opaqueLoad struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu       sync.Mutex
+	n, nFail int
+	failures []string
+}
+
+func startOpaqueLoad(ns *netns.NS, addr string, workers int) *opaqueLoad {
+	l := &opaqueLoad{stop: make(chan struct{})}
+	one := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := ns.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		if g, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(g, "hello from ") {
+			return fmt.Errorf("greeting %q, %v", g, err)
+		}
+		if _, err := io.WriteString(c, "ping\n"); err != nil {
+			return err
+		}
+		if reply, err := r.ReadString('\n'); err != nil || reply != "got ping\n" {
+			return fmt.Errorf("reply %q, %v", reply, err)
+		}
+		return nil
+	}
+	for range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				err := one()
+				l.mu.Lock()
+				l.n++
+				if err != nil {
+					l.nFail++
+					if len(l.failures) < 10 {
+						l.failures = append(l.failures, err.Error())
+					}
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *opaqueLoad) finish() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+func (l *opaqueLoad) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}
+
+func (l *opaqueLoad) failed() (int, []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.nFail, append([]string(nil), l.failures...)
+}
