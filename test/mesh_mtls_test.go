@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,6 +17,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -492,14 +494,15 @@ func mtlsAppTLS(t *testing.T, e *mtlsEnv) {
 
 // Scenario 4: app-0's inbound refuses plaintext — to the inbound port
 // itself and to an application port (an unmeshed client) — and TLS from a
-// client whose certificate another CA signed; nothing reaches the
-// application.
+// client whose certificate another CA signed, or the mesh CA for another
+// trust domain; nothing reaches the application. The control: the same
+// client with a certificate the mesh CA signed for the client's identity is
+// greeted.
 func mtlsRefusals(t *testing.T, e *mtlsEnv) {
 	inbound := mtlsApp + ":4143"
 	// The opaque-transport header, naming the greeter on 7000: were it
 	// forwarded, the greeting would come back.
 	const header = "SIFT\x01\x00\x1b\x58\x00"
-	greeted := e.greeted.Load()
 	refused := func(t *testing.T, c net.Conn, send string) {
 		t.Helper()
 		io.WriteString(c, send)
@@ -508,6 +511,35 @@ func mtlsRefusals(t *testing.T, e *mtlsEnv) {
 			t.Fatalf("read %q, %v; want the connection closed with nothing", b, err)
 		}
 	}
+	// tlsClient dials the inbound port with ALPN sift.opaque/1 presenting
+	// cert, and sends the header.
+	tlsClient := func(t *testing.T, cert tls.Certificate) (*tls.Conn, error) {
+		raw := dialIn(t, e.ns["client-0"], inbound)
+		c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}, NextProtos: []string{"sift.opaque/1"}})
+		if err := c.Handshake(); err != nil {
+			return nil, err
+		}
+		_, err := io.WriteString(c, header)
+		return c, err
+	}
+	// tlsRefused: the handshake fails, or (TLS 1.3: the server's verdict on
+	// the client certificate arrives after the client's handshake is done)
+	// the first read ends with nothing.
+	tlsRefused := func(t *testing.T, cert tls.Certificate) {
+		t.Helper()
+		c, err := tlsClient(t, cert)
+		if err == nil {
+			var b []byte
+			b, err = io.ReadAll(c)
+			if len(b) != 0 || isTimeout(err) {
+				t.Fatalf("read %q, %v; want refused", b, err)
+			}
+		}
+		t.Logf("refused: %v", err)
+	}
+	meshRoot, meshKey := readRootPair(t, filepath.Join(e.caDir, "root.pem"))
+
+	greeted := e.greeted.Load()
 	t.Run("plaintext to the inbound port", func(t *testing.T) {
 		refused(t, dialIn(t, e.ns["client-0"], inbound), header)
 	})
@@ -516,24 +548,78 @@ func mtlsRefusals(t *testing.T, e *mtlsEnv) {
 	})
 	t.Run("foreign CA", func(t *testing.T) {
 		cfg, _ := selfSignedTLS(t, "stranger")
-		raw := dialIn(t, e.ns["client-0"], inbound)
-		c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, Certificates: cfg.Certificates, NextProtos: []string{"sift.opaque/1"}})
-		err := c.Handshake()
-		if err == nil {
-			// TLS 1.3: the server's verdict on the client certificate
-			// arrives with the first read.
-			io.WriteString(c, header)
-			var b []byte
-			b, err = io.ReadAll(c)
-			if len(b) != 0 || isTimeout(err) {
-				t.Fatalf("a foreign client certificate: read %q, %v; want refused", b, err)
-			}
-		}
-		t.Logf("foreign client certificate refused: %v", err)
+		tlsRefused(t, cfg.Certificates[0])
+	})
+	t.Run("mesh CA, another trust domain", func(t *testing.T) {
+		tlsRefused(t, leafFor(t, meshRoot, meshKey, "spiffe://elsewhere.example/ns/shop/sa/client"))
 	})
 	if n := e.greeted.Load() - greeted; n != 0 {
 		t.Errorf("the greeters accepted %d connections from refused clients", n)
 	}
+	t.Run("control: mesh CA, the client's identity", func(t *testing.T) {
+		c, err := tlsClient(t, leafFor(t, meshRoot, meshKey, mtlsClientID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g, err := bufio.NewReader(c).ReadString('\n'); err != nil || g != "hello from app-0:7000\n" {
+			t.Fatalf("greeting %q, %v", g, err)
+		}
+	})
+}
+
+// readRootPair reads the CA's root.pem: the root certificate and its key.
+func readRootPair(t *testing.T, path string) (*x509.Certificate, crypto.Signer) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cert *x509.Certificate
+	var key crypto.Signer
+	for b, rest := pem.Decode(data); b != nil; b, rest = pem.Decode(rest) {
+		switch b.Type {
+		case "CERTIFICATE":
+			if cert, err = x509.ParseCertificate(b.Bytes); err != nil {
+				t.Fatal(err)
+			}
+		case "PRIVATE KEY":
+			k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			key = k.(crypto.Signer)
+		}
+	}
+	if cert == nil || key == nil {
+		t.Fatalf("%s: no certificate and key", path)
+	}
+	return cert, key
+}
+
+// leafFor is a client certificate for the SPIFFE ID id signed by ca.
+func leafFor(t *testing.T, ca *x509.Certificate, caKey crypto.Signer, id string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		URIs:         []*url.URL{u},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 func isTimeout(err error) bool {
@@ -631,26 +717,11 @@ func (e *mtlsEnv) inboundLeaf(t *testing.T) *x509.Certificate {
 	return leaf
 }
 
+// readRoot reads the root certificate in the CA's root.pem.
 func readRoot(t *testing.T, path string) *x509.Certificate {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			t.Fatalf("%s holds no certificate", path)
-		}
-		if b.Type == "CERTIFICATE" {
-			c, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c
-		}
-	}
+	c, _ := readRootPair(t, path)
+	return c
 }
 
 func bytesEqual(a, b []byte) bool { return len(a) > 0 && string(a) == string(b) }
