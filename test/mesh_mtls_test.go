@@ -384,6 +384,10 @@ func mtlsHTTP(t *testing.T, e *mtlsEnv) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The backend speaks HTTP/1 only and app-0's inbound cluster for 8080
+	// (unknown protocol) speaks the request's protocol: an answer at all
+	// means the client's HTTP/1.1 was kept between the proxies (scenario
+	// 1b shows the h2 side).
 	if want := "name=app-0 host=10.96.0.10 remote=127.0.0.1"; body != want {
 		t.Errorf("body = %q, want %q", body, want)
 	}
@@ -404,7 +408,8 @@ func mtlsHTTP(t *testing.T, e *mtlsEnv) {
 }
 
 // Scenario 1b: a gRPC call (h2c from the client, detected) to the rpc
-// service, over mTLS between the proxies.
+// service, over mTLS between the proxies: HTTP/2 end to end (the gRPC
+// server speaks nothing else).
 func mtlsGRPC(t *testing.T, e *mtlsEnv) {
 	cc, err := grpc.NewClient("passthrough:///"+mtlsRPC, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
