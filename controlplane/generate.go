@@ -74,12 +74,13 @@ type Options struct {
 // output): snapshot versions are content hashes.
 type Security interface {
 	// ClusterTransportSocket secures connections from a proxy to the
-	// endpoints of s, offering the ALPN protocols alpn (empty: the mesh's
-	// HTTP ones, h2 and http/1.1); nil: plaintext.
+	// endpoints of s, offering the ALPN protocols alpn (empty: none
+	// configured, so that each HTTP connection pool offers its own protocol
+	// and the client's protocol is kept between proxies); nil: plaintext.
 	ClusterTransportSocket(s *mesh.Service, alpn ...string) *corev3.TransportSocket
 	// InboundTransportSocket secures the connections w's proxy accepts
-	// from other proxies; nil: plaintext.
-	// alpn as for ClusterTransportSocket.
+	// from other proxies, selecting among the ALPN protocols alpn (empty:
+	// h2 and http/1.1); nil: plaintext.
 	InboundTransportSocket(w *mesh.Workload, alpn ...string) *corev3.TransportSocket
 	// Secrets returns the SDS secrets the sockets above name for w.
 	Secrets(w *mesh.Workload) []*tlsv3.Secret
@@ -322,9 +323,13 @@ func (g *generator) inbound() {
 	for _, p := range g.m.InboundPorts(g.w) {
 		cluster := InboundClusterName(p.Port)
 		g.r.Clusters = append(g.r.Clusters, &clusterv3.Cluster{
-			Name:                 cluster,
-			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
-			ConnectTimeout:       durationpb.New(g.opts.ConnectTimeout),
+			// The application's HTTP protocol: the declared one, or — on a
+			// port of unknown protocol — the one the request arrived in
+			// (outbound proxies keep the client's protocol between proxies).
+			TypedExtensionProtocolOptions: g.inboundHTTPOptions(p),
+			Name:                          cluster,
+			ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+			ConnectTimeout:                durationpb.New(g.opts.ConnectTimeout),
 			LoadAssignment: &endpointv3.ClusterLoadAssignment{
 				ClusterName: cluster,
 				Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
@@ -373,6 +378,24 @@ func (g *generator) inbound() {
 		chains = append(chains, c)
 	}
 	g.r.Listeners = append(g.r.Listeners, g.listener(InboundListenerName, g.opts.InboundAddress, corev3.TrafficDirection_INBOUND, chains))
+}
+
+// inboundHTTPOptions are the protocol options of the inbound cluster of
+// port p when HTTP chains reach it through the connection manager: HTTP/2 to
+// a port declared HTTP/2 or gRPC, the downstream's protocol to a port of
+// unknown protocol (so that an h2c or gRPC client reaches an HTTP/2-only
+// application in HTTP/2), and none (HTTP/1.1) otherwise.
+func (g *generator) inboundHTTPOptions(p mesh.InboundPort) map[string]*anypb.Any {
+	if !g.opts.HTTPConnectionManager {
+		return nil
+	}
+	switch {
+	case p.Treatment == mesh.Detect:
+		return upstreamHTTPOptions()
+	case p.Treatment == mesh.HTTP && (p.Protocol == mesh.ProtocolHTTP2 || p.Protocol == mesh.ProtocolGRPC):
+		return upstreamH2Options()
+	}
+	return nil
 }
 
 // listener assembles a listener with use_original_dst semantics: the

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,9 +23,11 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -376,3 +379,53 @@ func TestControllerFallbackNode(t *testing.T) {
 func netipAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func itoa(v uint32) string { return strconv.FormatUint(uint64(v), 10) }
+
+// TestInboundClusterProtocol: the inbound cluster speaks the application's
+// HTTP protocol: the declared one, or on a port of unknown protocol the one
+// the request arrived in — an h2c or gRPC client must reach an HTTP/2-only
+// application in HTTP/2 (found by test/TestMeshMTLS's gRPC call, which the
+// inbound proxy sent to the gRPC server as HTTP/1.1).
+func TestInboundClusterProtocol(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, `namespaces:
+- name: shop
+  workloads:
+  - name: app-0
+    addresses: [10.77.0.10]
+    ports:
+    - {port: 8080}
+    - {port: 8081, protocol: HTTP/1}
+    - {port: 9090, protocol: gRPC}
+    - {port: 9091, protocol: HTTP/2}
+    - {port: 5432}
+`)
+	downstream, h2 := upstreamHTTPOptions(), upstreamH2Options()
+	tests := []struct {
+		name string
+		hcm  bool
+		port uint16
+		want map[string]*anypb.Any
+	}{
+		{name: "unknown protocol: the downstream's", hcm: true, port: 8080, want: downstream},
+		{name: "declared HTTP/1: HTTP/1.1", hcm: true, port: 8081},
+		{name: "declared gRPC: HTTP/2", hcm: true, port: 9090, want: h2},
+		{name: "declared HTTP/2: HTTP/2", hcm: true, port: 9091, want: h2},
+		{name: "opaque: none", hcm: true, port: 5432},
+		{name: "tcp_proxy for HTTP: none", hcm: false, port: 8080},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			opts := DefaultOptions()
+			opts.HTTPConnectionManager = tt.hcm
+			r := Generate(m, m.WorkloadByNodeID("app-0.shop"), opts)
+			i := slices.IndexFunc(r.Clusters, func(c *clusterv3.Cluster) bool { return c.GetName() == InboundClusterName(tt.port) })
+			if i < 0 {
+				t.Fatalf("no cluster %s", InboundClusterName(tt.port))
+			}
+			if diff := cmp.Diff(tt.want, r.Clusters[i].GetTypedExtensionProtocolOptions(), protocmp.Transform(), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("typed_extension_protocol_options (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -92,6 +92,21 @@ func upstreamHTTPOptions() map[string]*anypb.Any {
 	}
 }
 
+// upstreamH2Options make a cluster speak HTTP/2 (h2c, or h2 over TLS).
+func upstreamH2Options() map[string]*anypb.Any {
+	return map[string]*anypb.Any{
+		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&upstreamhttpv3.HttpProtocolOptions{
+			UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+				ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
+					ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+						Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+					},
+				},
+			},
+		}),
+	}
+}
+
 // connectAttempts is tcp_proxy's max_connect_attempts: a workload that has
 // just joined a service may be pushed to clients before its own proxy is
 // listening; another endpoint then takes the connection.

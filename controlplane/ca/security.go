@@ -23,7 +23,8 @@ type Security struct {
 }
 
 // ClusterTransportSocket implements controlplane.Security: mesh mTLS to
-// svc's endpoints, accepting the identities of the workloads it selects.
+// svc's endpoints, accepting the identities of the workloads it selects;
+// alpn as for UpstreamTLSContext (empty: each HTTP pool offers its own).
 func (s *Security) ClusterTransportSocket(svc *mesh.Service, alpn ...string) *corev3.TransportSocket {
 	return TransportSocket(UpstreamTLSContext(svc.Hostname, svc.Identities, alpn...))
 }

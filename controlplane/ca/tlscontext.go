@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	"slices"
 )
 
 // SDS secret names, as Istio names them so that operators recognise them.
@@ -21,8 +22,9 @@ const (
 	TrustBundleSecretName = "ROOTCA"
 )
 
-// MeshALPN are the ALPN protocols between proxies, preferred first: HTTP
-// rides HTTP/2 between proxies when both offer it.
+// MeshALPN are the ALPN protocols an inbound proxy accepts for HTTP from
+// other proxies, preferred first; the outbound side offers one of them, the
+// client's own protocol (UpstreamTLSContext).
 var MeshALPN = []string{"h2", "http/1.1"}
 
 // WorkloadSecrets returns the SDS secrets of workload holder
@@ -56,12 +58,9 @@ func SDSSecret(name string) *tlsv3.SdsSecretConfig {
 
 // meshCommon is the common_tls_context between proxies: the workload's
 // certificate and the trust bundle by SDS, TLS 1.3 only (both ends are
-// Sift; nothing older to support), ALPN alpn (MeshALPN when empty), and the
+// Sift; nothing older to support), ALPN alpn (none when empty), and the
 // SAN matchers.
 func meshCommon(sans []*tlsv3.SubjectAltNameMatcher, alpn []string) *tlsv3.CommonTlsContext {
-	if len(alpn) == 0 {
-		alpn = MeshALPN
-	}
 	return &tlsv3.CommonTlsContext{
 		TlsParams: &tlsv3.TlsParameters{
 			TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
@@ -74,7 +73,7 @@ func meshCommon(sans []*tlsv3.SubjectAltNameMatcher, alpn []string) *tlsv3.Commo
 				ValidationContextSdsSecretConfig: SDSSecret(TrustBundleSecretName),
 			},
 		},
-		AlpnProtocols: append([]string(nil), alpn...),
+		AlpnProtocols: slices.Clone(alpn),
 	}
 }
 
@@ -83,6 +82,9 @@ func meshCommon(sans []*tlsv3.SubjectAltNameMatcher, alpn []string) *tlsv3.Commo
 // identities may connect to which port is authorization's job, not the
 // handshake's). alpn: MeshALPN when empty.
 func DownstreamTLSContext(trustDomain string, alpn ...string) *tlsv3.DownstreamTlsContext {
+	if len(alpn) == 0 {
+		alpn = MeshALPN
+	}
 	return &tlsv3.DownstreamTlsContext{
 		CommonTlsContext: meshCommon([]*tlsv3.SubjectAltNameMatcher{{
 			SanType: tlsv3.SubjectAltNameMatcher_URI,
@@ -97,7 +99,13 @@ func DownstreamTLSContext(trustDomain string, alpn ...string) *tlsv3.DownstreamT
 // matches; mesh.Service.Identities); sni is sent as the server name (the
 // service's host name, for the server's logs: mesh certificates have no DNS
 // SAN and are not matched on it). With no peerIDs no server is accepted.
-// alpn: MeshALPN when empty.
+// alpn: none configured when empty, so that an HTTP cluster's connection pool
+// offers its own protocol alone (Envoy's per-pool ALPN override: "h2" for an
+// HTTP/2 pool, "http/1.1" for HTTP/1) and the client's protocol is kept
+// between proxies — the inbound proxy then speaks it to the application
+// (docs/mesh-transport.md). Offering MeshALPN here would make every request
+// HTTP/2 between proxies, and the inbound side could no longer know which
+// protocol the application speaks.
 func UpstreamTLSContext(sni string, peerIDs []string, alpn ...string) *tlsv3.UpstreamTlsContext {
 	sans := make([]*tlsv3.SubjectAltNameMatcher, 0, len(peerIDs))
 	for _, id := range peerIDs {

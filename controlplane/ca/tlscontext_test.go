@@ -19,6 +19,16 @@ func adsSecret(name string) *tlsv3.SdsSecretConfig {
 	}}
 }
 
+// noALPN: an upstream context without alpn_protocols, so that each HTTP
+// pool offers its own protocol (the client's protocol is kept between
+// proxies).
+func noALPN(c *tlsv3.CommonTlsContext) *tlsv3.CommonTlsContext { return withALPN(c) }
+
+func withALPN(c *tlsv3.CommonTlsContext, alpn ...string) *tlsv3.CommonTlsContext {
+	c.AlpnProtocols = alpn
+	return c
+}
+
 func uriMatcher(m *matcherv3.StringMatcher) *tlsv3.SubjectAltNameMatcher {
 	return &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_URI, Matcher: m}
 }
@@ -58,9 +68,9 @@ func TestTLSContexts(t *testing.T) {
 			got:  UpstreamTLSContext("web.shop.svc.cluster.local", []string{"spiffe://cluster.local/ns/shop/sa/canary", "spiffe://cluster.local/ns/shop/sa/web"}),
 			want: &tlsv3.UpstreamTlsContext{
 				Sni: "web.shop.svc.cluster.local",
-				CommonTlsContext: wantCommon(
+				CommonTlsContext: noALPN(wantCommon(
 					uriMatcher(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://cluster.local/ns/shop/sa/canary"}}),
-					uriMatcher(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://cluster.local/ns/shop/sa/web"}})),
+					uriMatcher(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://cluster.local/ns/shop/sa/web"}}))),
 			},
 		},
 		{
@@ -68,7 +78,16 @@ func TestTLSContexts(t *testing.T) {
 			got:  UpstreamTLSContext("x", nil),
 			want: &tlsv3.UpstreamTlsContext{
 				Sni:              "x",
-				CommonTlsContext: wantCommon(uriMatcher(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://invalid/no-identity"}})),
+				CommonTlsContext: noALPN(wantCommon(uriMatcher(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://invalid/no-identity"}}))),
+			},
+		},
+		{
+			name: "upstream with ALPN: offered as given",
+			got:  UpstreamTLSContext("pg", []string{"spiffe://cluster.local/ns/shop/sa/pg"}, "sift.opaque/1"),
+			want: &tlsv3.UpstreamTlsContext{
+				Sni: "pg",
+				CommonTlsContext: withALPN(wantCommon(uriMatcher(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "spiffe://cluster.local/ns/shop/sa/pg"}})),
+					"sift.opaque/1"),
 			},
 		},
 	}

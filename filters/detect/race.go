@@ -144,8 +144,13 @@ func (f *Filter) failClosed(pol *Policy, info *filters.ConnInfo) bool {
 // upstream, if one was opened in time, and no goroutine of the race is left
 // running.
 func (f *Filter) race(p filters.Peeker, info *filters.ConnInfo, pol *Policy, deadline time.Time, learned bool) (o Outcome, decided bool, err error) {
-	// The client may have spoken just now: what is queued decides at once.
+	// The client may have spoken just now: what is queued decides at once —
+	// and, as when it speaks during the race, a learned destination whose
+	// client speaks first is forgotten.
 	if b, perr := p.Peek(1, time.Now()); len(b) > 0 || (perr != nil && !errors.Is(perr, os.ErrDeadlineExceeded)) {
+		if len(b) > 0 {
+			f.learned.ClientFirst(info.LocalAddr)
+		}
 		return Outcome{}, false, nil
 	}
 	if f.races.Add(1) > f.maxRaces {
