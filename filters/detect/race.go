@@ -88,7 +88,7 @@ func (f *Filter) OnAccept(p filters.Peeker, info *filters.ConnInfo) error {
 	switch {
 	case mayRace:
 		var decided bool
-		o, decided, err = f.race(p, info, pol, deadline, learned)
+		o, decided, err = f.race(p, info, deadline, learned)
 		if !decided && err == nil {
 			o, err = run(p, f.sniffers, pol.MaxBytes, deadline)
 		}
@@ -143,7 +143,7 @@ func (f *Filter) failClosed(pol *Policy, info *filters.ConnInfo) bool {
 // detection must go on with run. On return info.Early holds the early
 // upstream, if one was opened in time, and no goroutine of the race is left
 // running.
-func (f *Filter) race(p filters.Peeker, info *filters.ConnInfo, pol *Policy, deadline time.Time, learned bool) (o Outcome, decided bool, err error) {
+func (f *Filter) race(p filters.Peeker, info *filters.ConnInfo, deadline time.Time, learned bool) (o Outcome, decided bool, err error) {
 	// The client may have spoken just now: what is queued decides at once —
 	// and, as when it speaks during the race, a learned destination whose
 	// client speaks first is forgotten.
