@@ -413,12 +413,22 @@ func (g *generator) listener(name string, addr netip.AddrPort, dir corev3.Traffi
 		UseOriginalDst:   wrapperspb.Bool(true),
 		ListenerFilters: []*listenerv3.ListenerFilter{
 			{Name: wellknown.OriginalDestination, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldstv3.OriginalDst{})}},
-			{Name: detectFilterName, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&detectv1.Detect{Timeout: durationpb.New(timeout)})}},
+			{Name: detectFilterName, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(g.detectConfig(timeout))}},
 		},
 		ListenerFiltersTimeout:           durationpb.New(timeout + time.Second),
 		ContinueOnListenerFiltersTimeout: true,
 		FilterChains:                     chains,
 	}
+}
+
+// detectConfig is the detect filter's config: the mesh's timeout, and its
+// server-first grace period when it sets one.
+func (g *generator) detectConfig(timeout time.Duration) *detectv1.Detect {
+	d := &detectv1.Detect{Timeout: durationpb.New(timeout)}
+	if gp := g.m.DetectGracePeriod; gp != nil {
+		d.ServerFirstGracePeriod = durationpb.New(*gp)
+	}
+	return d
 }
 
 func chain(name string, m *listenerv3.FilterChainMatch, f *listenerv3.Filter) *listenerv3.FilterChain {

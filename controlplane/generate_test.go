@@ -429,3 +429,41 @@ func TestInboundClusterProtocol(t *testing.T) {
 		})
 	}
 }
+
+// TestDetectGracePeriodFromMesh: the mesh file's detect_grace_period reaches
+// the detect filter's server_first_grace_period; without it the filter's
+// default applies (the field is left unset).
+func TestDetectGracePeriodFromMesh(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, yaml string
+		want       *durationpb.Duration
+	}{
+		{"unset", "namespaces: [{name: a, workloads: [{name: w, addresses: [10.0.0.1], ports: [{port: 80}]}]}]\n", nil},
+		{"off", "detect_grace_period: 0s\nnamespaces: [{name: a, workloads: [{name: w, addresses: [10.0.0.1], ports: [{port: 80}]}]}]\n", durationpb.New(0)},
+		{"set", "detect_grace_period: 20ms\nnamespaces: [{name: a, workloads: [{name: w, addresses: [10.0.0.1], ports: [{port: 80}]}]}]\n", durationpb.New(20 * time.Millisecond)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m := loadMesh(t, tt.yaml)
+			r := Generate(m, m.WorkloadByNodeID("w.a"), DefaultOptions())
+			var got []*detectv1.Detect
+			for _, l := range r.Listeners {
+				for _, lf := range l.GetListenerFilters() {
+					var d detectv1.Detect
+					if lf.GetTypedConfig().UnmarshalTo(&d) == nil {
+						got = append(got, &d)
+					}
+				}
+			}
+			if len(got) == 0 {
+				t.Fatal("no detect filter generated")
+			}
+			for _, d := range got {
+				if !proto.Equal(d.GetServerFirstGracePeriod(), tt.want) {
+					t.Errorf("server_first_grace_period = %v, want %v", d.GetServerFirstGracePeriod(), tt.want)
+				}
+			}
+		})
+	}
+}

@@ -86,6 +86,10 @@ type Mesh struct {
 	DefaultOpaquePorts *PortSet
 	// DetectTimeout bounds protocol detection; 0 means DefaultDetectTimeout.
 	DetectTimeout time.Duration
+	// DetectGracePeriod is how long a silent client waits before the
+	// server-first race opens the upstream (0 turns the race off); nil
+	// leaves the detect filter's default (50ms).
+	DetectGracePeriod *time.Duration
 	// ClusterDomain completes service host names; "" means DefaultClusterDomain.
 	ClusterDomain string
 	// TrustDomain is the SPIFFE trust domain of workload identities

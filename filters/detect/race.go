@@ -13,6 +13,13 @@ import (
 	"github.com/siftmesh/sift/filters"
 )
 
+// The server-first race's connect retries back off from raceRetryBase to
+// raceRetryMax.
+const (
+	raceRetryBase = 50 * time.Millisecond
+	raceRetryMax  = 2 * time.Second
+)
+
 // greetingBufferSize is the most a server's first read may bring during the
 // race; the rest of a longer greeting follows through the network filter.
 const greetingBufferSize = 2048
@@ -231,10 +238,32 @@ type upstreamSide struct {
 // that ends (EOF, reset) before the client speaks has "spoken" too.
 func (r *upstreamSide) run(ctx context.Context, p filters.Peeker, info *filters.ConnInfo) {
 	defer close(r.done)
-	early, err := info.Fallback.Preconnect(ctx, info)
-	if err != nil {
-		r.dialErr = err
-		return
+	// A failed connect is tried again while the client stays silent (backing
+	// off up to 2 s, within the detection deadline): an upstream that was
+	// briefly unreachable — restarting, or rotating certificates — still
+	// greets the client before the timeout.
+	backoff := raceRetryBase
+	var early *filters.EarlyUpstream
+	for {
+		e, err := info.Fallback.Preconnect(ctx, info)
+		if err == nil {
+			early = e
+			break
+		}
+		if r.dialErr == nil || ctx.Err() == nil {
+			r.dialErr = err // the first error, or a later one not caused by the end of the race
+		}
+		if errors.Is(err, filters.ErrNoPreconnect) {
+			return
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, raceRetryMax)
 	}
 	r.mu.Lock()
 	if r.stopped {
@@ -258,8 +287,8 @@ func (r *upstreamSide) note(info *filters.ConnInfo) {
 	case r.dialErr == nil:
 		info.Detection.Raced = true
 	case errors.Is(r.dialErr, filters.ErrNoPreconnect):
-	case errors.Is(r.dialErr, context.Canceled):
-		info.Detection.Raced = true // the client spoke while the upstream connected
+	case errors.Is(r.dialErr, context.Canceled) || errors.Is(r.dialErr, context.DeadlineExceeded):
+		info.Detection.Raced = true // the client spoke (or the deadline came) while the upstream connected
 	default:
 		info.Detection.Raced = true
 		info.Detection.RaceError = r.dialErr.Error()

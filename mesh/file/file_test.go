@@ -83,7 +83,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "empty file", yaml: "", want: []string{"m.yaml:1:1: the file is empty (write `namespaces: []` for an empty mesh)"}},
 		{name: "bad yaml", yaml: "namespaces: [\n", want: []string{"m.yaml:1:1: invalid YAML: did not find expected node content"}},
 		{name: "unknown top-level field", yaml: "namespace: []\n",
-			want: []string{"m.yaml:1:1: namespace: unknown field (known: cluster_domain, default_opaque_ports, detect_timeout, mtls, namespaces, trust_domain)"}},
+			want: []string{"m.yaml:1:1: namespace: unknown field (known: cluster_domain, default_opaque_ports, detect_grace_period, detect_timeout, mtls, namespaces, trust_domain)"}},
 		{name: "port out of range", yaml: `namespaces:
 - name: a
   services:
@@ -110,6 +110,9 @@ namespaces:
 `, want: []string{
 			`m.yaml:1:17: detect_timeout: "soon" is not a positive duration like 10s or 500ms`,
 			`m.yaml:6:17: namespaces[0].workloads[0].addresses[0]: "10.0.0.300" is not an IP address`,
+		}},
+		{name: "negative grace period", yaml: "detect_grace_period: -1s\nnamespaces: []\n", want: []string{
+			`m.yaml:1:22: detect_grace_period: "-1s" is not a duration like 50ms (0s turns the server-first race off)`,
 		}},
 		{name: "semantic errors point at the field", yaml: `namespaces:
 - name: a

@@ -297,6 +297,15 @@ func (p *parser) document(n *yaml.Node) *mesh.Mesh {
 			}
 			m.DetectTimeout = d
 		},
+		"detect_grace_period": func(v *yaml.Node, path string) {
+			s := p.str(v, path)
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 0 {
+				p.errorf(v, path, "%q is not a duration like 50ms (0s turns the server-first race off)", s)
+				return
+			}
+			m.DetectGracePeriod = &d
+		},
 		"cluster_domain": func(v *yaml.Node, path string) { m.ClusterDomain = p.str(v, path) },
 		"trust_domain":   func(v *yaml.Node, path string) { m.TrustDomain = p.str(v, path) },
 		"mtls":           func(v *yaml.Node, path string) { m.MTLS = p.boolean(v, path) },
