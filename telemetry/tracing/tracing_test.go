@@ -471,3 +471,82 @@ func FuzzParseB3(f *testing.F) {
 		}
 	})
 }
+
+// TestFromEnvTCPSpan: OTEL_* variables make the default provider, and a
+// tcp_proxy connection record becomes a span with its detection outcome.
+// Not parallel: it sets the environment and the process default.
+func TestFromEnvTCPSpan(t *testing.T) {
+	rcv := otlptest.Start(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+rcv.Addr)
+	t.Setenv("OTEL_SERVICE_NAME", "env-svc")
+	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "1")
+	p, err := FromEnv()
+	if err != nil || p == nil {
+		t.Fatalf("FromEnv = %v, %v", p, err)
+	}
+	SetDefault(p)
+	defer SetDefault(nil)
+	start := time.Now().Add(-time.Second)
+	info := &filters.ConnInfo{Detection: filters.Detection{Ran: true, Protocol: "opaque", Reason: "timeout", Raced: true}}
+	Conns{}.OnConn(&streaminfo.Conn{Start: start, Duration: time.Second, Filter: "http_connection_manager", Info: info}) // not tcp_proxy: no span
+	Conns{}.OnConn(&streaminfo.Conn{Start: start, Duration: time.Second, Filter: "tcp_proxy", Info: info, Cluster: "db",
+		Endpoint: "10.1.2.3:5432", BytesReceived: 10, BytesSent: 20, ConnectFailed: true})
+	if err := p.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	spans := rcv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 1 })
+	if len(spans) != 1 {
+		t.Fatalf("spans %+v, want the tcp_proxy one", spans)
+	}
+	got := spans[0]
+	want := map[string]string{"upstream_cluster": "db", "upstream_address": "10.1.2.3:5432", "sift.bytes_received": "10", "sift.bytes_sent": "20",
+		"sift.detection.protocol": "opaque", "sift.detection.reason": "timeout", "sift.detection.raced": "true"}
+	for k, v := range want {
+		if got.Attrs[k] != v {
+			t.Errorf("attribute %s = %q, want %q", k, got.Attrs[k], v)
+		}
+	}
+	if got.Service != "env-svc" || got.Name != "tcp_proxy db" || !got.StatusError || got.StartUnix != uint64(start.UnixNano()) {
+		t.Errorf("span %+v, want service env-svc, name \"tcp_proxy db\", error status, start at accept", got)
+	}
+}
+
+func TestFromEnvErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantNil bool
+		wantErr string
+	}{
+		{name: "no endpoint", env: map[string]string{}, wantNil: true},
+		{name: "exporter none", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_EXPORTER": "none"}, wantNil: true},
+		{name: "http protocol", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+			wantErr: `OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf" is not supported`},
+		{name: "zipkin exporter", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_EXPORTER": "zipkin"},
+			wantErr: `OTEL_TRACES_EXPORTER: "zipkin" is not supported`},
+		{name: "bad sampler arg", env: map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"},
+			wantErr: `OTEL_TRACES_SAMPLER_ARG: "2": must be a number in [0, 1]`},
+		{name: "jaeger sampler", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_TRACES_SAMPLER": "jaeger_remote"},
+			wantErr: `OTEL_TRACES_SAMPLER: "jaeger_remote" is not supported`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER",
+				"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"} {
+				t.Setenv(k, tt.env[k])
+			}
+			p, err := FromEnv()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || (p == nil) != tt.wantNil {
+				t.Fatalf("FromEnv = %v, %v; want nil: %v", p, err, tt.wantNil)
+			}
+			p.Shutdown(context.Background())
+		})
+	}
+}
