@@ -55,8 +55,8 @@ type reqState struct {
 	rec          *Record
 	upgrade      string // lower-case upgrade type, or ""
 	downstreamH2 bool
-	external     bool // the client is not on an internal address
-	tls          bool // the downstream connection is TLS
+	external     bool          // the client is not on an internal address
+	tls          bool          // the downstream connection is TLS
 	span         *tracing.Span // nil when the request is not traced
 	idleFired    atomic.Bool
 	reqTOFired   atomic.Bool
