@@ -12,6 +12,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/siftmesh/sift/admin"
@@ -286,6 +287,7 @@ func (s *Server) installMetrics() {
 		},
 		Learned:           s.learned,
 		ProcessCollectors: true,
+		Extra:             []prometheus.Collector{tracing.Collector()},
 	})
 }
 

@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
@@ -76,6 +77,24 @@ var (
 func Dropped() (queueFull, export uint64) { return droppedQueue.Load(), droppedExport.Load() }
 
 var errorsToDebug sync.Once
+
+// Collector returns the Prometheus counter of dropped spans,
+// sift_tracing_spans_dropped_total{reason="queue_full"|"export_failed"},
+// read from Dropped at scrape time.
+func Collector() prometheus.Collector { return droppedCollector{} }
+
+var droppedDesc = prometheus.NewDesc("sift_tracing_spans_dropped_total",
+	"Sampled spans lost: the export queue was full, or the collector did not take their batch.", []string{"reason"}, nil)
+
+type droppedCollector struct{}
+
+func (droppedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- droppedDesc }
+
+func (droppedCollector) Collect(ch chan<- prometheus.Metric) {
+	q, e := Dropped()
+	ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(q), "queue_full")
+	ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(e), "export_failed")
+}
 
 // options are what newProvider needs besides the exporter.
 type options struct {

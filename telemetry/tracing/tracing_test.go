@@ -20,6 +20,7 @@ import (
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"go.uber.org/goleak"
@@ -381,6 +382,23 @@ func TestQueueFullDrops(t *testing.T) {
 	after, _ := Dropped()
 	if got := after - before; got != extra {
 		t.Errorf("queue-full drops = %d, want %d", got, extra)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var scraped float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == "sift_tracing_spans_dropped_total" && m.GetLabel()[0].GetValue() == "queue_full" {
+				scraped = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if scraped < extra {
+		t.Errorf("sift_tracing_spans_dropped_total{reason=queue_full} = %v, want at least %d", scraped, extra)
 	}
 	release()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
