@@ -167,8 +167,8 @@ func (g *gate) OnEnd(s sdktrace.ReadOnlySpan) {
 	}
 	if g.p.pending.Add(1) > QueueSize {
 		g.p.pending.Add(-1)
-		if droppedQueue.Add(1)&(droppedQueue.Load()-1) == 0 { // log at powers of two
-			slog.Debug("tracing: span queue full: spans dropped", "total", droppedQueue.Load())
+		if n := droppedQueue.Add(1); n&(n-1) == 0 { // log at powers of two
+			slog.Debug("tracing: span queue full: spans dropped", "total", n)
 		}
 		return
 	}
