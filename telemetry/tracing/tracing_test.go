@@ -503,8 +503,20 @@ func TestFromEnvTCPSpan(t *testing.T) {
 	if err != nil || p == nil {
 		t.Fatalf("FromEnv = %v, %v", p, err)
 	}
+	h, err := DecodeHCM(hcmTracing(t, `{}`), nil) // no provider: the default's
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sp := h.Start(request(nil), time.Now(), nil); sp != nil {
+		t.Fatal("Start without any provider returned a span")
+	}
 	SetDefault(p)
 	defer SetDefault(nil)
+	sp := h.Start(request(nil), time.Now(), nil)
+	if sp == nil {
+		t.Fatal("Start with a default provider returned no span")
+	}
+	sp.End(record(request(nil), time.Now(), 200))
 	start := time.Now().Add(-time.Second)
 	info := &filters.ConnInfo{Detection: filters.Detection{Ran: true, Protocol: "opaque", Reason: "timeout", Raced: true}}
 	Conns{}.OnConn(&streaminfo.Conn{Start: start, Duration: time.Second, Filter: "http_connection_manager", Info: info}) // not tcp_proxy: no span
@@ -513,11 +525,14 @@ func TestFromEnvTCPSpan(t *testing.T) {
 	if err := p.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	spans := rcv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 1 })
-	if len(spans) != 1 {
-		t.Fatalf("spans %+v, want the tcp_proxy one", spans)
+	spans := rcv.WaitFor(t, 10*time.Second, func(s []otlptest.Span) bool { return len(s) >= 2 })
+	if len(spans) != 2 {
+		t.Fatalf("spans %+v, want the HTTP and the tcp_proxy one", spans)
 	}
-	got := spans[0]
+	got := spans[1]
+	if spans[0].Name == "tcp_proxy db" {
+		got = spans[0]
+	}
 	want := map[string]string{"upstream_cluster": "db", "upstream_address": "10.1.2.3:5432", "sift.bytes_received": "10", "sift.bytes_sent": "20",
 		"sift.detection.protocol": "opaque", "sift.detection.reason": "timeout", "sift.detection.raced": "true"}
 	for k, v := range want {
