@@ -26,9 +26,11 @@ import (
 )
 
 // policy lists the bootstrap fields Sift implements (the Envoy v3 subset in
-// DESIGN.md). Node is accepted whole: it only identifies the proxy.
+// DESIGN.md). Node is accepted whole: it only identifies the proxy. tracing
+// is checked field by field, against the clusters, by package
+// telemetry/tracing when the server is built.
 var policy = pbcheck.Policy{
-	"envoy.config.bootstrap.v3.Bootstrap":                 pbcheck.Fields("node, admin, static_resources, dynamic_resources"),
+	"envoy.config.bootstrap.v3.Bootstrap":                 pbcheck.Fields("node, admin, static_resources, dynamic_resources, tracing"),
 	"envoy.config.bootstrap.v3.Bootstrap.StaticResources": pbcheck.Fields("listeners, clusters, secrets"),
 	// access_log_path is accepted only as /dev/null (see validateAdmin): many
 	// Envoy bootstraps carry it.

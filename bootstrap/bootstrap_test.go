@@ -56,6 +56,7 @@ func TestLoad(t *testing.T) {
 			wantErr: "b.yaml: stats_flush_interval: not supported by Sift"},
 		{name: "unsupported nested field", file: "b.yaml", content: "admin: {profile_path: /tmp/p}\n",
 			wantErr: "admin.profile_path: not supported by Sift"},
+		{name: "tracing (checked by the server)", file: "b.yaml", content: "tracing: {http: {name: envoy.tracers.opentelemetry}}\n"},
 		{name: "dynamic resources", file: "b.yaml", content: "dynamic_resources: {ads_config: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}}\n"},
 		{name: "unsupported xds field", file: "b.yaml", content: "dynamic_resources: {ads_config: {api_type: GRPC, rate_limit_settings: {}}}\n",
 			wantErr: "dynamic_resources.ads_config.rate_limit_settings: not supported by Sift"},

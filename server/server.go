@@ -12,6 +12,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/siftmesh/sift/admin"
@@ -23,6 +24,7 @@ import (
 	"github.com/siftmesh/sift/telemetry/accesslog"
 	"github.com/siftmesh/sift/telemetry/metrics"
 	"github.com/siftmesh/sift/telemetry/streaminfo"
+	"github.com/siftmesh/sift/telemetry/tracing"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/xds"
 
@@ -61,6 +63,9 @@ type Server struct {
 	// metrics is the process's registry, kept when there is an admin
 	// server to scrape it (nil otherwise: no hook, no cost).
 	metrics *metrics.Registry
+	// tracer is the bootstrap's tracing provider, or the OTEL_* environment's
+	// when the bootstrap names none; nil without either.
+	tracer *tracing.Provider
 
 	bootstrap *bootstrapv3.Bootstrap
 	started   time.Time
@@ -104,6 +109,10 @@ func Build(b *bootstrapv3.Bootstrap, opts Options) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
+	if err := s.buildTracer(b); err != nil { // before listeners: their HCMs may use it
+		s.Close()
+		return nil, err
+	}
 	if err := s.buildXDS(b); err != nil { // before listeners: they may take routes from RDS
 		s.Close()
 		return nil, err
@@ -143,8 +152,13 @@ func (s *Server) DecodeListener(pb *listenerv3.Listener) (*listener.Config, erro
 // Start binds the admin server and the listeners and starts serving.
 func (s *Server) Start() error {
 	s.listeners = listener.NewManager(s.log, s.opts.DrainTime)
+	if s.tracer != nil {
+		tracing.SetDefault(s.tracer)
+	}
+	if s.adminAddr != "" || s.tracer != nil {
+		s.installHooks()
+	}
 	if s.adminAddr != "" {
-		s.installMetrics()
 		a, err := admin.Listen(s.adminAddr, s, s.log)
 		if err != nil {
 			return err
@@ -226,11 +240,42 @@ func (s *Server) buildXDS(b *bootstrapv3.Bootstrap) error {
 	return nil
 }
 
-// installMetrics creates the process's metrics registry and installs it as
-// the connection and request hook. The hooks are process-wide: the last
-// server started in a process receives every record (one sift-proxy is one
-// process; tests that check values run one server with an admin address at
-// a time).
+// installHooks creates the process's metrics registry (with an admin
+// server to scrape it) and installs it, and tcp_proxy's connection spans
+// (with a tracer), as the connection and request hooks. The hooks are
+// process-wide: the last server started in a process receives every record
+// (one sift-proxy is one process; tests that check values run one server
+// with an admin address at a time).
+func (s *Server) installHooks() {
+	hooks := []any{}
+	if s.adminAddr != "" {
+		s.installMetrics()
+		hooks = append(hooks, s.metrics)
+	}
+	if s.tracer != nil {
+		hooks = append(hooks, tracing.Conns{})
+	}
+	// One slot per process for each hook: consumers join the Tee.
+	tee := streaminfo.NewTee(hooks...)
+	streaminfo.SetConnHook(tee)
+	httplb.SetHook(tee)
+}
+
+// buildTracer decodes the bootstrap's tracing, or the OTEL_* environment
+// when the bootstrap names no tracer.
+func (s *Server) buildTracer(b *bootstrapv3.Bootstrap) error {
+	p, err := tracing.DecodeBootstrap(b.GetTracing(), s.clusters)
+	if err == nil && p == nil && b.GetTracing().GetHttp() == nil {
+		p, err = tracing.FromEnv()
+	}
+	if err != nil {
+		return err
+	}
+	s.tracer = p
+	return nil
+}
+
+// installMetrics creates the process's metrics registry.
 func (s *Server) installMetrics() {
 	s.metrics = metrics.New(metrics.Options{
 		Clusters: s.clusters,
@@ -242,12 +287,8 @@ func (s *Server) installMetrics() {
 		},
 		Learned:           s.learned,
 		ProcessCollectors: true,
+		Extra:             []prometheus.Collector{tracing.Collector()},
 	})
-	// One slot per process for each hook: consumers (access logs, tracing)
-	// join the Tee.
-	tee := streaminfo.NewTee(s.metrics)
-	streaminfo.SetConnHook(tee)
-	httplb.SetHook(tee)
 }
 
 // Metrics implements admin.MetricsSource.
@@ -319,6 +360,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.listeners.Shutdown(ctx)
 	}
 	accesslog.Shutdown() // after the connections: their entries are queued
+	s.flushTraces(ctx)
 	var err error
 	if s.admin != nil {
 		closeCtx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -330,6 +372,24 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.Close()
 	return err
 }
+
+// flushTraces exports the spans still queued (after the connections have
+// ended) and stops the tracers, waiting at most flushTimeout or until ctx
+// ends: a dead collector does not hold up the exit.
+func (s *Server) flushTraces(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, flushTimeout)
+	defer cancel()
+	tracing.Shutdown(ctx)
+	if s.tracer != nil {
+		if tracing.Default() == s.tracer {
+			tracing.SetDefault(nil)
+		}
+		s.tracer.Shutdown(ctx)
+	}
+}
+
+// flushTimeout bounds how long Shutdown waits for span exports.
+const flushTimeout = 5 * time.Second
 
 // Close releases the clusters' background work and, for a server that was
 // never started, the xDS connections. Shutdown calls it.
@@ -345,5 +405,10 @@ func (s *Server) Close() {
 	}
 	if s.secrets != nil {
 		s.secrets.Close()
+	}
+	if s.tracer != nil { // a server never started; after flushTraces, nothing
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s.tracer.Shutdown(ctx)
 	}
 }

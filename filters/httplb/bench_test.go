@@ -45,8 +45,9 @@ func startBenchProxy(b *testing.B) string {
 }
 
 // startBenchProxyHCM is startBenchProxy with hcm, YAML fields (indented
-// for the HCM's typed_config), added to the HCM.
-func startBenchProxyHCM(b *testing.B, hcm string) string {
+// for the HCM's typed_config), added to the HCM, and clusters (YAML list
+// items) added to the bootstrap's.
+func startBenchProxyHCM(b *testing.B, hcm string, clusters ...string) string {
 	b.Helper()
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -54,7 +55,7 @@ func startBenchProxyHCM(b *testing.B, hcm string) string {
 	}))
 	b.Cleanup(backend.Close)
 	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
-	yaml := strings.Replace(fmt.Sprintf(benchBootstrap, port), "codec_type: AUTO\n", "codec_type: AUTO\n"+hcm, 1)
+	yaml := strings.Replace(fmt.Sprintf(benchBootstrap, port), "codec_type: AUTO\n", "codec_type: AUTO\n"+hcm, 1) + strings.Join(clusters, "")
 	bs, err := bootstrap.Parse([]byte(yaml))
 	if err != nil {
 		b.Fatal(err)

@@ -33,7 +33,8 @@ var hcmPolicy = pbcheck.Policy{
 		"http2_protocol_options, server_name, server_header_transformation, max_request_headers_kb, "+
 		"stream_idle_timeout, request_timeout, request_headers_timeout, "+
 		"use_remote_address, skip_xff_append, via, generate_request_id, preserve_external_request_id, "+
-		"always_set_request_id_in_response, upgrade_configs, strip_any_host_port, strip_matching_host_port, access_log").
+		"always_set_request_id_in_response, upgrade_configs, strip_any_host_port, strip_matching_host_port, access_log, "+
+		"tracing").
 		Ignore("drain_timeout", "the listener's drain time bounds draining").
 		Ignore("delayed_close_timeout", "Sift closes a connection once its last response is written"),
 	"envoy.extensions.filters.network.http_connection_manager.v3.Rds":                                 pbcheck.Fields("config_source, route_config_name"),

@@ -34,6 +34,7 @@ import (
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/httplb/route"
 	"github.com/siftmesh/sift/telemetry/accesslog"
+	"github.com/siftmesh/sift/telemetry/tracing"
 	"github.com/siftmesh/sift/upstream"
 )
 
@@ -54,6 +55,9 @@ type HCM struct {
 	// accessLogs are the HCM's access_log loggers, called for every
 	// request before the process-wide hook.
 	accessLogs accesslog.Loggers
+	// tracing is the HCM's tracing field, nil when it has none (no spans;
+	// trace headers pass through untouched).
+	tracing *tracing.HTTP
 }
 
 var _ filters.NetworkFilter = (*HCM)(nil)
@@ -72,6 +76,9 @@ func New(cfg *hcmv3.HttpConnectionManager, bc filters.BuildContext) (*HCM, error
 		h.log = slog.Default()
 	}
 	if h.accessLogs, err = accesslog.Decode(cfg.GetAccessLog(), accesslog.Context{Clusters: h.clusters}); err != nil {
+		return nil, fmt.Errorf("httplb: %w", err)
+	}
+	if h.tracing, err = tracing.DecodeHCM(cfg.GetTracing(), h.clusters); err != nil {
 		return nil, fmt.Errorf("httplb: %w", err)
 	}
 	h.log = h.log.With("filter", "http_connection_manager", "stat_prefix", c.statPrefix)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/httplb/route"
+	"github.com/siftmesh/sift/telemetry/tracing"
 )
 
 // Sift's error header on local replies: the reason, in the words of Envoy's
@@ -54,8 +55,9 @@ type reqState struct {
 	rec          *Record
 	upgrade      string // lower-case upgrade type, or ""
 	downstreamH2 bool
-	external     bool // the client is not on an internal address
-	tls          bool // the downstream connection is TLS
+	external     bool          // the client is not on an internal address
+	tls          bool          // the downstream connection is TLS
+	span         *tracing.Span // nil when the request is not traced
 	idleFired    atomic.Bool
 	reqTOFired   atomic.Bool
 }
@@ -176,6 +178,9 @@ func (p *reverseProxy) rewrite(pr *httputil.ProxyRequest) {
 	}
 	if _, ok := in.Header["User-Agent"]; !ok {
 		out.Header["User-Agent"] = nil // no Go default
+	}
+	if st.span != nil {
+		st.span.Inject(out.Header)
 	}
 	st.table.ApplyRequest(st.route, out.Header)
 }
@@ -317,6 +322,12 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = body
 	}
+	// The span starts before routing, so that local replies have one too
+	// and the upstream request's traceparent names it (rewrite).
+	var span *tracing.Span
+	if h.tracing != nil {
+		span = h.tracing.Start(r, rec.Start, cs.info)
+	}
 	defer func() {
 		rec.Duration = time.Since(rec.Start)
 		if rec.Status == 0 {
@@ -330,6 +341,9 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 			rec.ResponseHeader = rw.Header()
 		}
 		h.accessLogs.LogRequest(rec)
+		if span != nil {
+			span.End(rec)
+		}
 		if hk := currentHook(); hk != nil {
 			hk.OnRequest(rec)
 		}
@@ -403,7 +417,7 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		h.localReply(w, r, rec, rt.ClusterNotFoundCode, reasonNoCluster, "")
 		return
 	}
-	st := &reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, external: cs.external, tls: cs.tls}
+	st := &reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, external: cs.external, tls: cs.tls, span: span}
 	if upgrade == "connect" {
 		if !rt.ConnectTerminate {
 			h.localReply(w, r, rec, http.StatusForbidden, reasonUpgrade, "")

@@ -68,6 +68,9 @@ type Options struct {
 	// ProcessCollectors adds the Go runtime and process collectors (off in
 	// tests, which may build many registries).
 	ProcessCollectors bool
+	// Extra collectors are registered as they are (other telemetry's own
+	// counters, e.g. tracing's dropped spans).
+	Extra []prometheus.Collector
 }
 
 // Registry is one sift-proxy's metrics. It implements streaminfo.ConnHook,
@@ -135,6 +138,7 @@ func New(opts Options) *Registry {
 
 	r.reg.MustRegister(r.requests, r.responses, r.latency, r.tcpOpen, r.tcpOpenConns, r.tcpRead, r.tcpWrite,
 		r.tcpClose, r.tcpDuration, r.detections, r.detectionDuration, &stateCollector{r})
+	r.reg.MustRegister(opts.Extra...)
 	if opts.ProcessCollectors {
 		r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
