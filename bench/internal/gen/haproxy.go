@@ -5,6 +5,13 @@ import (
 	"strings"
 )
 
+// HAProxy's share of the common TLS settings (see MTLSOrigin): TLS 1.3 only,
+// X25519 key exchange, and no session resumption from the originating side.
+const (
+	haproxyTLSBind   = "ssl-min-ver TLSv1.3 curves X25519"
+	haproxyTLSServer = "ssl-min-ver TLSv1.3 no-ssl-reuse"
+)
+
 // HAProxy renders a haproxy.cfg (run as `haproxy -db -f FILE`): one thread,
 // no logging, long tunnel timeouts, TCP mode for L4 kinds and HTTP mode for L7.
 func HAProxy(t Topology, env Env) (string, error) {
@@ -39,7 +46,7 @@ defaults
 		bind := fmt.Sprintf("    bind 127.0.0.1:%d", l.Port)
 		switch l.Kind {
 		case MTLSTerminate:
-			bind += fmt.Sprintf(" ssl crt %s ca-file %s verify required", env.Certs.ServerPEM, env.Certs.CA)
+			bind += fmt.Sprintf(" ssl crt %s ca-file %s verify required %s", env.Certs.ServerPEM, env.Certs.CA, haproxyTLSBind)
 		case H2C, GRPC:
 			bind += " proto h2"
 		}
@@ -68,7 +75,7 @@ defaults
 			srv := fmt.Sprintf("    server s%d 127.0.0.1:%d", i, port)
 			switch l.Kind {
 			case MTLSOrigin:
-				srv += fmt.Sprintf(" ssl crt %s ca-file %s verify required sni str(%s) verifyhost %s", env.Certs.ClientPEM, env.Certs.CA, ServerName, ServerName)
+				srv += fmt.Sprintf(" ssl crt %s ca-file %s verify required sni str(%s) verifyhost %s %s", env.Certs.ClientPEM, env.Certs.CA, ServerName, ServerName, haproxyTLSServer)
 			case H2C, GRPC:
 				srv += " proto h2"
 			}

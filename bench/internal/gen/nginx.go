@@ -62,10 +62,10 @@ events {
 			fmt.Fprintf(&stream, "        proxy_pass u_%s;\n        proxy_connect_timeout 5s;\n        proxy_timeout 1h;\n", l.Name)
 			switch l.Kind {
 			case MTLSTerminate:
-				fmt.Fprintf(&stream, "        ssl_certificate %s;\n        ssl_certificate_key %s;\n        ssl_client_certificate %s;\n        ssl_verify_client on;\n        ssl_protocols TLSv1.3;\n",
+				fmt.Fprintf(&stream, "        ssl_certificate %s;\n        ssl_certificate_key %s;\n        ssl_client_certificate %s;\n        ssl_verify_client on;\n        ssl_protocols TLSv1.3;\n        ssl_ecdh_curve X25519;\n",
 					env.Certs.ServerCert, env.Certs.ServerKey, env.Certs.CA)
 			case MTLSOrigin:
-				fmt.Fprintf(&stream, "        proxy_ssl on;\n        proxy_ssl_certificate %s;\n        proxy_ssl_certificate_key %s;\n        proxy_ssl_trusted_certificate %s;\n        proxy_ssl_verify on;\n        proxy_ssl_name %s;\n        proxy_ssl_server_name on;\n        proxy_ssl_protocols TLSv1.3;\n",
+				fmt.Fprintf(&stream, "        proxy_ssl on;\n        proxy_ssl_certificate %s;\n        proxy_ssl_certificate_key %s;\n        proxy_ssl_trusted_certificate %s;\n        proxy_ssl_verify on;\n        proxy_ssl_name %s;\n        proxy_ssl_server_name on;\n        proxy_ssl_protocols TLSv1.3;\n        proxy_ssl_session_reuse off;\n",
 					env.Certs.ClientCert, env.Certs.ClientKey, env.Certs.CA, ServerName)
 			}
 			stream.WriteString("    }\n")

@@ -74,7 +74,7 @@ func Sift(t Topology, env Env) (string, error) {
           "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
           require_client_certificate: true
           common_tls_context:
-            tls_params: {tls_minimum_protocol_version: TLSv1_3}
+            tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3, ecdh_curves: [X25519]}
             tls_certificates:
             - certificate_chain: {filename: %s}
               private_key: {filename: %s}
@@ -105,8 +105,9 @@ func Sift(t Topology, env Env) (string, error) {
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         sni: %s
+        max_session_keys: 0
         common_tls_context:
-          tls_params: {tls_minimum_protocol_version: TLSv1_3}
+          tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3, ecdh_curves: [X25519]}
           tls_certificates:
           - certificate_chain: {filename: %s}
             private_key: {filename: %s}

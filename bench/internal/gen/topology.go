@@ -22,6 +22,13 @@ const (
 	Detect Kind = "detect"
 	// MTLSOrigin accepts plain TCP and forwards over TLS with a client
 	// certificate, verifying the server against the bench CA.
+	//
+	// Every target speaks TLS 1.3 only, with X25519 key exchange (pinned on
+	// the terminating side: Go would otherwise prefer X25519MLKEM768) and
+	// ECDSA P-256 certificates (GenerateCerts), and the originating side never
+	// resumes a session (HAProxy no-ssl-reuse, nginx proxy_ssl_session_reuse
+	// off, Sift max_session_keys: 0): every new connection is a full mutual
+	// handshake, so connections/s is handshakes/s.
 	MTLSOrigin Kind = "mtls-origin"
 	// MTLSTerminate accepts TLS, requires a client certificate signed by the
 	// bench CA, and forwards plain TCP.
