@@ -128,10 +128,15 @@ type Detection struct {
 	Duration time.Duration
 	// Sniffer names the sniffer that matched (Reason "match").
 	Sniffer string
-	// Verdicts are the sniffers' last answers, in the order they were asked
-	// (at most len(Verdicts); NumVerdicts counts them).
-	Verdicts    [MaxRecordedVerdicts]SnifferVerdict
-	NumVerdicts uint8
+	// The sniffers' last answers, in the order they were asked:
+	// SnifferNames[i] answered VerdictCodes[i] (VerdictNeedMore, VerdictMatch
+	// or VerdictNoMatch); NumVerdicts counts them (at most
+	// MaxRecordedVerdicts). SnifferNames is owned by the detect filter and
+	// shared by its connections: never modify it. Kept as codes so that the
+	// record costs a connection a few bytes, not a string pair per sniffer.
+	SnifferNames []string
+	VerdictCodes [MaxRecordedVerdicts]uint8
+	NumVerdicts  uint8
 	// Raced is true when the server-speaks-first race ran: an early upstream
 	// connection was opened before the client spoke (or tried to be).
 	Raced bool
@@ -140,9 +145,18 @@ type Detection struct {
 	RaceError string
 }
 
-// MaxRecordedVerdicts bounds Detection.Verdicts (a fixed array: recording a
-// connection's verdicts never allocates).
+// MaxRecordedVerdicts bounds Detection.VerdictCodes.
 const MaxRecordedVerdicts = 8
+
+// Verdict codes of Detection.VerdictCodes.
+const (
+	VerdictNeedMore uint8 = iota // undecided when detection stopped
+	VerdictMatch
+	VerdictNoMatch
+)
+
+// verdictNames spell the verdict codes.
+var verdictNames = [...]string{VerdictNeedMore: "need_more", VerdictMatch: "match", VerdictNoMatch: "no_match"}
 
 // SnifferVerdict is one sniffer's last answer on a connection.
 type SnifferVerdict struct {
@@ -152,16 +166,20 @@ type SnifferVerdict struct {
 	Verdict string
 }
 
-// AddVerdict records a sniffer's answer; answers past MaxRecordedVerdicts are dropped.
-func (d *Detection) AddVerdict(sniffer, verdict string) {
-	if int(d.NumVerdicts) < len(d.Verdicts) {
-		d.Verdicts[d.NumVerdicts] = SnifferVerdict{Sniffer: sniffer, Verdict: verdict}
-		d.NumVerdicts++
+// RecordedVerdicts spells out the recorded verdicts (it allocates: for
+// logs and the admin pages, not the data path).
+func (d *Detection) RecordedVerdicts() []SnifferVerdict {
+	n := min(int(d.NumVerdicts), len(d.SnifferNames))
+	out := make([]SnifferVerdict, n)
+	for i := range n {
+		v := "unknown"
+		if c := d.VerdictCodes[i]; int(c) < len(verdictNames) {
+			v = verdictNames[c]
+		}
+		out[i] = SnifferVerdict{Sniffer: d.SnifferNames[i], Verdict: v}
 	}
+	return out
 }
-
-// RecordedVerdicts returns the recorded verdicts (a view of d's array).
-func (d *Detection) RecordedVerdicts() []SnifferVerdict { return d.Verdicts[:d.NumVerdicts] }
 
 // Fallback is the listener's view, for one listener generation, of the
 // filter chain a connection gets when detection finds nothing (the default or

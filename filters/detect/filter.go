@@ -214,6 +214,7 @@ type Filter struct {
 	policy     Policy
 	ports      []PortPolicy
 	sniffers   []Sniffer
+	names      []string // the sniffers' names, shared by every connection's record
 	learned    *learn.Table
 	learnAfter int
 	learnTTL   time.Duration
@@ -248,7 +249,11 @@ func New(c Config) (*Filter, error) {
 	if c.MaxRaces <= 0 {
 		c.MaxRaces = DefaultMaxRaces
 	}
-	return &Filter{policy: c.Policy, ports: slices.Clone(c.Ports), sniffers: slices.Clone(c.Sniffers),
+	names := make([]string, len(c.Sniffers))
+	for i, s := range c.Sniffers {
+		names[i] = s.Name()
+	}
+	return &Filter{names: names, policy: c.Policy, ports: slices.Clone(c.Ports), sniffers: slices.Clone(c.Sniffers),
 		learned: c.Learned, learnAfter: c.LearnAfter, learnTTL: c.LearnTTL, maxRaces: int64(c.MaxRaces)}, nil
 }
 

@@ -197,7 +197,7 @@ func checkBytes(t *testing.T, o outcome, readRest bool) {
 }
 
 var ignoreTiming = cmp.Options{
-	cmpopts.IgnoreFields(filters.Detection{}, "Duration", "Bytes", "Sniffer", "Verdicts", "NumVerdicts"),
+	cmpopts.IgnoreFields(filters.Detection{}, "Duration", "Bytes", "Sniffer", "SnifferNames", "VerdictCodes", "NumVerdicts"),
 	cmpopts.EquateComparable(netip.AddrPort{}),
 }
 

@@ -103,7 +103,7 @@ func (f *Filter) OnAccept(p filters.Peeker, info *filters.ConnInfo) error {
 		o, err = run(p, f.sniffers, pol.MaxBytes, deadline)
 	}
 	d.Bytes, d.Duration = o.Bytes, time.Since(start)
-	d.Verdicts, d.NumVerdicts = o.Verdicts, o.NumVerdicts
+	d.SnifferNames, d.VerdictCodes, d.NumVerdicts = f.names, o.VerdictCodes, o.NumVerdicts
 	if err != nil {
 		d.Reason = filters.ReasonError
 		return fmt.Errorf("detect: peek: %w", err)

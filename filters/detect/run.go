@@ -35,20 +35,18 @@ type Outcome struct {
 	Result Result
 	// Bytes is how many bytes had been peeked when Run returned.
 	Bytes int
-	// Verdicts are the sniffers' last answers, in sniffer order (the first
-	// filters.MaxRecordedVerdicts of them).
-	Verdicts    [filters.MaxRecordedVerdicts]filters.SnifferVerdict
-	NumVerdicts uint8
+	// VerdictCodes are the sniffers' last answers, in sniffer order (the
+	// first filters.MaxRecordedVerdicts of them), as filters.Detection
+	// records them; NumVerdicts counts them.
+	VerdictCodes [filters.MaxRecordedVerdicts]uint8
+	NumVerdicts  uint8
 }
 
-// verdictNames are Verdict values as filters.SnifferVerdict spells them.
-var verdictNames = [...]string{NeedMore: "need_more", Match: "match", NoMatch: "no_match"}
-
-// record fills o.Verdicts from the sniffers' last answers.
-func (o *Outcome) record(sniffers []Sniffer, last []Verdict) {
-	n := min(len(sniffers), len(o.Verdicts))
+// record fills o's verdict codes from the sniffers' last answers.
+func (o *Outcome) record(last []Verdict) {
+	n := min(len(last), len(o.VerdictCodes))
 	for i := range n {
-		o.Verdicts[i] = filters.SnifferVerdict{Sniffer: sniffers[i].Name(), Verdict: verdictNames[last[i]]}
+		o.VerdictCodes[i] = uint8(last[i]) // Verdict's values are filters' verdict codes (sniffer.go)
 	}
 	o.NumVerdicts = uint8(n)
 }
@@ -112,7 +110,7 @@ func run(p filters.Peeker, sniffers []Sniffer, maxBytes int, deadline time.Time)
 	var o Outcome
 	done := func(reason string, n int) (Outcome, error) {
 		o.Reason, o.Bytes = reason, n
-		o.record(sniffers, last)
+		o.record(last)
 		return o, nil
 	}
 	var (
