@@ -36,15 +36,11 @@ func (g *generation) GuardsHTTP() bool { return g.cfg.guardsHTTP }
 
 // fallbackChain is the chain for info's addresses with nothing detected.
 func (cfg *Config) fallbackChain(info *filters.ConnInfo) *FilterChain {
-	i, ok := cfg.table.Match(chainmatch.Input{
+	return cfg.chainFor(chainmatch.Input{
 		Destination:       info.LocalAddr,
 		Source:            info.RemoteAddr,
 		TransportProtocol: filters.TransportRawBuffer,
 	})
-	if ok {
-		return cfg.Chains[i]
-	}
-	return cfg.DefaultChain
 }
 
 // guardsHTTP reports whether a chain of cfg enforces HTTP-level policy that

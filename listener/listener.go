@@ -316,14 +316,18 @@ func (cfg *Config) needs(info *filters.ConnInfo) filters.Field {
 
 // match returns the chain for info, the default chain, or nil.
 func (cfg *Config) match(info *filters.ConnInfo) *FilterChain {
-	i, ok := cfg.table.Match(chainmatch.Input{
+	return cfg.chainFor(chainmatch.Input{
 		Destination:          info.LocalAddr,
 		Source:               info.RemoteAddr,
 		ServerName:           info.ServerName,
 		TransportProtocol:    info.TransportProtocol,
 		ApplicationProtocols: info.ApplicationProtocols,
 	})
-	if ok {
+}
+
+// chainFor returns the chain in's facts select, the default chain, or nil.
+func (cfg *Config) chainFor(in chainmatch.Input) *FilterChain {
+	if i, ok := cfg.table.Match(in); ok {
 		return cfg.Chains[i]
 	}
 	return cfg.DefaultChain

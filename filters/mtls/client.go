@@ -3,11 +3,8 @@ package mtls
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
-	"slices"
-	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -22,7 +19,7 @@ type Client struct {
 	renegotiate  tls.RenegotiationSupport
 	sessionCache tls.ClientSessionCache // nil: no resumption (max_session_keys 0)
 
-	built atomic.Pointer[builtConfig]
+	built configCache
 }
 
 // DecodeClient builds a cluster's transport_socket. It returns nil, nil for
@@ -59,19 +56,7 @@ func (t *Client) Sources() []*Source { return t.common.sources() }
 // ALPN returns the configured alpn_protocols (nil: none configured).
 func (t *Client) ALPN() []string { return t.alpn }
 
-func (t *Client) config() (*tls.Config, error) {
-	vals, ok := current(t.Sources())
-	if !ok {
-		return nil, errors.New("mtls: secrets have not arrived yet (warming)")
-	}
-	if b := t.built.Load(); b != nil && slices.Equal(b.vals, vals) {
-		return b.cfg, b.err
-	}
-	b := &builtConfig{vals: vals}
-	b.cfg, b.err = t.build(vals)
-	t.built.Store(b)
-	return b.cfg, b.err
-}
+func (t *Client) config() (*tls.Config, error) { return t.built.get(t.Sources(), t.build) }
 
 func (t *Client) build(vals []*Value) (*tls.Config, error) {
 	certs, v, err := t.buildFrom(vals)

@@ -31,14 +31,34 @@ type Server struct {
 	ticketsDisabled   bool
 
 	base  *tls.Config // GetConfigForClient only; holds crypto/tls's rotating ticket keys
-	built atomic.Pointer[builtConfig]
+	built configCache
 }
 
-// builtConfig caches the tls.Config made from one set of source values.
+// builtConfig is the tls.Config made from one set of source values.
 type builtConfig struct {
 	vals []*Value
 	cfg  *tls.Config
 	err  error
+}
+
+// configCache keeps the tls.Config of the sources' current values, built
+// again only when a value changed (a rotation). Safe for concurrent use.
+type configCache struct{ p atomic.Pointer[builtConfig] }
+
+// get returns the config for sources' current values, building it with
+// build when they changed since the last call.
+func (c *configCache) get(sources []*Source, build func([]*Value) (*tls.Config, error)) (*tls.Config, error) {
+	vals, ok := current(sources)
+	if !ok {
+		return nil, errors.New("mtls: secrets have not arrived yet (warming)")
+	}
+	if b := c.p.Load(); b != nil && slices.Equal(b.vals, vals) {
+		return b.cfg, b.err
+	}
+	b := &builtConfig{vals: vals}
+	b.cfg, b.err = build(vals)
+	c.p.Store(b)
+	return b.cfg, b.err
 }
 
 // Identity is what a completed handshake established, for telemetry and
@@ -103,19 +123,7 @@ func (t *Server) Sources() []*Source {
 
 // config returns the tls.Config for the current source values, building it
 // when they changed since the last call.
-func (t *Server) config() (*tls.Config, error) {
-	vals, ok := current(t.Sources())
-	if !ok {
-		return nil, errors.New("mtls: secrets have not arrived yet (warming)")
-	}
-	if b := t.built.Load(); b != nil && slices.Equal(b.vals, vals) {
-		return b.cfg, b.err
-	}
-	b := &builtConfig{vals: vals}
-	b.cfg, b.err = t.build(vals)
-	t.built.Store(b)
-	return b.cfg, b.err
-}
+func (t *Server) config() (*tls.Config, error) { return t.built.get(t.Sources(), t.build) }
 
 func (t *Server) build(vals []*Value) (*tls.Config, error) {
 	certs, v, err := t.buildFrom(vals)
@@ -165,7 +173,7 @@ func (t *Server) Handshake(ctx context.Context, conn net.Conn) (*tls.Conn, Ident
 
 // localLeaf returns the identity of the first configured certificate.
 func (t *Server) localLeaf() string {
-	if b := t.built.Load(); b != nil && b.cfg != nil && len(b.cfg.Certificates) > 0 {
+	if b := t.built.p.Load(); b != nil && b.cfg != nil && len(b.cfg.Certificates) > 0 {
 		return PeerIdentity(b.cfg.Certificates[0].Leaf)
 	}
 	return ""
