@@ -403,35 +403,42 @@ func TestServerFirstIsLearned(t *testing.T) {
 
 func TestMaxConcurrentRaces(t *testing.T) {
 	t.Parallel()
-	f := build(t, &detectv1.Detect{Timeout: durationpb.New(300 * time.Millisecond), ServerFirstGracePeriod: durationpb.New(time.Millisecond),
+	// Two silent clients, one race allowed: the first race holds its slot
+	// until the (long) timeout, so the second connection cannot race.
+	f := build(t, &detectv1.Detect{Timeout: durationpb.New(2 * time.Second), ServerFirstGracePeriod: durationpb.New(time.Millisecond),
 		MaxConcurrentRaces: wrapperspb.UInt32(1)})
-	up := startUpstream(t, nil) // silent: races last until the timeout
-	var wg sync.WaitGroup
-	results := make(chan filters.Detection, 2)
-	for range 2 {
-		wg.Go(func() {
-			o := accept(t, silentClient, []filters.ListenerFilter{f}, filters.ConnInfo{Fallback: &dialFallback{addr: up.addr}}, 16384, 0, false)
-			if o.info.Early != nil {
-				o.info.Early.Close()
-			}
-			results <- o.info.Detection
-		})
-	}
-	wg.Wait()
-	close(results)
-	var raced, refused int
-	for d := range results {
-		if d.Raced {
-			raced++
+	up := startUpstream(t, nil) // silent: a race lasts until the timeout
+	first := &dialFallback{addr: up.addr}
+	firstDone := make(chan filters.Detection, 1)
+	go func() {
+		o := accept(t, silentClient, []filters.ListenerFilter{f}, filters.ConnInfo{Fallback: first}, 16384, 0, false)
+		if o.info.Early != nil {
+			o.info.Early.Close()
 		}
-		if d.RaceError == "too many races in flight" {
-			refused++
+		firstDone <- o.info.Detection
+	}()
+	// Wait until the first race has dialled its upstream: it holds the slot.
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(time.Millisecond) {
+		first.mu.Lock()
+		n := first.dials
+		first.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first connection never raced")
 		}
 	}
-	// Both connections are silent for the whole timeout, so their races
-	// overlap unless one finished its grace period after the other ended.
-	if raced+refused != 2 || raced < 1 {
-		t.Errorf("raced %d, refused %d; want one race and one refusal (or two sequential races)", raced, refused)
+	second := &dialFallback{addr: up.addr}
+	o := accept(t, afterClient(50*time.Millisecond, []byte("late\n"), false), []filters.ListenerFilter{f}, filters.ConnInfo{Fallback: second}, 16384, 0, false)
+	if o.info.Early != nil {
+		o.info.Early.Close()
+	}
+	if d := o.info.Detection; d.Raced || d.RaceError != "too many races in flight" || second.dials != 0 {
+		t.Errorf("second connection: raced %v, race error %q, dials %d; want no race, refused for the limit", d.Raced, d.RaceError, second.dials)
+	}
+	if d := <-firstDone; !d.Raced || d.Reason != "timeout" {
+		t.Errorf("first connection: raced %v reason %q; want a race ending at the timeout", d.Raced, d.Reason)
 	}
 }
 
