@@ -249,40 +249,51 @@ type Counts struct {
 // moved and the directions' errors (nil when both ended with EOF); the
 // caller still owns and closes down and up.
 func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
-	var once sync.Once
-	abort := func() { once.Do(func() { down.Close(); up.Close() }) }
-	stopCtx := context.AfterFunc(ctx, abort)
+	r := &relay{down: down, up: up, done: make(chan struct{})} // one allocation for the shared state
+	stopCtx := context.AfterFunc(ctx, r.abort)
 	defer stopCtx()
 	if lim.MaxDuration > 0 {
-		t := time.AfterFunc(lim.MaxDuration, abort)
+		t := time.AfterFunc(lim.MaxDuration, r.abort)
 		defer t.Stop()
 	}
-	var moved atomic.Uint64 // bytes copied in user space (no kernel counter sees them)
 	if lim.Idle > 0 {
-		w := watchIdle(lim.Idle, abort, &moved, down, up)
+		w := watchIdle(lim.Idle, r.abort, &r.moved, down, up)
 		defer w.stop()
 	}
-	var (
-		c     Counts
-		errUp error
-		done  = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		c.Upstream, errUp = pipe(up, down, &moved)
-	}()
+	go r.upstream()
+	var c Counts
 	var errDown error
-	c.Downstream, errDown = pipe(down, up, &moved)
+	c.Downstream, errDown = pipe(down, up, &r.moved)
 	if errDown != nil {
-		abort()
+		r.abort()
 	}
-	<-done
-	if errUp != nil || errDown != nil {
-		abort()
-		return c, errors.Join(errUp, errDown)
+	<-r.done
+	c.Upstream = r.upBytes
+	if r.errUp != nil || errDown != nil {
+		r.abort()
+		return c, errors.Join(r.errUp, errDown)
 	}
 	return c, nil
 }
+
+// relay is what Relay's two directions and its timers share.
+type relay struct {
+	down, up net.Conn
+	once     sync.Once
+	moved    atomic.Uint64 // bytes copied in user space (no kernel counter sees them)
+	done     chan struct{} // closed when the upstream direction has ended
+	upBytes  int64         // set before done is closed
+	errUp    error         //
+}
+
+// upstream copies down to up, on its own goroutine.
+func (r *relay) upstream() {
+	defer close(r.done)
+	r.upBytes, r.errUp = pipe(r.up, r.down, &r.moved)
+}
+
+// abort closes both connections, once.
+func (r *relay) abort() { r.once.Do(func() { r.down.Close(); r.up.Close() }) }
 
 // Preconnect implements filters.Preconnector: it opens the connection
 // ServeConn would open (a cluster picked by weight, max_connect_attempts
