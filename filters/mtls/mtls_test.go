@@ -180,7 +180,7 @@ func TestClientVerifiesSPIFFESAN(t *testing.T) {
 		wantErr string
 	}{
 		{name: "matching SAN", san: "spiffe://mesh.local/ns/web/sa/web"},
-		{name: "SAN mismatch", san: "spiffe://mesh.local/ns/db/sa/db", wantErr: "no subject alternative name matches"},
+		{name: "SAN mismatch", san: "spiffe://mesh.local/ns/db/sa/db", wantErr: "subject alternative names [URI:spiffe://mesh.local/ns/web/sa/web IP:127.0.0.1] match none of [URI:exact spiffe://mesh.local/ns/db/sa/db]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -577,7 +577,7 @@ func TestCombinedValidationAndTrustRotation(t *testing.T) {
 		wantErr string
 	}{
 		{name: "old CA trusted", trust: oldCA, client: oldCA.Issue("spiffe://mesh.local/client")},
-		{name: "default SAN matcher applies", trust: oldCA, client: oldCA.Issue("spiffe://mesh.local/other"), wantErr: "no subject alternative name matches"},
+		{name: "default SAN matcher applies", trust: oldCA, client: oldCA.Issue("spiffe://mesh.local/other"), wantErr: "subject alternative names [URI:spiffe://mesh.local/other IP:127.0.0.1] match none of [URI:exact spiffe://mesh.local/client]"},
 		{name: "new CA not yet trusted", trust: oldCA, client: newCA.Issue("spiffe://mesh.local/client"), wantErr: "unknown authority"},
 		{name: "bundle rotated: new CA trusted", trust: newCA, client: newCA.Issue("spiffe://mesh.local/client")},
 		{name: "bundle rotated: old CA refused", trust: newCA, client: oldCA.Issue("spiffe://mesh.local/client"), wantErr: "unknown authority"},

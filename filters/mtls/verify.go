@@ -112,7 +112,7 @@ func (v *validation) verify(chain []*x509.Certificate) error {
 		}
 	}
 	if len(v.sans) > 0 && !v.matchSAN(leaf) {
-		return fmt.Errorf("mtls: peer certificate %s: no subject alternative name matches", PeerIdentity(leaf))
+		return fmt.Errorf("mtls: peer certificate's subject alternative names [%s] match none of [%s]", describeSANs(leaf), v.describeMatchers())
 	}
 	return nil
 }
@@ -150,6 +150,62 @@ func (v *validation) matchSAN(leaf *x509.Certificate) bool {
 		}
 	}
 	return false
+}
+
+// describeSANs lists a certificate's subject alternative names, typed as
+// Envoy's matchers type them, for error messages.
+func describeSANs(c *x509.Certificate) string {
+	var names []string
+	for _, u := range c.URIs {
+		names = append(names, "URI:"+u.String())
+	}
+	for _, d := range c.DNSNames {
+		names = append(names, "DNS:"+d)
+	}
+	for _, ip := range c.IPAddresses {
+		names = append(names, "IP:"+ip.String())
+	}
+	for _, e := range c.EmailAddresses {
+		names = append(names, "EMAIL:"+e)
+	}
+	if len(names) == 0 {
+		return "none; subject " + c.Subject.String()
+	}
+	return strings.Join(names, " ")
+}
+
+// describeMatchers lists what the SAN matchers accept, for error messages.
+func (v *validation) describeMatchers() string {
+	out := make([]string, len(v.sans))
+	for i, m := range v.sans {
+		typ := "any"
+		if m.typ != tlsv3.SubjectAltNameMatcher_SAN_TYPE_UNSPECIFIED {
+			typ = m.typ.String()
+		}
+		out[i] = typ + ":" + m.m.String()
+	}
+	return strings.Join(out, " ")
+}
+
+// String describes the matcher as Envoy's YAML would spell it.
+func (m *stringMatcher) String() string {
+	var s string
+	switch {
+	case m.re != nil:
+		s = "safe_regex " + strings.TrimSuffix(strings.TrimPrefix(m.re.String(), "^(?:"), ")$")
+	case m.exact != nil:
+		s = "exact " + *m.exact
+	case m.prefix != nil:
+		s = "prefix " + *m.prefix
+	case m.suffix != nil:
+		s = "suffix " + *m.suffix
+	default:
+		s = "contains " + *m.contains
+	}
+	if m.ignoreCase {
+		s += " (ignore_case)"
+	}
+	return s
 }
 
 // PeerIdentity names a certificate as Envoy's RBAC principal_name does: the
