@@ -34,33 +34,6 @@ import (
 	"github.com/siftmesh/sift/upstream"
 )
 
-var (
-	controlOnce sync.Once
-	controlBin  string
-	controlErr  error
-)
-
-// siftControlBinary builds cmd/sift-control once per test run.
-func siftControlBinary(t *testing.T) string {
-	t.Helper()
-	controlOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sift-control-bin")
-		if err != nil {
-			controlErr = err
-			return
-		}
-		controlBin = filepath.Join(dir, "sift-control")
-		out, err := exec.Command("go", "build", "-o", controlBin, "github.com/siftmesh/sift/cmd/sift-control").CombinedOutput()
-		if err != nil {
-			controlErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if controlErr != nil {
-		t.Fatal(controlErr)
-	}
-	return controlBin
-}
-
 const controlMesh = `detect_timeout: 2s
 namespaces:
 - name: shop

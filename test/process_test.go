@@ -24,33 +24,6 @@ import (
 	"github.com/siftmesh/sift/internal/testnet"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// siftProxyBinary builds cmd/sift-proxy once per test run.
-func siftProxyBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sift-proxy-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "sift-proxy")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/siftmesh/sift/cmd/sift-proxy").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
 func writeBootstrap(t *testing.T, yaml string, vars map[string]string) string {
 	t.Helper()
 	for k, v := range vars {
