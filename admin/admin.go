@@ -25,6 +25,8 @@ import (
 // State is the server's lifecycle state as /ready reports it.
 type State int32
 
+// The states: PRE_INITIALIZING until the server serves (/ready 503), LIVE
+// (/ready 200), DRAINING once shutdown began (/ready 503).
 const (
 	StateInitializing State = iota
 	StateLive

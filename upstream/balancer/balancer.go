@@ -50,6 +50,8 @@ const DefaultChoiceCount = 2
 // Policy names a load-balancing policy.
 type Policy uint8
 
+// The policies: Envoy's Cluster.lb_policy values, and PeakEWMA (Linkerd's,
+// selected by a load_balancing_policy with Sift's PeakEwma typed config).
 const (
 	RoundRobin Policy = iota
 	LeastRequest

@@ -21,6 +21,8 @@ func (e *Edits) Empty() bool { return len(e.Remove) == 0 && len(e.Add) == 0 }
 // AppendAction is HeaderValueOption.append_action.
 type AppendAction uint8
 
+// The append actions, as Envoy's HeaderValueOption.HeaderAppendAction names
+// them.
 const (
 	AppendIfExistsOrAdd AppendAction = iota
 	AddIfAbsent

@@ -18,6 +18,10 @@ const defaultRetryBase = 25 * time.Millisecond
 // Retry conditions (RetryPolicy.retry_on), as a bit set.
 type RetryOn uint16
 
+// The retry_on conditions, by Envoy's names: 5xx, gateway-error, reset,
+// connect-failure, retriable-status-codes, refused-stream, retriable-4xx,
+// and the gRPC ones (cancelled, deadline-exceeded, resource-exhausted,
+// unavailable, internal).
 const (
 	Retry5xx RetryOn = 1 << iota
 	RetryGatewayError
