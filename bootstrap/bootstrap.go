@@ -10,12 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -43,71 +44,140 @@ func init() {
 	}
 }
 
+// Source is a loaded bootstrap and where its fields were written, so that
+// errors found later (decoding listeners and clusters) can name the line.
+type Source struct {
+	Bootstrap *bootstrapv3.Bootstrap
+	// name is the file (or "--config-yaml") doc came from; doc is nil when
+	// positions are unknown (a file and --config-yaml merged).
+	name string
+	doc  *yamljson.Document
+}
+
 // Load reads the bootstrap at path (YAML or JSON, by extension; other
 // extensions are read as YAML, of which JSON is a subset) and merges
 // configYAML over it, as Envoy's --config-path and --config-yaml do: singular
 // fields in configYAML replace, repeated fields append. Either may be empty,
-// not both.
+// not both. Errors name the file, the line and column, and the field path.
 func Load(path, configYAML string) (*bootstrapv3.Bootstrap, error) {
+	src, err := Read(path, configYAML)
+	if err != nil {
+		return nil, err
+	}
+	return src.Bootstrap, nil
+}
+
+// Read is Load, keeping the positions of the fields for Locate.
+func Read(path, configYAML string) (*Source, error) {
 	if path == "" && configYAML == "" {
 		return nil, errors.New("bootstrap: no configuration: give -c FILE or --config-yaml")
 	}
-	b := &bootstrapv3.Bootstrap{}
+	src := &Source{Bootstrap: &bootstrapv3.Bootstrap{}}
 	if path != "" {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
-		if err := unmarshal(data, strings.EqualFold(filepath.Ext(path), ".json"), b); err != nil {
-			return nil, fmt.Errorf("bootstrap: %s: %w", path, err)
+		if src.doc, err = unmarshal(data, path, src.Bootstrap); err != nil {
+			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
+		src.name = path
 	}
 	if configYAML != "" {
 		over := &bootstrapv3.Bootstrap{}
-		if err := unmarshal([]byte(configYAML), false, over); err != nil {
-			return nil, fmt.Errorf("bootstrap: --config-yaml: %w", err)
+		doc, err := unmarshal([]byte(configYAML), "--config-yaml", over)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap: %w", err)
 		}
-		proto.Merge(b, over)
-	}
-	if err := Validate(b); err != nil {
-		where := path
-		if where == "" {
-			where = "--config-yaml"
+		proto.Merge(src.Bootstrap, over)
+		if path == "" {
+			src.name, src.doc = "--config-yaml", doc
+		} else {
+			src.doc = nil // merged lists renumber: positions would mislead
 		}
-		return nil, fmt.Errorf("bootstrap: %s: %w", where, err)
 	}
-	return b, nil
+	if err := Validate(src.Bootstrap); err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", src.Locate(err))
+	}
+	return src, nil
+}
+
+// Locate prefixes err with where the deepest field path it names was
+// written: "bootstrap.yaml:12:9: static_resources.listeners[0]: ...". Without
+// a known position it prefixes the file name alone.
+func (s *Source) Locate(err error) error {
+	if err == nil || s == nil || s.name == "" {
+		return err
+	}
+	if s.doc != nil {
+		if p, ok := s.doc.Locate(err.Error()); ok {
+			return fmt.Errorf("%s:%d:%d: %w", s.name, p.Line, p.Column, err)
+		}
+	}
+	return fmt.Errorf("%s: %w", s.name, err)
+}
+
+// Warnings returns UnresolvableClusters, each prefixed with where its field
+// was written.
+func (s *Source) Warnings() []string {
+	var out []string
+	for _, w := range UnresolvableClusters(s.Bootstrap) {
+		out = append(out, s.Locate(errors.New(w.String())).Error())
+	}
+	return out
 }
 
 // Parse decodes one bootstrap document (YAML, or JSON) without validating it.
 func Parse(data []byte) (*bootstrapv3.Bootstrap, error) {
 	b := &bootstrapv3.Bootstrap{}
-	if err := unmarshal(data, false, b); err != nil {
+	if _, err := unmarshal(data, "", b); err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
 	return b, nil
 }
 
-func unmarshal(data []byte, isJSON bool, b *bootstrapv3.Bootstrap) error {
-	js := data
-	if !isJSON {
-		var err error
-		if js, err = yamljson.Convert(data); err != nil {
-			return err
+// unmarshal decodes a YAML (or JSON) document into b. Errors start with name
+// and, where known, the line and column and the field path.
+func unmarshal(data []byte, name string, b *bootstrapv3.Bootstrap) (*yamljson.Document, error) {
+	where := func(rest string) string {
+		if name == "" {
+			return rest
 		}
+		if rest == "" {
+			return name
+		}
+		return name + ":" + rest
 	}
-	if err := protojson.Unmarshal(js, b); err != nil {
-		return cleanProtoJSONError(err)
+	doc, err := yamljson.Parse(data)
+	if err != nil {
+		// yaml.v3 and the converter say "yaml: line N: ..." / "line N: ...".
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := yamlLine.FindStringSubmatch(msg); m != nil {
+			return nil, fmt.Errorf("%s: %s", where(m[1]), msg[len(m[0]):])
+		}
+		return nil, fmt.Errorf("%s: %s", where(""), msg)
 	}
-	return nil
+	if err := protojson.Unmarshal(doc.JSON, b); err != nil {
+		msg := cleanProtoJSONError(err)
+		if p, ok := doc.LocateJSONError(err); ok {
+			if p.Path != "" {
+				msg = p.Path + ": " + msg
+			}
+			return nil, fmt.Errorf("%s: %s", where(fmt.Sprintf("%d:%d", p.Line, p.Column)), msg)
+		}
+		return nil, fmt.Errorf("%s: %s", where(""), msg)
+	}
+	return doc, nil
 }
 
+var yamlLine = regexp.MustCompile(`^line (\d+): `)
+
 // protoPosition matches protojson's "(line 1:234): " prefix, which points
-// into the JSON converted from YAML, not into the user's file.
+// into the converted JSON, not into the user's file.
 var protoPosition = regexp.MustCompile(`^proto:[\s\x{00a0}]*(\(line \d+:\d+\):[\s\x{00a0}]*)?`)
 
-func cleanProtoJSONError(err error) error {
-	return errors.New(protoPosition.ReplaceAllString(err.Error(), ""))
+func cleanProtoJSONError(err error) string {
+	return protoPosition.ReplaceAllString(err.Error(), "")
 }
 
 // Validate checks the bootstrap's own fields and the uniqueness of listener
@@ -155,4 +225,72 @@ func OverrideNode(b *bootstrapv3.Bootstrap, id, cluster string) {
 	if cluster != "" {
 		b.Node.Cluster = cluster
 	}
+}
+
+// Warning is a reference in a valid bootstrap that can never resolve.
+type Warning struct {
+	Path    string // the field: static_resources.listeners[0]...typed_config.cluster
+	Message string
+}
+
+func (w Warning) String() string { return w.Path + ": " + w.Message }
+
+// UnresolvableClusters finds the clusters that static listeners name —
+// tcp_proxy's cluster and weighted_clusters, and the routes of an HTTP
+// connection manager's inline route_config — that are not static clusters
+// when the bootstrap has no cds_config to supply them. Envoy accepts such a
+// configuration; every connection or request to the cluster then fails.
+func UnresolvableClusters(b *bootstrapv3.Bootstrap) []Warning {
+	if b.GetDynamicResources().GetCdsConfig() != nil {
+		return nil
+	}
+	static := map[string]bool{}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		static[c.GetName()] = true
+	}
+	var out []Warning
+	check := func(path, name string) {
+		if name != "" && !static[name] {
+			out = append(out, Warning{Path: path, Message: fmt.Sprintf(
+				"cluster %q is not a static cluster, and without dynamic_resources.cds_config none can arrive: connections to it will fail", name)})
+		}
+	}
+	for i, l := range b.GetStaticResources().GetListeners() {
+		chains := l.GetFilterChains()
+		paths := make([]string, len(chains))
+		for j := range chains {
+			paths[j] = fmt.Sprintf("static_resources.listeners[%d].filter_chains[%d]", i, j)
+		}
+		if dc := l.GetDefaultFilterChain(); dc != nil {
+			chains = append(chains, dc)
+			paths = append(paths, fmt.Sprintf("static_resources.listeners[%d].default_filter_chain", i))
+		}
+		for j, fc := range chains {
+			for k, f := range fc.GetFilters() {
+				path := fmt.Sprintf("%s.filters[%d].typed_config", paths[j], k)
+				msg, err := f.GetTypedConfig().UnmarshalNew()
+				if err != nil {
+					continue // the listener's decoder reports it
+				}
+				switch cfg := msg.(type) {
+				case *tcpproxyv3.TcpProxy:
+					check(path+".cluster", cfg.GetCluster())
+					for n, wc := range cfg.GetWeightedClusters().GetClusters() {
+						check(fmt.Sprintf("%s.weighted_clusters.clusters[%d].name", path, n), wc.GetName())
+					}
+				case *hcmv3.HttpConnectionManager:
+					for v, vh := range cfg.GetRouteConfig().GetVirtualHosts() {
+						for r, rt := range vh.GetRoutes() {
+							rp := fmt.Sprintf("%s.route_config.virtual_hosts[%d].routes[%d].route", path, v, r)
+							check(rp+".cluster", rt.GetRoute().GetCluster())
+							for n, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
+								check(fmt.Sprintf("%s.weighted_clusters.clusters[%d].name", rp, n), wc.GetName())
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	return out
 }

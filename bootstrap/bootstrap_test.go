@@ -50,28 +50,39 @@ func TestLoad(t *testing.T) {
 		{name: "nothing", wantErr: "no configuration"},
 		{name: "missing file", file: "", content: "", yaml: "", wantErr: "no configuration"},
 		{name: "unknown field", file: "b.yaml", content: "node: {id: n}\nstatic_resources: {listenrs: []}\n",
-			wantErr: `b.yaml: unknown field "listenrs"`},
-		{name: "unknown top-level field", file: "b.yaml", content: "nodes: {}\n", wantErr: `unknown field "nodes"`},
+			wantErr: `/b.yaml:2:20: static_resources.listenrs: unknown field "listenrs"`},
+		{name: "unknown top-level field", file: "b.yaml", content: "nodes: {}\n", wantErr: `/b.yaml:1:1: nodes: unknown field "nodes"`},
 		{name: "unsupported field", file: "b.yaml", content: "node: {id: n}\nstats_flush_interval: 5s\n",
-			wantErr: "b.yaml: stats_flush_interval: not supported by Sift"},
+			wantErr: "/b.yaml:2:1: stats_flush_interval: not supported by Sift"},
 		{name: "unsupported nested field", file: "b.yaml", content: "admin: {profile_path: /tmp/p}\n",
-			wantErr: "admin.profile_path: not supported by Sift"},
+			wantErr: "/b.yaml:1:9: admin.profile_path: not supported by Sift"},
 		{name: "tracing (checked by the server)", file: "b.yaml", content: "tracing: {http: {name: envoy.tracers.opentelemetry}}\n"},
 		{name: "dynamic resources", file: "b.yaml", content: "dynamic_resources: {ads_config: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}}\n"},
 		{name: "unsupported xds field", file: "b.yaml", content: "dynamic_resources: {ads_config: {api_type: GRPC, rate_limit_settings: {}}}\n",
-			wantErr: "dynamic_resources.ads_config.rate_limit_settings: not supported by Sift"},
+			wantErr: "/b.yaml:1:50: dynamic_resources.ads_config.rate_limit_settings: not supported by Sift"},
 		{name: "admin access log to a file", file: "b.yaml", content: "admin: {access_log_path: /tmp/x, address: {socket_address: {address: 127.0.0.1, port_value: 1}}}\n",
-			wantErr: "admin.access_log_path"},
+			wantErr: "/b.yaml:1:9: admin.access_log_path: \"/tmp/x\": admin access logs are not supported"},
 		{name: "admin access log to /dev/null", file: "b.yaml", content: "admin: {access_log_path: /dev/null, address: {socket_address: {address: 127.0.0.1, port_value: 1}}}\n"},
-		{name: "bad yaml", file: "b.yaml", content: "node: [unclosed\n", wantErr: "b.yaml: "},
+		{name: "bad yaml", file: "b.yaml", content: "node: [unclosed\n", wantErr: "/b.yaml:1: did not find expected ',' or ']'"},
 		{name: "unknown typed config", file: "b.yaml",
 			content: "static_resources: {listeners: [{name: l, filter_chains: [{filters: [{name: x, typed_config: {\"@type\": type.googleapis.com/no.such.Type}}]}]}]}\n",
-			wantErr: "no.such.Type"},
+			wantErr: "/b.yaml:1:103: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.@type: unable to resolve \"type.googleapis.com/no.such.Type\""},
 		{name: "duplicate listener", file: "b.yaml", content: "static_resources: {listeners: [{name: a}, {name: a}]}\n",
-			wantErr: `static_resources.listeners[1].name: "a" already used by listeners[0]`},
+			wantErr: `/b.yaml:1:44: static_resources.listeners[1].name: "a" already used by listeners[0]`},
 		{name: "unnamed cluster", file: "b.yaml", content: "static_resources: {clusters: [{type: STATIC}]}\n",
-			wantErr: "static_resources.clusters[0].name: must be set"},
-		{name: "wrong type", file: "b.yaml", content: "node: {id: [1, 2]}\n", wantErr: "b.yaml"},
+			wantErr: "/b.yaml:1:31: static_resources.clusters[0].name: must be set"},
+		{name: "misspelt nested field", file: "b.yaml", content: "static_resources:\n  listeners:\n  - name: a\n    adress: {socket_address: {address: 127.0.0.1, port_value: 1}}\n",
+			wantErr: `/b.yaml:4:5: static_resources.listeners[0].adress: unknown field "adress"`},
+		{name: "wrong enum", file: "b.yaml", content: "static_resources:\n  clusters:\n  - name: a\n    type: STATK\n",
+			wantErr: `/b.yaml:4:11: static_resources.clusters[0].type: invalid value for enum field type: "STATK"`},
+		{name: "bad duration", file: "b.yaml", content: "static_resources:\n  clusters:\n  - name: a\n    connect_timeout: 3x\n",
+			wantErr: `/b.yaml:4:22: static_resources.clusters[0].connect_timeout: invalid google.protobuf.Duration value "3x"`},
+		{name: "tab indentation", file: "b.yaml", content: "node:\n\tid: n\n", wantErr: "/b.yaml:2: found character that cannot start any token"},
+		{name: "duplicate key", file: "b.yaml", content: "node: {id: a}\nnode: {id: b}\n", wantErr: `/b.yaml:2: node: key "node" already defined at line 1`},
+		{name: "json file, wrong type", file: "b.json", content: "{\n  \"admin\": {\"address\": {\"socket_address\": {\"port_value\": \"x\"}}}\n}\n",
+			wantErr: `/b.json:2:58: admin.address.socket_address.port_value: invalid value for uint32 field portValue: "x"`},
+		{name: "--config-yaml", yaml: "node: {idd: n}\n", wantErr: `bootstrap: --config-yaml:1:8: node.idd: unknown field "idd"`},
+		{name: "wrong type", file: "b.yaml", content: "node: {id: [1, 2]}\n", wantErr: "/b.yaml:1:12: node.id: invalid value for string field id"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,5 +173,52 @@ func TestPolicyAudit(t *testing.T) {
 	t.Parallel()
 	if err := policy.Audit(); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestUnresolvableClusters(t *testing.T) {
+	t.Parallel()
+	const tcp = `{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, `
+	const hcm = `{"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: h, ` +
+		`route_config: {virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: web}}, ` +
+		`{match: {prefix: /w}, route: {weighted_clusters: {clusters: [{name: c, weight: 1}, {name: gone, weight: 1}]}}}]}]}}`
+	listener := func(filters string) string {
+		return "static_resources:\n  listeners:\n  - name: l\n    filter_chains: [{filters: [" + filters + "]}]\n" +
+			"  clusters: [{name: c}]\n"
+	}
+	tests := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{name: "static cluster", yaml: listener(`{name: t, typed_config: ` + tcp + `cluster: c}}`)},
+		{name: "missing tcp_proxy cluster", yaml: listener(`{name: t, typed_config: ` + tcp + `cluster: nope}}`),
+			want: []string{`static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: cluster "nope"`}},
+		{name: "weighted", yaml: listener(`{name: t, typed_config: ` + tcp + `weighted_clusters: {clusters: [{name: c, weight: 1}, {name: x, weight: 1}]}}}`),
+			want: []string{`static_resources.listeners[0].filter_chains[0].filters[0].typed_config.weighted_clusters.clusters[1].name: cluster "x"`}},
+		{name: "inline routes", yaml: listener(`{name: h, typed_config: ` + hcm + `}`),
+			want: []string{
+				`static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.cluster: cluster "web"`,
+				`static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[1].route.weighted_clusters.clusters[1].name: cluster "gone"`,
+			}},
+		{name: "CDS can supply it", yaml: listener(`{name: t, typed_config: `+tcp+`cluster: nope}}`) +
+			"dynamic_resources: {cds_config: {ads: {}}, ads_config: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name: c}}]}}\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b, err := Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := UnresolvableClusters(b)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %v, want %d warnings: %q", got, len(tt.want), tt.want)
+			}
+			for i, w := range got {
+				if !strings.HasPrefix(w.String(), tt.want[i]) {
+					t.Errorf("warning %d = %q, want it to start with %q", i, w, tt.want[i])
+				}
+			}
+		})
 	}
 }

@@ -54,6 +54,13 @@ static_resources:
     address: {socket_address: {address: 127.0.0.1, port_value: 0}}
     filter_chains: [{filters: {{tp}}, transport_socket: {name: envoy.transport_sockets.tls}}]
 `, map[string]string{"tp": tcpProxy("c")})
+	dangling := writeBootstrap(t, `
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains: [{filters: {{tp}}}]
+`, map[string]string{"tp": tcpProxy("nope")})
 	tests := []struct {
 		name     string
 		args     []string
@@ -63,6 +70,11 @@ static_resources:
 		{"valid", []string{"--mode", "validate", "-c", good}, 0, "configuration '" + good + "' OK"},
 		{"unsupported field", []string{"--mode", "validate", "-c", bad}, 1,
 			`listener "l": filter_chains[0]: transport_socket (envoy.transport_sockets.tls): typed_config: must be set`},
+		{"unsupported field, located", []string{"--mode", "validate", "-c", bad}, 1, bad + ":6:"},
+		{"cluster that can never exist", []string{"--mode", "validate", "-c", dangling}, 0,
+			"sift-proxy: warning: " + dangling + `:6:`},
+		{"cluster that can never exist, named", []string{"--mode", "validate", "-c", dangling}, 0,
+			`static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: cluster "nope" is not a static cluster, and without dynamic_resources.cds_config none can arrive`},
 		{"missing file", []string{"--mode", "validate", "-c", "/nonexistent.yaml"}, 1, "no such file"},
 		{"bad flag", []string{"--no-such-flag"}, 1, "flag provided but not defined"},
 		{"bad mode", []string{"--mode", "fly", "-c", good}, 1, `--mode: "fly"`},

@@ -105,11 +105,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sift-proxy:", err)
 		return 1
 	}
-	b, err := bootstrap.Load(o.configPath, o.configYAML)
+	src, err := bootstrap.Read(o.configPath, o.configYAML)
 	if err != nil {
 		fmt.Fprintln(stderr, "sift-proxy:", err)
 		return 1
 	}
+	b := src.Bootstrap
 	if o.serviceNode != "" || o.serviceCluster != "" {
 		bootstrap.OverrideNode(b, o.serviceNode, o.serviceCluster)
 	}
@@ -122,10 +123,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		DrainTime: fmt.Sprintf("%ds", int64(o.drainTime.Seconds())), Mode: mode,
 		ServiceNode: o.serviceNode, ServiceCluster: o.serviceCluster}})
 	if err != nil {
-		fmt.Fprintf(stderr, "sift-proxy: %s: %v\n", configName(o), err)
+		fmt.Fprintf(stderr, "sift-proxy: %v\n", src.Locate(err))
 		return 1
 	}
+	warnings := src.Warnings()
 	if o.mode == "validate" {
+		for _, w := range warnings {
+			fmt.Fprintln(stderr, "sift-proxy: warning:", w)
+		}
 		srv.Close()
 		fmt.Fprintf(stdout, "configuration '%s' OK\n", configName(o))
 		return 0
@@ -134,6 +139,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("start failed", "err", err)
 		srv.Shutdown(context.Background())
 		return 1
+	}
+	for _, w := range warnings {
+		log.Warn("configuration: " + w)
 	}
 	log.Info("sift-proxy started", "node", b.GetNode().GetId(), "pid", os.Getpid(), "drain_time", o.drainTime)
 
