@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin
 FUZZTIME ?= 30s
 
-.PHONY: all build test run fuzz bench lint proto clean
+.PHONY: all build test run fuzz bench chaos lint proto clean
 
 all: build
 
@@ -32,6 +32,13 @@ fuzz:
 
 bench:
 	bash bench/run.sh
+
+# The chaos suite at full size (test/chaos_test.go; make test runs it small):
+# what was tried and what was lost, as a table (bench/results/chaos.md).
+chaos:
+	@mkdir -p bench/results; rm -f bench/results/chaos.md
+	SIFT_CHAOS_REPORT=$(CURDIR)/bench/results/chaos.md $(GO) test -count=1 -timeout 30m -run '^TestChaos' ./test/ -chaos.full
+	@cat bench/results/chaos.md
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,6 +47,7 @@ type controlPlane struct {
 	versions map[string][]string // type URL → version_info of every SotW request
 	initial  []map[string]string // delta initial_resource_versions of every first request
 	opts     []grpc.ServerOption // e.g. TLS credentials
+	streams  atomic.Int64        // streams opened, over restarts
 }
 
 func startControlPlane(t *testing.T, ads bool) *controlPlane {
@@ -64,6 +66,14 @@ func (cp *controlPlane) serve(addr string) {
 	}
 	cp.addr = ln.Addr().String()
 	callbacks := serverv3.CallbackFuncs{
+		StreamOpenFunc: func(context.Context, int64, string) error {
+			cp.streams.Add(1)
+			return nil
+		},
+		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
+			cp.streams.Add(1)
+			return nil
+		},
 		StreamRequestFunc: func(_ int64, req *discoveryv3.DiscoveryRequest) error {
 			cp.mu.Lock()
 			cp.versions[req.GetTypeUrl()] = append(cp.versions[req.GetTypeUrl()], req.GetVersionInfo())

@@ -305,7 +305,74 @@ func Validate(m proto.Message) error {
 		return nil
 	}
 	if err := v.ValidateAll(); err != nil {
-		return fmt.Errorf("invalid %s: %w", m.ProtoReflect().Descriptor().Name(), err)
+		md := m.ProtoReflect().Descriptor()
+		return fmt.Errorf("invalid %s: %s", md.Name(), strings.Join(describeViolations(md, "", err), "; "))
+	}
+	return nil
+}
+
+// pgvError is a protoc-gen-validate violation: a field (its Go name, with
+// [index] or [key] for repeated fields and maps), the rule it broke, and for
+// an embedded message, the violations inside it.
+type pgvError interface {
+	Field() string
+	Reason() string
+	Cause() error
+}
+
+// describeViolations renders protoc-gen-validate's errors as "field.path:
+// reason" with the proto field names users write (connect_timeout, not
+// ConnectTimeout), one entry per violated rule.
+func describeViolations(md protoreflect.MessageDescriptor, path string, err error) []string {
+	if multi, ok := err.(interface{ AllErrors() []error }); ok {
+		var out []string
+		for _, e := range multi.AllErrors() {
+			out = append(out, describeViolations(md, path, e)...)
+		}
+		return out
+	}
+	v, ok := err.(pgvError)
+	if !ok {
+		return []string{orRoot(path, md) + ": " + err.Error()}
+	}
+	goName, index, _ := strings.Cut(v.Field(), "[")
+	if index != "" {
+		index = "[" + index
+	}
+	name, next := goName, protoreflect.MessageDescriptor(nil)
+	if fd := fieldByGoName(md, goName); fd != nil {
+		name = string(fd.Name())
+		if fd.Message() != nil && !fd.IsMap() {
+			next = fd.Message()
+		} else if fd.IsMap() && fd.MapValue().Message() != nil {
+			next = fd.MapValue().Message()
+		}
+	}
+	if path != "" {
+		name = path + "." + name
+	}
+	name += index
+	if cause := v.Cause(); cause != nil && next != nil {
+		if _, nested := cause.(pgvError); nested {
+			return describeViolations(next, name, cause)
+		}
+		if _, nested := cause.(interface{ AllErrors() []error }); nested {
+			return describeViolations(next, name, cause)
+		}
+	}
+	return []string{name + ": " + v.Reason()}
+}
+
+// fieldByGoName finds the field whose generated Go name is goName
+// (connect_timeout → ConnectTimeout; compared without case and underscores).
+func fieldByGoName(md protoreflect.MessageDescriptor, goName string) protoreflect.FieldDescriptor {
+	key := strings.ToLower(goName)
+	fields := md.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if strings.ReplaceAll(string(fd.Name()), "_", "") == key {
+			return fd
+		}
 	}
 	return nil
 }

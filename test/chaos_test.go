@@ -1,0 +1,463 @@
+package test
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// The chaos suite (make chaos): each scenario is a real setup — a real
+// go-control-plane server, a real sift-proxy process, real clients and
+// backends — put under load while something goes wrong, and reports what
+// was tried and what was lost. In make test the scenarios run small; with
+// -chaos.full at the sizes the reliability issue names.
+var chaosFull = flag.Bool("chaos.full", false, "run the chaos scenarios at full size (make chaos)")
+
+// chaosSize returns full under -chaos.full, small otherwise.
+func chaosSize(small, full int) int {
+	if *chaosFull {
+		return full
+	}
+	return small
+}
+
+// chaosReport logs a scenario's table and, when SIFT_CHAOS_REPORT names a
+// file, appends it there as Markdown (make chaos prints that file).
+func chaosReport(t *testing.T, scenario string, rows [][2]string) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n### %s\n\n| | |\n|---|---|\n", scenario)
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s |\n", r[0], r[1])
+	}
+	t.Log(b.String())
+	if path := os.Getenv("SIFT_CHAOS_REPORT"); path != "" {
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		status := "held"
+		if t.Failed() {
+			status = "**FAILED**"
+		}
+		fmt.Fprintf(f, "%s| result | %s |\n", b.String(), status)
+	}
+}
+
+// processGauges reads a sift-proxy's goroutines and open file descriptors
+// from its own metrics.
+func processGauges(t *testing.T, admin string) (goroutines, fds int) {
+	t.Helper()
+	m := scrape(t, admin)
+	return gauge(t, m, "go_goroutines"), gauge(t, m, "process_open_fds")
+}
+
+func gauge(t *testing.T, metrics, name string) int {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + name + ` ([0-9.e+]+)$`)
+	m := re.FindStringSubmatch(metrics)
+	if m == nil {
+		t.Fatalf("no %s in the metrics", name)
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(v)
+}
+
+// upstreamIdle is the churn clusters' idle timeout for pooled connections.
+const upstreamIdle = 300 * time.Millisecond
+
+// churnResources is version v of a configuration in which every resource
+// type changes on every version: an HTTP listener over RDS and a TCP
+// listener (its idle timeout: a new listener generation each time), two EDS
+// clusters (their connect timeout), their endpoints (web alternates between
+// its backends), and the route table (a response header naming v).
+func churnResources(v int, web []string, echoAddr string) map[resourcev3.Type][]types.Resource {
+	tcp := tcpListener("tcp", "echo")
+	tp, _ := anypb.New(&tcpproxyv3.TcpProxy{StatPrefix: "tcp", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "echo"},
+		IdleTimeout: durationpb.New(time.Hour + time.Duration(v)*time.Second)})
+	tcp.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: tp}
+
+	clusters := []types.Resource{}
+	for _, name := range []string{"web", "echo"} {
+		c := edsCluster(name)
+		c.ConnectTimeout = durationpb.New(time.Second + time.Duration(v)*time.Millisecond)
+		// Pooled upstream connections close when idle, so that "back to
+		// the baseline" can be checked once the load stops.
+		c.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(upstreamIdle)}
+		clusters = append(clusters, c)
+	}
+	endpoints := web[v%len(web) : v%len(web)+1]
+	if v%3 == 0 {
+		endpoints = web
+	}
+	routes := routeTo("routes", "web")
+	routes.ResponseHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-config-version", Value: strconv.Itoa(v)}}}
+	return map[resourcev3.Type][]types.Resource{
+		resourcev3.ListenerType: {httpListenerOverRDS("http", "routes"), tcp},
+		resourcev3.ClusterType:  clusters,
+		resourcev3.EndpointType: {loadAssignment("web", endpoints...), loadAssignment("echo", echoAddr)},
+		resourcev3.RouteType:    {routes},
+	}
+}
+
+// chaosMesh is a real go-control-plane server driving a sift-proxy process
+// with churnResources: listener "http" (over RDS) and "tcp" (to an echo).
+type chaosMesh struct {
+	cp       *controlPlane
+	proxy    *runningProxy
+	web      []string
+	echoAddr string
+}
+
+func startChaosMesh(t *testing.T) *chaosMesh {
+	t.Helper()
+	c := &chaosMesh{web: []string{httpBackend(t, "a"), httpBackend(t, "b")}, echoAddr: echo(t)}
+	c.cp = startControlPlane(t, true)
+	c.cp.set("1", churnResources(1, c.web, c.echoAddr))
+	cfg := writeBootstrap(t, xdsBootstrap(c.cp.addr, false, true)+
+		"admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\n", nil)
+	c.proxy = startProcess(t, []string{siftProxyBinary(t), "-c", cfg, "--log-format", "json", "--drain-time-s", "1"}, "http", "tcp", "admin")
+	return c
+}
+
+// push publishes version v of churnResources and waits for its ACK.
+func (c *chaosMesh) push(t *testing.T, v int) {
+	t.Helper()
+	version := strconv.Itoa(v)
+	c.cp.set(version, churnResources(v, c.web, c.echoAddr))
+	c.waitACK(t, version)
+}
+
+// waitACK waits until every type's request carried version.
+func (c *chaosMesh) waitACK(t *testing.T, version string) {
+	t.Helper()
+	eventually(t, "the ACK of version "+version, func() bool {
+		for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType} {
+			if !c.cp.sawVersion(typ, version) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestChaosConfigChurn pushes configuration updates of every type while
+// HTTP requests and opaque connections run through the proxy: none may
+// fail, every update must be ACKed, and once the load stops the proxy's
+// goroutines and file descriptors must return to where they were (old
+// generations drained and freed).
+func TestChaosConfigChurn(t *testing.T) {
+	t.Parallel()
+	updates := chaosSize(20, 100)
+	c := startChaosMesh(t)
+	admin := c.proxy.addrs["admin"]
+	load := startChaosLoad(t, c.proxy.addrs["http"], c.proxy.addrs["tcp"], "1")
+	baseGoroutines, baseFDs := processGauges(t, admin)
+	load.run()
+
+	start := time.Now()
+	for v := 2; v <= updates+1; v++ {
+		c.push(t, v)
+	}
+	load.waitVersion(t, strconv.Itoa(updates+1))
+	churnTime := time.Since(start)
+	load.stop()
+
+	// Old generations drain (--drain-time-s 1) and everything they held is freed.
+	var goroutines, fds int
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		goroutines, fds = processGauges(t, admin)
+		if goroutines <= baseGoroutines+2 && fds <= baseFDs+2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	nacks := len(c.cp.nacks)
+
+	if nacks > 0 {
+		t.Errorf("%d updates NACKed: %s", nacks, <-c.cp.nacks)
+	}
+	load.check(t)
+	if goroutines > baseGoroutines+2 || fds > baseFDs+2 {
+		t.Errorf("after the churn: %d goroutines (%d before), %d fds (%d before): old generations were not freed",
+			goroutines, baseGoroutines, fds, baseFDs)
+	}
+	chaosReport(t, "config churn over xDS", [][2]string{
+		{"updates pushed (listeners, clusters, endpoints, routes each)", fmt.Sprintf("%d in %v", updates, churnTime.Round(time.Millisecond))},
+		{"NACKs", strconv.Itoa(nacks)},
+		load.rows()[0], load.rows()[1],
+		{"goroutines before / after", fmt.Sprintf("%d / %d", baseGoroutines, goroutines)},
+		{"open fds before / after", fmt.Sprintf("%d / %d", baseFDs, fds)},
+	})
+}
+
+// chaosLoad is HTTP requests (4 keep-alive clients) and opaque connections
+// (2 clients, one echo round trip each) through a proxy, counted.
+type chaosLoad struct {
+	httpAddr, tcpAddr string
+	client            *http.Client
+
+	stopped                         atomic.Bool
+	wg                              sync.WaitGroup
+	requests, opaque                atomic.Int64
+	failedRequests, failedOpaque    atomic.Int64
+	firstRequestErr, firstOpaqueErr atomic.Value
+	versions                        sync.Map // x-config-version values seen
+}
+
+// startChaosLoad waits until the proxy serves configuration version first,
+// then returns with no connection open (the upstream ones idled out), ready
+// for a baseline measurement before run.
+func startChaosLoad(t *testing.T, httpAddr, tcpAddr, first string) *chaosLoad {
+	t.Helper()
+	l := &chaosLoad{httpAddr: httpAddr, tcpAddr: tcpAddr,
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}}
+	t.Cleanup(l.stop)
+	eventually(t, "configuration version "+first, func() bool { v, err := l.get(); return err == nil && v == first })
+	l.client.CloseIdleConnections()
+	time.Sleep(3 * upstreamIdle) // the closed connections' goroutines end, the upstream ones idle out
+	return l
+}
+
+// get fetches / and returns the configuration version that answered.
+func (l *chaosLoad) get() (string, error) {
+	resp, err := l.client.Get("http://" + l.httpAddr + "/")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %d: %s", resp.StatusCode, body)
+	}
+	return resp.Header.Get("x-config-version"), nil
+}
+
+// run starts the clients; stop ends them.
+func (l *chaosLoad) run() {
+	for range 4 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for !l.stopped.Load() {
+				v, err := l.get()
+				l.requests.Add(1)
+				if err != nil {
+					l.failedRequests.Add(1)
+					l.firstRequestErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				l.versions.Store(v, true)
+			}
+		}()
+	}
+	for range 2 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; !l.stopped.Load(); i++ {
+				l.opaque.Add(1)
+				if err := echoRoundTrip(l.tcpAddr, fmt.Sprintf("ping %d\n", i)); err != nil {
+					l.failedOpaque.Add(1)
+					l.firstOpaqueErr.CompareAndSwap(nil, err.Error())
+				}
+			}
+		}()
+	}
+}
+
+func (l *chaosLoad) stop() {
+	l.stopped.Store(true)
+	l.wg.Wait()
+	l.client.CloseIdleConnections()
+}
+
+// waitVersion waits until a request was answered by configuration version.
+func (l *chaosLoad) waitVersion(t *testing.T, version string) {
+	t.Helper()
+	eventually(t, "a response from configuration version "+version, func() bool { _, ok := l.versions.Load(version); return ok })
+}
+
+func (l *chaosLoad) rows() [][2]string {
+	return [][2]string{
+		{"HTTP requests / failed", fmt.Sprintf("%d / %d", l.requests.Load(), l.failedRequests.Load())},
+		{"opaque connections / failed", fmt.Sprintf("%d / %d", l.opaque.Load(), l.failedOpaque.Load())},
+	}
+}
+
+func (l *chaosLoad) check(t *testing.T) {
+	t.Helper()
+	if n := l.failedRequests.Load(); n > 0 {
+		t.Errorf("%d of %d HTTP requests failed; the first: %v", n, l.requests.Load(), l.firstRequestErr.Load())
+	}
+	if n := l.failedOpaque.Load(); n > 0 {
+		t.Errorf("%d of %d opaque connections failed; the first: %v", n, l.opaque.Load(), l.firstOpaqueErr.Load())
+	}
+	if l.requests.Load() == 0 || l.opaque.Load() == 0 {
+		t.Errorf("no load ran: %d requests, %d opaque connections", l.requests.Load(), l.opaque.Load())
+	}
+}
+
+// echoRoundTrip opens a connection to an echo service, sends line, reads it
+// back, half-closes and expects the echo's EOF.
+func echoRoundTrip(addr, line string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, line); err != nil {
+		return err
+	}
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("reading the echo: %w (got %q)", err, got)
+	}
+	if got != line {
+		return fmt.Errorf("echo %q, want %q", got, line)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if _, err := io.ReadAll(c); err != nil {
+		return fmt.Errorf("after the echo: %w", err)
+	}
+	return nil
+}
+
+// TestChaosControlPlaneFaults runs load through a proxy while its control
+// plane fails: the server stops (every stream cut, as a crash) and comes
+// back with a newer version, repeatedly; then it sends updates that are
+// wrong in each way a control plane can be wrong. No request may fail; every
+// bad update is NACKed with a reason that names it and nothing of it is
+// applied; a response too large to receive breaks the stream, not the proxy.
+func TestChaosControlPlaneFaults(t *testing.T) {
+	t.Parallel()
+	restarts := chaosSize(3, 10)
+	c := startChaosMesh(t)
+	load := startChaosLoad(t, c.proxy.addrs["http"], c.proxy.addrs["tcp"], "1")
+	load.run()
+	var rows [][2]string
+
+	v := 1
+	start := time.Now()
+	for range restarts {
+		c.cp.stop()
+		time.Sleep(time.Duration(50+rand.IntN(250)) * time.Millisecond)
+		c.cp.serve(c.cp.addr)
+		v++
+		c.push(t, v)
+	}
+	load.waitVersion(t, strconv.Itoa(v))
+	rows = append(rows, [2]string{"control plane stopped (streams cut) and back with a new version",
+		fmt.Sprintf("%d times in %v, each resynced", restarts, time.Since(start).Round(time.Millisecond))})
+
+	good := v
+	_, tcpPort, _ := net.SplitHostPort(c.proxy.addrs["tcp"])
+	port, _ := strconv.Atoi(tcpPort)
+	bad := []struct {
+		name   string
+		mutate func(map[resourcev3.Type][]types.Resource)
+		want   string // in the NACK; "" when none can come (the response never arrives)
+	}{
+		{"a listener's TLS transport socket without its context", func(r map[resourcev3.Type][]types.Resource) {
+			r[resourcev3.ListenerType][1].(*listenerv3.Listener).FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls"}
+		}, `listener "tcp": filter_chains[0]: transport_socket (envoy.transport_sockets.tls): typed_config: must be set`},
+		{"a second listener on a port in use", func(r map[resourcev3.Type][]types.Resource) {
+			dup := tcpListener("dup", "echo")
+			dup.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(port)}
+			r[resourcev3.ListenerType] = append(r[resourcev3.ListenerType], dup)
+		}, "address already in use"},
+		{"a route with an invalid regex", func(r map[resourcev3.Type][]types.Resource) {
+			r[resourcev3.RouteType][0].(*routev3.RouteConfiguration).VirtualHosts[0].Routes[0].Match.PathSpecifier =
+				&routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "(unclosed"}}
+		}, `route configuration "routes"`},
+		{"a cluster with a negative connect timeout", func(r map[resourcev3.Type][]types.Resource) {
+			r[resourcev3.ClusterType][0].(*clusterv3.Cluster).ConnectTimeout = durationpb.New(-time.Second)
+		}, `"web": invalid Cluster: connect_timeout: value must be greater than 0s`},
+		{"an endpoint that is not an IP address", func(r map[resourcev3.Type][]types.Resource) {
+			cla := r[resourcev3.EndpointType][0].(*endpointv3.ClusterLoadAssignment)
+			cla.Endpoints[0].LbEndpoints[0].GetEndpoint().GetAddress().GetSocketAddress().Address = "not-an-ip"
+		}, `ClusterLoadAssignment "web"`},
+		{"a response larger than the 4 MiB gRPC limit", func(r map[resourcev3.Type][]types.Resource) {
+			rc := r[resourcev3.RouteType][0].(*routev3.RouteConfiguration)
+			for i := range 50000 {
+				rc.VirtualHosts = append(rc.VirtualHosts, &routev3.VirtualHost{Name: fmt.Sprintf("padding-%d", i),
+					Domains: []string{fmt.Sprintf("padding-%d.%s.example.com", i, strings.Repeat("x", 60))}})
+			}
+		}, ""},
+	}
+	for i, b := range bad {
+		res := churnResources(good, c.web, c.echoAddr)
+		b.mutate(res)
+		version := fmt.Sprintf("bad-%d", i)
+		c.cp.set(version, res)
+		outcome := ""
+		if b.want != "" {
+			outcome = "NACK: " + waitNACK(t, c.cp, b.want)
+		} else {
+			opened := c.cp.streams.Load()
+			eventually(t, "the proxy to reconnect after the oversized response", func() bool { return c.cp.streams.Load() > opened+1 })
+			outcome = fmt.Sprintf("stream broken and reopened %d times; the last good configuration kept serving", c.cp.streams.Load()-opened)
+		}
+		if v, err := load.get(); err != nil || v != strconv.Itoa(good) {
+			t.Errorf("after %s: version %q, %v; want the last good version %d serving", b.name, v, err, good)
+		}
+		rows = append(rows, [2]string{b.name, outcome})
+	}
+	good++
+	c.push(t, good)
+	load.waitVersion(t, strconv.Itoa(good))
+	load.stop()
+	rows = append(rows, [2]string{"a good update after the bad ones", "applied"})
+	load.check(t)
+	chaosReport(t, "control-plane faults", append(rows, load.rows()...))
+}
+
+// waitNACK returns the first NACK message containing want; other NACKs
+// (repeats of earlier ones) are skipped.
+func waitNACK(t *testing.T, cp *controlPlane, want string) string {
+	t.Helper()
+	timeout := time.After(time.Minute)
+	for {
+		select {
+		case msg := <-cp.nacks:
+			if strings.Contains(msg, want) {
+				return msg
+			}
+		case <-timeout:
+			t.Fatalf("no NACK containing %q", want)
+		}
+	}
+}
