@@ -9,6 +9,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/... ./examples/demo-backends
+	$(GO) build -o $(BIN)/plugins/ ./examples/plugins/...
 
 # vet, then every test with the race detector (the bench harness has its own module).
 test:

@@ -21,6 +21,7 @@ import (
 	"github.com/siftmesh/sift/filters/httplb"
 	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/listener"
+	"github.com/siftmesh/sift/plugins/host"
 	"github.com/siftmesh/sift/telemetry/accesslog"
 	"github.com/siftmesh/sift/telemetry/metrics"
 	"github.com/siftmesh/sift/telemetry/streaminfo"
@@ -287,7 +288,7 @@ func (s *Server) installMetrics() {
 		},
 		Learned:           s.learned,
 		ProcessCollectors: true,
-		Extra:             []prometheus.Collector{tracing.Collector()},
+		Extra:             []prometheus.Collector{tracing.Collector(), host.Collector()},
 	})
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/bootstrap"
+	"github.com/siftmesh/sift/plugins/host"
 	"github.com/siftmesh/sift/server"
 	"github.com/siftmesh/sift/telemetry/accesslog"
 )
@@ -105,6 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sift-proxy:", err)
 		return 1
 	}
+	defer host.StopAll() // plugin processes end with sift-proxy
 	src, err := bootstrap.Read(o.configPath, o.configYAML)
 	if err != nil {
 		fmt.Fprintln(stderr, "sift-proxy:", err)

@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,12 +17,15 @@ import (
 	"crypto/x509/pkix"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,7 +34,7 @@ import (
 
 func main() {
 	host := flag.String("host", "127.0.0.1", "address to bind")
-	base := flag.Int("base-port", 10081, "first of four consecutive ports")
+	base := flag.Int("base-port", 10081, "first of five consecutive ports")
 	flag.Parse()
 
 	addr := func(i int) string { return net.JoinHostPort(*host, fmt.Sprint(*base+i)) }
@@ -79,7 +83,16 @@ func main() {
 			}()
 		}
 	})
-	log.Printf("demo backends on %s..%s", addr(0), addr(3))
+	go serve(addr(4), func(ln net.Listener) error {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return err
+			}
+			go serveRESP(c)
+		}
+	})
+	log.Printf("demo backends on %s..%s", addr(0), addr(4))
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
@@ -111,4 +124,56 @@ func selfSigned() (tls.Certificate, error) {
 		return tls.Certificate{}, err
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// serveRESP answers Redis clients (RESP arrays of bulk strings, as redis-cli
+// sends them): PING with PONG, anything else with a line naming the command.
+func serveRESP(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for {
+		args, err := readRESPArray(r)
+		if err != nil || len(args) == 0 {
+			return
+		}
+		cmd := strings.ToUpper(args[0])
+		switch cmd {
+		case "PING":
+			fmt.Fprint(c, "+PONG\r\n")
+		case "COMMAND": // redis-cli asks for the command table in interactive mode
+			fmt.Fprint(c, "*0\r\n")
+		default:
+			msg := fmt.Sprintf("hello from the Redis demo backend: %s", strings.Join(args, " "))
+			fmt.Fprintf(c, "$%d\r\n%s\r\n", len(msg), msg)
+		}
+	}
+}
+
+// readRESPArray reads "*<n>\r\n" and n bulk strings "$<len>\r\n<bytes>\r\n".
+func readRESPArray(r *bufio.Reader) ([]string, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "*")))
+	if err != nil || !strings.HasPrefix(line, "*") || n < 0 || n > 1024 {
+		return nil, fmt.Errorf("not a RESP array: %q", line)
+	}
+	args := make([]string, 0, n)
+	for range n {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return nil, err
+		}
+		size, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "$")))
+		if err != nil || !strings.HasPrefix(line, "$") || size < 0 || size > 1<<20 {
+			return nil, fmt.Errorf("not a RESP bulk string: %q", line)
+		}
+		buf := make([]byte, size+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, err
+		}
+		args = append(args, string(buf[:size]))
+	}
+	return args, nil
 }

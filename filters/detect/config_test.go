@@ -139,6 +139,26 @@ func TestParseConfig(t *testing.T) {
 			wantErr: "detect: max_concurrent_races: must be at least 1, got 0",
 		},
 		{
+			name:    "plugin without a path",
+			cfg:     &detectv1.Detect{Plugins: []*detectv1.Detect_Plugin{{Args: []string{"-x"}}}},
+			wantErr: "detect: plugins[0].path: must be set",
+		},
+		{
+			name:    "plugin with a bad sha256",
+			cfg:     &detectv1.Detect{Plugins: []*detectv1.Detect_Plugin{{Path: "/p", Sha256: "abc"}}},
+			wantErr: `detect: plugins[0].sha256: "abc" is not a hex SHA-256 (64 hex digits)`,
+		},
+		{
+			name:    "plugin with a zero budget",
+			cfg:     &detectv1.Detect{Plugins: []*detectv1.Detect_Plugin{{Path: "/p"}, {Path: "/q", CallTimeout: durationpb.New(0)}}},
+			wantErr: "detect: plugins[1].call_timeout: 0s: must be positive",
+		},
+		{
+			name:    "plugin with max_bytes 0",
+			cfg:     &detectv1.Detect{Plugins: []*detectv1.Detect_Plugin{{Path: "/p", MaxBytes: wrapperspb.UInt32(0)}}},
+			wantErr: "detect: plugins[0].max_bytes: must be at least 1",
+		},
+		{
 			name:    "zero timeout",
 			cfg:     &detectv1.Detect{Timeout: durationpb.New(0)},
 			wantErr: "detect: timeout: 0s: must be positive",

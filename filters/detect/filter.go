@@ -14,6 +14,7 @@ import (
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/detect/learn"
 	"github.com/siftmesh/sift/internal/pbcheck"
+	"github.com/siftmesh/sift/plugins/host"
 )
 
 func init() {
@@ -27,7 +28,8 @@ func init() {
 // with any other field set, or one this build does not know, is rejected.
 var policy = pbcheck.Policy{
 	"sift.filters.listener.detect.v1.Detect": pbcheck.Fields("timeout, max_bytes, sniffers, server_first_grace_period, " +
-		"on_timeout, learn_server_first, port_policies, max_concurrent_races"),
+		"on_timeout, learn_server_first, port_policies, max_concurrent_races, plugins"),
+	"sift.filters.listener.detect.v1.Detect.Plugin":           pbcheck.Fields("path, args, sha256, call_timeout, max_bytes"),
 	"sift.filters.listener.detect.v1.Detect.LearnServerFirst": pbcheck.Fields("after, ttl"),
 	"sift.filters.listener.detect.v1.Detect.PortPolicy":       pbcheck.Fields("ports, timeout, max_bytes, server_first_grace_period, on_timeout"),
 	"sift.filters.listener.detect.v1.Detect.PortRange":        pbcheck.Fields("start, end"),
@@ -102,6 +104,9 @@ type Config struct {
 	// Learned is the process's table of learned destinations; nil: nothing
 	// is learned (LearnAfter is ignored).
 	Learned *learn.Table
+	// Plugins are the configured plugin sniffers; building the filter
+	// (buildDetect) starts them and appends them to Sniffers.
+	Plugins []PluginConfig
 }
 
 // ParseConfig validates a Detect typed config and applies its defaults:
@@ -155,6 +160,9 @@ func ParseConfig(pb *detectv1.Detect) (Config, error) {
 			return Config{}, fmt.Errorf("detect: max_concurrent_races: must be at least 1, got %d", m.GetValue())
 		}
 		c.MaxRaces = int(min(m.GetValue(), 1<<20))
+	}
+	if c.Plugins, err = parsePlugins(pb.GetPlugins()); err != nil {
+		return Config{}, err
 	}
 	names := pb.GetSniffers()
 	if len(names) == 0 {
@@ -295,5 +303,12 @@ func buildDetect(cfg proto.Message, bc filters.BuildContext) (filters.ListenerFi
 		return nil, err
 	}
 	c.Learned = bc.Learned
+	for i, pc := range c.Plugins {
+		p, err := host.Get(pc.Spec, bc.Logger)
+		if err != nil {
+			return nil, fmt.Errorf("detect: plugins[%d]: %w", i, err)
+		}
+		c.Sniffers = append(c.Sniffers, NewPluginSniffer(p, pc.CallTimeout, pc.MaxBytes))
+	}
 	return New(c)
 }

@@ -48,7 +48,8 @@ type Result struct {
 
 // Sniffer recognises one protocol from the first bytes of a connection.
 // Sniff is a pure function of its arguments: it must not retain b, must not
-// block, and must answer NeedMore only if more bytes could change the answer
+// block (a plugin sniffer, NewPluginSniffer, blocks for at most its per-call
+// budget), and must answer NeedMore only if more bytes could change the answer
 // (with atEOF true no more bytes will come, so it must decide). A decision is
 // final: once Sniff answers Match or NoMatch for b, it answers the same for
 // every longer input that starts with b — the loop drops sniffers that

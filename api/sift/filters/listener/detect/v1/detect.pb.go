@@ -128,8 +128,16 @@ type Detect struct {
 	// timeout as without the race, so a flood of silent connections cannot
 	// open as many upstream connections. Default 1024.
 	MaxConcurrentRaces *wrapperspb.UInt32Value `protobuf:"bytes,8,opt,name=max_concurrent_races,json=maxConcurrentRaces,proto3" json:"max_concurrent_races,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Protocol-sniffer plugins, asked in this order after the built-in
+	// sniffers and only while none of them has matched. Each is an executable
+	// built with Sift's plugin SDK (package github.com/siftmesh/sift/plugins),
+	// started once per sift-proxy process and shared by every listener that
+	// names it. A plugin's match sets the connection's application protocol to
+	// the protocol name it reports, for filter_chain_match. See
+	// docs/plugins.md.
+	Plugins       []*Detect_Plugin `protobuf:"bytes,9,rep,name=plugins,proto3" json:"plugins,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Detect) Reset() {
@@ -218,6 +226,97 @@ func (x *Detect) GetMaxConcurrentRaces() *wrapperspb.UInt32Value {
 	return nil
 }
 
+func (x *Detect) GetPlugins() []*Detect_Plugin {
+	if x != nil {
+		return x.Plugins
+	}
+	return nil
+}
+
+type Detect_Plugin struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The executable. Required.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Its arguments.
+	Args []string `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// The SHA-256 of the executable, hex: checked before every start, and a
+	// mismatch refuses to start it. Empty: not checked.
+	Sha256 string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// How long one Sniff call may take; a later answer counts as NoMatch.
+	// Default 25ms.
+	CallTimeout *durationpb.Duration `protobuf:"bytes,4,opt,name=call_timeout,json=callTimeout,proto3" json:"call_timeout,omitempty"`
+	// The most bytes shown to the plugin (at most the filter's max_bytes).
+	// Default: the lesser of the plugin's own limit and the filter's.
+	MaxBytes      *wrapperspb.UInt32Value `protobuf:"bytes,5,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Detect_Plugin) Reset() {
+	*x = Detect_Plugin{}
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Detect_Plugin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Detect_Plugin) ProtoMessage() {}
+
+func (x *Detect_Plugin) ProtoReflect() protoreflect.Message {
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Detect_Plugin.ProtoReflect.Descriptor instead.
+func (*Detect_Plugin) Descriptor() ([]byte, []int) {
+	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 0}
+}
+
+func (x *Detect_Plugin) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Detect_Plugin) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *Detect_Plugin) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *Detect_Plugin) GetCallTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.CallTimeout
+	}
+	return nil
+}
+
+func (x *Detect_Plugin) GetMaxBytes() *wrapperspb.UInt32Value {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return nil
+}
+
 type Detect_LearnServerFirst struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A destination is learned after it proved server-first this many
@@ -232,7 +331,7 @@ type Detect_LearnServerFirst struct {
 
 func (x *Detect_LearnServerFirst) Reset() {
 	*x = Detect_LearnServerFirst{}
-	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[1]
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -244,7 +343,7 @@ func (x *Detect_LearnServerFirst) String() string {
 func (*Detect_LearnServerFirst) ProtoMessage() {}
 
 func (x *Detect_LearnServerFirst) ProtoReflect() protoreflect.Message {
-	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[1]
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -257,7 +356,7 @@ func (x *Detect_LearnServerFirst) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Detect_LearnServerFirst.ProtoReflect.Descriptor instead.
 func (*Detect_LearnServerFirst) Descriptor() ([]byte, []int) {
-	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 0}
+	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 1}
 }
 
 func (x *Detect_LearnServerFirst) GetAfter() *wrapperspb.UInt32Value {
@@ -285,7 +384,7 @@ type Detect_PortRange struct {
 
 func (x *Detect_PortRange) Reset() {
 	*x = Detect_PortRange{}
-	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[2]
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +396,7 @@ func (x *Detect_PortRange) String() string {
 func (*Detect_PortRange) ProtoMessage() {}
 
 func (x *Detect_PortRange) ProtoReflect() protoreflect.Message {
-	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[2]
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +409,7 @@ func (x *Detect_PortRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Detect_PortRange.ProtoReflect.Descriptor instead.
 func (*Detect_PortRange) Descriptor() ([]byte, []int) {
-	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 1}
+	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 2}
 }
 
 func (x *Detect_PortRange) GetStart() uint32 {
@@ -341,7 +440,7 @@ type Detect_PortPolicy struct {
 
 func (x *Detect_PortPolicy) Reset() {
 	*x = Detect_PortPolicy{}
-	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[3]
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +452,7 @@ func (x *Detect_PortPolicy) String() string {
 func (*Detect_PortPolicy) ProtoMessage() {}
 
 func (x *Detect_PortPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[3]
+	mi := &file_sift_filters_listener_detect_v1_detect_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +465,7 @@ func (x *Detect_PortPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Detect_PortPolicy.ProtoReflect.Descriptor instead.
 func (*Detect_PortPolicy) Descriptor() ([]byte, []int) {
-	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 2}
+	return file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP(), []int{0, 3}
 }
 
 func (x *Detect_PortPolicy) GetPorts() []*Detect_PortRange {
@@ -408,7 +507,7 @@ var File_sift_filters_listener_detect_v1_detect_proto protoreflect.FileDescripto
 
 const file_sift_filters_listener_detect_v1_detect_proto_rawDesc = "" +
 	"\n" +
-	",sift/filters/listener/detect/v1/detect.proto\x12\x1fsift.filters.listener.detect.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xc0\t\n" +
+	",sift/filters/listener/detect/v1/detect.proto\x12\x1fsift.filters.listener.detect.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"\xce\v\n" +
 	"\x06Detect\x123\n" +
 	"\atimeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x129\n" +
 	"\tmax_bytes\x18\x02 \x01(\v2\x1c.google.protobuf.UInt32ValueR\bmaxBytes\x12\x1a\n" +
@@ -418,7 +517,14 @@ const file_sift_filters_listener_detect_v1_detect_proto_rawDesc = "" +
 	"on_timeout\x18\x05 \x01(\x0e25.sift.filters.listener.detect.v1.Detect.TimeoutActionR\tonTimeout\x12f\n" +
 	"\x12learn_server_first\x18\x06 \x01(\v28.sift.filters.listener.detect.v1.Detect.LearnServerFirstR\x10learnServerFirst\x12W\n" +
 	"\rport_policies\x18\a \x03(\v22.sift.filters.listener.detect.v1.Detect.PortPolicyR\fportPolicies\x12N\n" +
-	"\x14max_concurrent_races\x18\b \x01(\v2\x1c.google.protobuf.UInt32ValueR\x12maxConcurrentRaces\x1as\n" +
+	"\x14max_concurrent_races\x18\b \x01(\v2\x1c.google.protobuf.UInt32ValueR\x12maxConcurrentRaces\x12H\n" +
+	"\aplugins\x18\t \x03(\v2..sift.filters.listener.detect.v1.Detect.PluginR\aplugins\x1a\xc1\x01\n" +
+	"\x06Plugin\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\tR\x04args\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12<\n" +
+	"\fcall_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vcallTimeout\x129\n" +
+	"\tmax_bytes\x18\x05 \x01(\v2\x1c.google.protobuf.UInt32ValueR\bmaxBytes\x1as\n" +
 	"\x10LearnServerFirst\x122\n" +
 	"\x05after\x18\x01 \x01(\v2\x1c.google.protobuf.UInt32ValueR\x05after\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x1a3\n" +
@@ -451,36 +557,40 @@ func file_sift_filters_listener_detect_v1_detect_proto_rawDescGZIP() []byte {
 }
 
 var file_sift_filters_listener_detect_v1_detect_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sift_filters_listener_detect_v1_detect_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_sift_filters_listener_detect_v1_detect_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_sift_filters_listener_detect_v1_detect_proto_goTypes = []any{
 	(Detect_TimeoutAction)(0),       // 0: sift.filters.listener.detect.v1.Detect.TimeoutAction
 	(*Detect)(nil),                  // 1: sift.filters.listener.detect.v1.Detect
-	(*Detect_LearnServerFirst)(nil), // 2: sift.filters.listener.detect.v1.Detect.LearnServerFirst
-	(*Detect_PortRange)(nil),        // 3: sift.filters.listener.detect.v1.Detect.PortRange
-	(*Detect_PortPolicy)(nil),       // 4: sift.filters.listener.detect.v1.Detect.PortPolicy
-	(*durationpb.Duration)(nil),     // 5: google.protobuf.Duration
-	(*wrapperspb.UInt32Value)(nil),  // 6: google.protobuf.UInt32Value
+	(*Detect_Plugin)(nil),           // 2: sift.filters.listener.detect.v1.Detect.Plugin
+	(*Detect_LearnServerFirst)(nil), // 3: sift.filters.listener.detect.v1.Detect.LearnServerFirst
+	(*Detect_PortRange)(nil),        // 4: sift.filters.listener.detect.v1.Detect.PortRange
+	(*Detect_PortPolicy)(nil),       // 5: sift.filters.listener.detect.v1.Detect.PortPolicy
+	(*durationpb.Duration)(nil),     // 6: google.protobuf.Duration
+	(*wrapperspb.UInt32Value)(nil),  // 7: google.protobuf.UInt32Value
 }
 var file_sift_filters_listener_detect_v1_detect_proto_depIdxs = []int32{
-	5,  // 0: sift.filters.listener.detect.v1.Detect.timeout:type_name -> google.protobuf.Duration
-	6,  // 1: sift.filters.listener.detect.v1.Detect.max_bytes:type_name -> google.protobuf.UInt32Value
-	5,  // 2: sift.filters.listener.detect.v1.Detect.server_first_grace_period:type_name -> google.protobuf.Duration
+	6,  // 0: sift.filters.listener.detect.v1.Detect.timeout:type_name -> google.protobuf.Duration
+	7,  // 1: sift.filters.listener.detect.v1.Detect.max_bytes:type_name -> google.protobuf.UInt32Value
+	6,  // 2: sift.filters.listener.detect.v1.Detect.server_first_grace_period:type_name -> google.protobuf.Duration
 	0,  // 3: sift.filters.listener.detect.v1.Detect.on_timeout:type_name -> sift.filters.listener.detect.v1.Detect.TimeoutAction
-	2,  // 4: sift.filters.listener.detect.v1.Detect.learn_server_first:type_name -> sift.filters.listener.detect.v1.Detect.LearnServerFirst
-	4,  // 5: sift.filters.listener.detect.v1.Detect.port_policies:type_name -> sift.filters.listener.detect.v1.Detect.PortPolicy
-	6,  // 6: sift.filters.listener.detect.v1.Detect.max_concurrent_races:type_name -> google.protobuf.UInt32Value
-	6,  // 7: sift.filters.listener.detect.v1.Detect.LearnServerFirst.after:type_name -> google.protobuf.UInt32Value
-	5,  // 8: sift.filters.listener.detect.v1.Detect.LearnServerFirst.ttl:type_name -> google.protobuf.Duration
-	3,  // 9: sift.filters.listener.detect.v1.Detect.PortPolicy.ports:type_name -> sift.filters.listener.detect.v1.Detect.PortRange
-	5,  // 10: sift.filters.listener.detect.v1.Detect.PortPolicy.timeout:type_name -> google.protobuf.Duration
-	6,  // 11: sift.filters.listener.detect.v1.Detect.PortPolicy.max_bytes:type_name -> google.protobuf.UInt32Value
-	5,  // 12: sift.filters.listener.detect.v1.Detect.PortPolicy.server_first_grace_period:type_name -> google.protobuf.Duration
-	0,  // 13: sift.filters.listener.detect.v1.Detect.PortPolicy.on_timeout:type_name -> sift.filters.listener.detect.v1.Detect.TimeoutAction
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	3,  // 4: sift.filters.listener.detect.v1.Detect.learn_server_first:type_name -> sift.filters.listener.detect.v1.Detect.LearnServerFirst
+	5,  // 5: sift.filters.listener.detect.v1.Detect.port_policies:type_name -> sift.filters.listener.detect.v1.Detect.PortPolicy
+	7,  // 6: sift.filters.listener.detect.v1.Detect.max_concurrent_races:type_name -> google.protobuf.UInt32Value
+	2,  // 7: sift.filters.listener.detect.v1.Detect.plugins:type_name -> sift.filters.listener.detect.v1.Detect.Plugin
+	6,  // 8: sift.filters.listener.detect.v1.Detect.Plugin.call_timeout:type_name -> google.protobuf.Duration
+	7,  // 9: sift.filters.listener.detect.v1.Detect.Plugin.max_bytes:type_name -> google.protobuf.UInt32Value
+	7,  // 10: sift.filters.listener.detect.v1.Detect.LearnServerFirst.after:type_name -> google.protobuf.UInt32Value
+	6,  // 11: sift.filters.listener.detect.v1.Detect.LearnServerFirst.ttl:type_name -> google.protobuf.Duration
+	4,  // 12: sift.filters.listener.detect.v1.Detect.PortPolicy.ports:type_name -> sift.filters.listener.detect.v1.Detect.PortRange
+	6,  // 13: sift.filters.listener.detect.v1.Detect.PortPolicy.timeout:type_name -> google.protobuf.Duration
+	7,  // 14: sift.filters.listener.detect.v1.Detect.PortPolicy.max_bytes:type_name -> google.protobuf.UInt32Value
+	6,  // 15: sift.filters.listener.detect.v1.Detect.PortPolicy.server_first_grace_period:type_name -> google.protobuf.Duration
+	0,  // 16: sift.filters.listener.detect.v1.Detect.PortPolicy.on_timeout:type_name -> sift.filters.listener.detect.v1.Detect.TimeoutAction
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_sift_filters_listener_detect_v1_detect_proto_init() }
@@ -494,7 +604,7 @@ func file_sift_filters_listener_detect_v1_detect_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sift_filters_listener_detect_v1_detect_proto_rawDesc), len(file_sift_filters_listener_detect_v1_detect_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
