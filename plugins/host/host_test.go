@@ -27,10 +27,8 @@ var (
 	buildErr  error
 )
 
-// testPlugin builds testdata/testplugin once and returns a private copy of
-// it (tests may replace their copy).
-func testPlugin(t *testing.T) string {
-	t.Helper()
+// buildTestPlugin builds testdata/testplugin once per test binary.
+func buildTestPlugin() (string, error) {
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "sift-testplugin")
 		if err != nil {
@@ -43,10 +41,18 @@ func testPlugin(t *testing.T) string {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	return builtPath, buildErr
+}
+
+// testPlugin builds testdata/testplugin once and returns a private copy of
+// it (tests may replace their copy).
+func testPlugin(t *testing.T) string {
+	t.Helper()
+	built, err := buildTestPlugin()
+	if err != nil {
+		t.Fatal(err)
 	}
-	b, err := os.ReadFile(builtPath)
+	b, err := os.ReadFile(built)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,4 +304,32 @@ func TestMetrics(t *testing.T) {
 	if n := testutil.CollectAndCount(Collector(), "sift_plugin_calls_total"); n < 5 {
 		t.Errorf("sift_plugin_calls_total has %d series, want one per result", n)
 	}
+}
+
+// BenchmarkSniff measures one Sniff call to a real plugin process: what a
+// connection whose verdict the built-ins left open pays per read round.
+func BenchmarkSniff(b *testing.B) {
+	path := testPluginB(b)
+	p, err := Get(Spec{Path: path, Args: []string{"-id", "bench"}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer stopOne(p)
+	data := []byte("*1\r\n$4\r\nPING\r\n")
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := p.Sniff(data, false, time.Second); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func testPluginB(b *testing.B) string {
+	path, err := buildTestPlugin()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return path
 }
