@@ -22,9 +22,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -320,6 +323,7 @@ func (g *generator) outboundListener() {
 func (g *generator) inbound() {
 	var chains []*listenerv3.FilterChain
 	var ports []uint32 // the local ports the opaque transport may reach
+	var authz []*opaqueinboundv1.Inbound_PortAuthorization
 	for _, p := range g.m.InboundPorts(g.w) {
 		cluster := InboundClusterName(p.Port)
 		g.r.Clusters = append(g.r.Clusters, &clusterv3.Cluster{
@@ -344,13 +348,24 @@ func (g *generator) inbound() {
 		if g.mtls() {
 			// Meshed clients send HTTP here over mTLS (HTTP/2 when ALPN
 			// agrees); everything else arrives through the opaque transport
-			// below. Plaintext finds no chain: refused.
+			// below. Plaintext finds no chain — refused — unless the port
+			// declares it accepts plaintext from unmeshed clients.
+			exact, prefixes := g.principals(p.AuthorizedClients)
 			if p.Treatment == mesh.HTTP || p.Treatment == mesh.Detect {
 				c := g.httpChain("http|"+base, chainMatch(netip.Addr{}, p.Port, envoynames.TransportTLS), cluster, p.Protocol)
 				c.TransportSocket = g.opts.Security.InboundTransportSocket(g.w)
+				if len(p.AuthorizedClients) > 0 {
+					c.Filters = append([]*listenerv3.Filter{rbacFilter(base, exact, prefixes)}, c.Filters...)
+				}
 				chains = append(chains, c)
 			}
-			continue
+			if len(p.AuthorizedClients) > 0 {
+				authz = append(authz, &opaqueinboundv1.Inbound_PortAuthorization{Port: uint32(p.Port), Principals: exact, PrincipalPrefixes: prefixes})
+			}
+			if !p.Plaintext {
+				continue
+			}
+			base = "plaintext|" + base
 		}
 		switch p.Treatment {
 		case mesh.Opaque, mesh.TLS:
@@ -373,11 +388,49 @@ func (g *generator) inbound() {
 		c := chain(fmt.Sprintf("opaque-transport|inbound:%d", in), chainMatch(netip.Addr{}, in, envoynames.TransportTLS, OpaqueTransportALPN),
 			&listenerv3.Filter{Name: "sift.filters.network.opaque_transport", ConfigType: &listenerv3.Filter_TypedConfig{
 				TypedConfig: mustAny(&opaqueinboundv1.Inbound{StatPrefix: "inbound", AllowedPorts: ports,
-					ConnectTimeout: durationpb.New(g.opts.ConnectTimeout)})}})
+					ConnectTimeout: durationpb.New(g.opts.ConnectTimeout), PortAuthorizations: authz})}})
 		c.TransportSocket = g.opts.Security.InboundTransportSocket(g.w, OpaqueTransportALPN)
 		chains = append(chains, c)
 	}
 	g.r.Listeners = append(g.r.Listeners, g.listener(InboundListenerName, g.opts.InboundAddress, corev3.TrafficDirection_INBOUND, chains))
+}
+
+// principals renders a port's authorized clients as exact SPIFFE IDs and
+// ID prefixes of the mesh's trust domain.
+func (g *generator) principals(clients []mesh.ClientMatch) (exact, prefixes []string) {
+	for _, c := range clients {
+		e, p := c.Principals(g.m.TrustDomain)
+		if e != "" {
+			exact = append(exact, e)
+		}
+		if p != "" {
+			prefixes = append(prefixes, p)
+		}
+	}
+	return exact, prefixes
+}
+
+// rbacFilter is Envoy's network RBAC allowing only the given client
+// identities (authenticated.principal_name), for an inbound mTLS chain.
+func rbacFilter(statPrefix string, exact, prefixes []string) *listenerv3.Filter {
+	var ids []*rbacv3.Principal
+	principal := func(m *matcherv3.StringMatcher) *rbacv3.Principal {
+		return &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{Authenticated: &rbacv3.Principal_Authenticated{PrincipalName: m}}}
+	}
+	for _, e := range exact {
+		ids = append(ids, principal(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: e}}))
+	}
+	for _, p := range prefixes {
+		ids = append(ids, principal(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: p}}))
+	}
+	cfg := &netrbacv3.RBAC{StatPrefix: statPrefix, Rules: &rbacv3.RBAC{
+		Action: rbacv3.RBAC_ALLOW,
+		Policies: map[string]*rbacv3.Policy{"authorized-clients": {
+			Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
+			Principals:  ids,
+		}},
+	}}
+	return &listenerv3.Filter{Name: "envoy.filters.network.rbac", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(cfg)}}
 }
 
 // inboundHTTPOptions are the protocol options of the inbound cluster of

@@ -15,9 +15,12 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -33,6 +36,8 @@ import (
 
 	peakewmav1 "github.com/siftmesh/sift/api/sift/extensions/load_balancing_policies/peak_ewma/v1"
 	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
+	opaqueinboundv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
+	"github.com/siftmesh/sift/controlplane/ca"
 	"github.com/siftmesh/sift/filters"
 	_ "github.com/siftmesh/sift/filters/detect"
 	_ "github.com/siftmesh/sift/filters/httplb"
@@ -465,5 +470,119 @@ func TestDetectGracePeriodFromMesh(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// testSecurity renders the mesh TLS contexts without a CA (no secrets).
+type testSecurity struct{}
+
+func (testSecurity) ClusterTransportSocket(s *mesh.Service, alpn ...string) *corev3.TransportSocket {
+	return ca.TransportSocket(ca.UpstreamTLSContext(s.Hostname, nil, alpn...))
+}
+
+func (testSecurity) InboundTransportSocket(w *mesh.Workload, alpn ...string) *corev3.TransportSocket {
+	return ca.TransportSocket(ca.DownstreamTLSContext("cluster.local", alpn...))
+}
+
+func (testSecurity) Secrets(*mesh.Workload) []*tlsv3.Secret { return nil }
+
+func TestInboundAuthorizationAndPlaintextPorts(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, `mtls: true
+namespaces:
+- name: shop
+  workloads:
+  - name: app-0
+    addresses: [10.0.0.10]
+    ports:
+    - {port: 7000}
+    - port: 8080
+      authorized_clients: [{namespace: shop, service_account: client}, {namespace: ops}, {identity: "spiffe://other.example/ns/x/sa/y"}]
+    - {port: 9000, plaintext: true}
+`)
+	opts := DefaultOptions()
+	opts.Security = testSecurity{}
+	r := Generate(m, m.WorkloadByNodeID("app-0.shop"), opts)
+	var in *listenerv3.Listener
+	for _, l := range r.Listeners {
+		if l.GetName() == InboundListenerName {
+			in = l
+		}
+	}
+	if in == nil {
+		t.Fatal("no inbound listener")
+	}
+	var names []string
+	chains := map[string]*listenerv3.FilterChain{}
+	for _, c := range in.GetFilterChains() {
+		names = append(names, c.GetName())
+		chains[c.GetName()] = c
+	}
+	want := []string{"http|inbound:7000", "http|inbound:8080", "http|inbound:9000",
+		"http|plaintext|inbound:9000", "opaque|plaintext|inbound:9000", "opaque-transport|inbound:4143"}
+	if diff := cmp.Diff(want, names); diff != "" {
+		t.Fatalf("inbound chains (-want +got):\n%s", diff)
+	}
+	for name, c := range chains {
+		plaintext := strings.Contains(name, "|plaintext|")
+		if (c.GetTransportSocket() == nil) != plaintext {
+			t.Errorf("chain %s: transport socket %v", name, c.GetTransportSocket())
+		}
+	}
+
+	// 8080's HTTP chain starts with network RBAC allowing those identities.
+	filters := chains["http|inbound:8080"].GetFilters()
+	if len(filters) != 2 || filters[0].GetName() != "envoy.filters.network.rbac" {
+		t.Fatalf("8080's filters: %v", filters)
+	}
+	var rb netrbacv3.RBAC
+	if err := filters[0].GetTypedConfig().UnmarshalTo(&rb); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range rb.GetRules().GetPolicies()["authorized-clients"].GetPrincipals() {
+		sm := p.GetAuthenticated().GetPrincipalName()
+		got = append(got, sm.GetExact()+sm.GetPrefix()+"|"+map[bool]string{true: "prefix", false: "exact"}[sm.GetPrefix() != ""])
+	}
+	wantIDs := []string{"spiffe://cluster.local/ns/shop/sa/client|exact", "spiffe://other.example/ns/x/sa/y|exact", "spiffe://cluster.local/ns/ops/sa/|prefix"}
+	if diff := cmp.Diff(wantIDs, got); diff != "" {
+		t.Errorf("RBAC principals (-want +got):\n%s", diff)
+	}
+	if rb.GetRules().GetAction() != rbacv3.RBAC_ALLOW {
+		t.Errorf("RBAC action %v", rb.GetRules().GetAction())
+	}
+	if f := chains["http|inbound:7000"].GetFilters(); len(f) != 1 {
+		t.Errorf("7000 declares no authorization, yet has filters %v", f)
+	}
+
+	// The opaque transport applies the same rule to port 8080.
+	var ot opaqueinboundv1.Inbound
+	if err := chains["opaque-transport|inbound:4143"].GetFilters()[0].GetTypedConfig().UnmarshalTo(&ot); err != nil {
+		t.Fatal(err)
+	}
+	pa := ot.GetPortAuthorizations()
+	if len(pa) != 1 || pa[0].GetPort() != 8080 ||
+		!slices.Equal(pa[0].GetPrincipals(), []string{"spiffe://cluster.local/ns/shop/sa/client", "spiffe://other.example/ns/x/sa/y"}) ||
+		!slices.Equal(pa[0].GetPrincipalPrefixes(), []string{"spiffe://cluster.local/ns/ops/sa/"}) {
+		t.Errorf("opaque transport port authorizations: %v", pa)
+	}
+	if _, err := r.Snapshot(); err != nil {
+		t.Errorf("snapshot: %v", err)
+	}
+}
+
+func TestAuthorizationValidation(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ port, want string }{
+		{`{port: 80, plaintext: true, authorized_clients: [{namespace: shop}]}`, "plaintext: a port that accepts plaintext cannot also restrict its clients by identity"},
+		{`{port: 80, authorized_clients: [{identity: "client"}]}`, `authorized_clients[0].identity: "client" is not a SPIFFE ID`},
+		{`{port: 80, authorized_clients: [{service_account: client}]}`, "authorized_clients[0]: must name an identity, or a namespace (and service_account)"},
+		{`{port: 80, authorized_clients: [{identity: "spiffe://a/b", namespace: shop}]}`, "authorized_clients[0]: give identity, or namespace (and service_account), not both"},
+		{`{port: 80, authorized_clients: [{nmespace: shop}]}`, `nmespace`},
+	} {
+		_, err := file.Parse("mesh.yaml", []byte("namespaces:\n- name: shop\n  workloads:\n  - name: a\n    ports: ["+tt.port+"]\n"))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("port %s: %v, want an error containing %q", tt.port, err, tt.want)
+		}
 	}
 }

@@ -185,6 +185,32 @@ type WorkloadPort struct {
 	Name     string
 	Port     uint16
 	Protocol Protocol
+	// AuthorizedClients are the client identities that may connect to the
+	// port through the mesh; empty: any identity of the trust domain.
+	AuthorizedClients []ClientMatch
+	// Plaintext: the port also accepts plaintext connections from unmeshed
+	// clients (no identity), beside mTLS from meshed ones.
+	Plaintext bool
+}
+
+// ClientMatch names client identities: one SPIFFE ID (Identity), a service
+// account (Namespace and ServiceAccount), or every service account of a
+// namespace (Namespace alone).
+type ClientMatch struct {
+	Identity                  string
+	Namespace, ServiceAccount string
+}
+
+// Principals returns what m matches in trust domain td: an exact SPIFFE ID,
+// or a prefix of SPIFFE IDs.
+func (m ClientMatch) Principals(td string) (exact, prefix string) {
+	switch {
+	case m.Identity != "":
+		return m.Identity, ""
+	case m.ServiceAccount != "":
+		return SPIFFEID(td, m.Namespace, m.ServiceAccount), ""
+	}
+	return "", "spiffe://" + td + "/ns/" + m.Namespace + "/sa/"
 }
 
 // SPIFFEID returns the SPIFFE ID of service account sa in namespace ns of
@@ -394,6 +420,10 @@ type InboundPort struct {
 	Port      uint16
 	Protocol  Protocol
 	Treatment Treatment
+	// AuthorizedClients and Plaintext are the workload's declaration of
+	// the port (WorkloadPort).
+	AuthorizedClients []ClientMatch
+	Plaintext         bool
 }
 
 // InboundPorts returns the ports w serves through its proxy, sorted: its
@@ -402,8 +432,10 @@ type InboundPort struct {
 // inbound skip ports.
 func (m *Mesh) InboundPorts(w *Workload) []InboundPort {
 	protos := map[uint16]Protocol{}
+	declared := map[uint16]WorkloadPort{}
 	for _, p := range w.Ports {
 		protos[p.Port] = p.Protocol
+		declared[p.Port] = p
 	}
 	for _, key := range w.Services {
 		s := m.Service(key)
@@ -423,7 +455,9 @@ func (m *Mesh) InboundPorts(w *Workload) []InboundPort {
 		if skip.Contains(port) {
 			continue
 		}
-		out = append(out, InboundPort{Port: port, Protocol: proto, Treatment: treatment(port, proto, opaque)})
+		d := declared[port]
+		out = append(out, InboundPort{Port: port, Protocol: proto, Treatment: treatment(port, proto, opaque),
+			AuthorizedClients: d.AuthorizedClients, Plaintext: d.Plaintext})
 	}
 	slices.SortFunc(out, func(a, b InboundPort) int { return int(a.Port) - int(b.Port) })
 	return out

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strings"
 )
 
 // FieldError is a validation error about one field, named by its path from
@@ -212,6 +213,27 @@ func (v *validator) workloads(ns *Namespace, nsPath string) {
 				w.Ports[j].Protocol = pr
 			} else {
 				v.add(pPath+".protocol", "unknown protocol %q (known: %s)", p.Protocol, ProtocolNames())
+			}
+			if p.Plaintext && len(p.AuthorizedClients) > 0 {
+				v.add(pPath+".plaintext", "a port that accepts plaintext cannot also restrict its clients by identity (authorized_clients): plaintext clients have none")
+			}
+			for k, c := range p.AuthorizedClients {
+				cPath := fmt.Sprintf("%s.authorized_clients[%d]", pPath, k)
+				switch {
+				case c.Identity != "" && (c.Namespace != "" || c.ServiceAccount != ""):
+					v.add(cPath, "give identity, or namespace (and service_account), not both")
+				case c.Identity != "":
+					if !strings.HasPrefix(c.Identity, "spiffe://") || strings.ContainsAny(c.Identity, " \t\n") {
+						v.add(cPath+".identity", "%q is not a SPIFFE ID (spiffe://<trust domain>/<path>)", c.Identity)
+					}
+				case c.Namespace == "":
+					v.add(cPath, "must name an identity, or a namespace (and service_account)")
+				default:
+					v.name(cPath+".namespace", c.Namespace, dnsLabel)
+					if c.ServiceAccount != "" {
+						v.name(cPath+".service_account", c.ServiceAccount, dnsSubdomain)
+					}
+				}
 			}
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/siftmesh/sift/filters/detect/learn"
 	"github.com/siftmesh/sift/filters/httplb"
 	"github.com/siftmesh/sift/filters/mtls"
+	"github.com/siftmesh/sift/filters/rbac"
 	"github.com/siftmesh/sift/listener"
 	"github.com/siftmesh/sift/plugins/host"
 	"github.com/siftmesh/sift/telemetry/accesslog"
@@ -288,7 +289,7 @@ func (s *Server) installMetrics() {
 		},
 		Learned:           s.learned,
 		ProcessCollectors: true,
-		Extra:             []prometheus.Collector{tracing.Collector(), host.Collector()},
+		Extra:             []prometheus.Collector{tracing.Collector(), host.Collector(), rbac.Collector()},
 	})
 }
 

@@ -107,7 +107,13 @@ namespaces:
     addresses: [10.77.0.10]
     labels: {app: shop}
     service_account: shop
-    ports: [{name: http, port: 8080}, {name: pg, port: 5432}, {name: greet, port: 7000}, {name: https, port: 8443}, {name: grpc, port: 9090}]
+    ports:
+    - {name: http, port: 8080, authorized_clients: [{namespace: shop, service_account: client}]}
+    - {name: pg, port: 5432}
+    - {name: greet, port: 7000, authorized_clients: [{namespace: shop, service_account: client}]}
+    - {name: https, port: 8443}
+    - {name: grpc, port: 9090}
+    - {name: open, port: 8081, plaintext: true}
 `
 
 // mtlsEnv is the running topology.
@@ -153,17 +159,21 @@ func TestMeshMTLS(t *testing.T) {
 	client, app := e.ns["client-0"], e.ns["app-0"]
 	must(client.IP("route", "add", meshServiceNet, "via", "10.77.0.1"))
 	must(client.Iptables("-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", meshServiceNet, "-j", "REDIRECT", "--to-ports", "4140"))
-	for _, port := range []string{"8080", "5432", "7000", "8443", "9090"} {
+	for _, port := range []string{"8080", "8081", "5432", "7000", "8443", "9090"} {
 		must(app.Iptables("-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", port, "-j", "REDIRECT", "--to-ports", "4143"))
 	}
 
 	// The applications, on app-0's loopback.
-	ln, err := app.Listen("tcp", "127.0.0.1:8080")
-	must(err)
-	httpServeIn(t, ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	appHTTP := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		remote, _, _ := net.SplitHostPort(r.RemoteAddr)
 		fmt.Fprintf(w, "name=app-0 host=%s remote=%s", r.Host, remote)
-	}))
+	})
+	ln, err := app.Listen("tcp", "127.0.0.1:8080")
+	must(err)
+	httpServeIn(t, ln, appHTTP)
+	ln, err = app.Listen("tcp", "127.0.0.1:8081") // the port that also takes plaintext
+	must(err)
+	httpServeIn(t, ln, appHTTP)
 	for _, port := range []string{"5432", "7000"} {
 		ln, err := app.Listen("tcp", "127.0.0.1:"+port)
 		must(err)
@@ -558,9 +568,36 @@ func mtlsRefusals(t *testing.T, e *mtlsEnv) {
 	t.Run("mesh CA, another trust domain", func(t *testing.T) {
 		tlsRefused(t, leafFor(t, meshRoot, meshKey, "spiffe://elsewhere.example/ns/shop/sa/client"))
 	})
+	intruder := leafFor(t, meshRoot, meshKey, "spiffe://cluster.local/ns/shop/sa/intruder")
+	t.Run("mesh CA, an identity the port does not authorize, opaque transport", func(t *testing.T) {
+		c, err := tlsClient(t, intruder)
+		if err != nil {
+			t.Fatal(err) // the mesh accepts the identity; the port does not
+		}
+		refused(t, c, "")
+	})
+	t.Run("mesh CA, an identity the port does not authorize, HTTP", func(t *testing.T) {
+		raw := dialIn(t, e.ns["client-0"], mtlsApp+":8080")
+		c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{intruder}, NextProtos: []string{"http/1.1"}})
+		if err := c.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, c, "GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+	})
 	if n := e.greeted.Load() - greeted; n != 0 {
 		t.Errorf("the greeters accepted %d connections from refused clients", n)
 	}
+	e.waitMetricLine(t, "app-0", `sift_rbac_decisions_total{decision="denied",stat_prefix="inbound"} 1`)
+	e.waitMetricLine(t, "app-0", `sift_rbac_decisions_total{decision="denied",stat_prefix="inbound:8080"} 1`)
+	t.Run("plaintext to a port that takes it, from an unmeshed client", func(t *testing.T) {
+		c := dialIn(t, e.ns["client-0"], mtlsApp+":8081")
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		if !strings.Contains(string(b), "200 OK") || !strings.Contains(string(b), "name=app-0") {
+			t.Errorf("got %q, want the application's answer", b)
+		}
+	})
 	t.Run("control: mesh CA, the client's identity", func(t *testing.T) {
 		c, err := tlsClient(t, leafFor(t, meshRoot, meshKey, mtlsClientID))
 		if err != nil {

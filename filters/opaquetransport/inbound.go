@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -20,6 +21,7 @@ import (
 	opaquetransportv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/opaquetransport/header"
+	"github.com/siftmesh/sift/filters/rbac"
 	"github.com/siftmesh/sift/filters/tcpproxy"
 	"github.com/siftmesh/sift/internal/pbcheck"
 )
@@ -36,7 +38,8 @@ func init() {
 
 var policy = pbcheck.Policy{
 	"sift.filters.network.opaque_transport.v1.Inbound": pbcheck.Fields("stat_prefix, address, allowed_ports, " +
-		"header_timeout, connect_timeout, idle_timeout"),
+		"header_timeout, connect_timeout, idle_timeout, port_authorizations"),
+	"sift.filters.network.opaque_transport.v1.Inbound.PortAuthorization": pbcheck.Fields("port, principals, principal_prefixes"),
 }
 
 // Inbound defaults (see opaque_transport.proto).
@@ -56,6 +59,24 @@ type Inbound struct {
 	connectTimeout time.Duration
 	idleTimeout    time.Duration
 	log            *slog.Logger
+	// authz are the per-port identity rules; counts their decisions.
+	authz  map[uint16]portAuthorization
+	counts *rbac.Counts
+}
+
+// portAuthorization is who may reach one port.
+type portAuthorization struct {
+	exact, prefixes []string
+}
+
+func (a portAuthorization) allows(id string) bool {
+	if id == "" {
+		return false
+	}
+	if slices.Contains(a.exact, id) {
+		return true
+	}
+	return slices.ContainsFunc(a.prefixes, func(p string) bool { return strings.HasPrefix(id, p) })
 }
 
 var _ filters.NetworkFilter = (*Inbound)(nil)
@@ -87,6 +108,23 @@ func NewInbound(cfg *opaquetransportv1.Inbound, log *slog.Logger) (*Inbound, err
 		in.allowed = append(in.allowed, uint16(p))
 	}
 	slices.Sort(in.allowed)
+	for i, pa := range cfg.GetPortAuthorizations() {
+		if pa.GetPort() == 0 || pa.GetPort() > 65535 {
+			return nil, fmt.Errorf("port_authorizations[%d].port: %d is not a port (1-65535)", i, pa.GetPort())
+		}
+		if len(pa.GetPrincipals())+len(pa.GetPrincipalPrefixes()) == 0 {
+			return nil, fmt.Errorf("port_authorizations[%d]: name at least one principal or principal prefix (a port nobody may reach is not served: leave it out of allowed_ports)", i)
+		}
+		if in.authz == nil {
+			in.authz = map[uint16]portAuthorization{}
+		}
+		port := uint16(pa.GetPort())
+		if _, dup := in.authz[port]; dup {
+			return nil, fmt.Errorf("port_authorizations[%d].port: %d has rules already", i, port)
+		}
+		in.authz[port] = portAuthorization{exact: pa.GetPrincipals(), prefixes: pa.GetPrincipalPrefixes()}
+	}
+	in.counts = rbac.CountsFor(in.statPrefix)
 	var err error
 	if in.headerTimeout, err = pbcheck.Duration(cfg.GetHeaderTimeout(), "header_timeout", in.headerTimeout, pbcheck.Positive); err != nil {
 		return nil, err
@@ -115,6 +153,15 @@ func (in *Inbound) ServeConn(ctx context.Context, d *filters.Downstream) {
 			in.log.Debug("opaque transport: port not allowed; closing", "remote", d.Info.RemoteAddr, "port", h.Port)
 			return
 		}
+	}
+	if a, ok := in.authz[h.Port]; ok {
+		if !a.allows(d.Info.PeerIdentity) {
+			in.counts.Denied.Add(1)
+			in.log.Info("opaque transport: client not authorized for the port; closing", "remote", d.Info.RemoteAddr,
+				"peer_identity", d.Info.PeerIdentity, "port", h.Port)
+			return
+		}
+		in.counts.Allowed.Add(1)
 	}
 	target := net.JoinHostPort(in.address.String(), strconv.Itoa(int(h.Port)))
 	dialer := net.Dialer{Timeout: in.connectTimeout, KeepAlive: -1}

@@ -14,6 +14,7 @@ import (
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/filters/opaquetransport"
 	"github.com/siftmesh/sift/filters/opaquetransport/header"
+	"github.com/siftmesh/sift/filters/rbac"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -47,6 +48,11 @@ func echoServer(t *testing.T) uint16 {
 // serveOne accepts one real connection and serves it with in; it returns
 // the client side and a channel closed when ServeConn returned.
 func serveOne(t *testing.T, in filters.NetworkFilter) (*net.TCPConn, <-chan struct{}) {
+	return serveOneAs(t, in, "")
+}
+
+// serveOneAs is serveOne for a client whose certificate proved identity.
+func serveOneAs(t *testing.T, in filters.NetworkFilter, identity string) (*net.TCPConn, <-chan struct{}) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -65,7 +71,7 @@ func serveOne(t *testing.T, in filters.NetworkFilter) (*net.TCPConn, <-chan stru
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		in.ServeConn(context.Background(), filters.NewDownstream(s, nil, &filters.ConnInfo{}, nil))
+		in.ServeConn(context.Background(), filters.NewDownstream(s, nil, &filters.ConnInfo{PeerIdentity: identity}, nil))
 	}()
 	t.Cleanup(func() { <-done })
 	return c.(*net.TCPConn), done
@@ -134,6 +140,40 @@ func TestInboundRefuses(t *testing.T) {
 	}
 }
 
+func TestInboundPortAuthorization(t *testing.T) {
+	t.Parallel()
+	open, guarded := echoServer(t), echoServer(t)
+	in := newInbound(t, &opaquetransportv1.Inbound{StatPrefix: "authz-test", PortAuthorizations: []*opaquetransportv1.Inbound_PortAuthorization{{
+		Port: uint32(guarded), Principals: []string{"spiffe://td/ns/shop/sa/client"}, PrincipalPrefixes: []string{"spiffe://td/ns/ops/sa/"},
+	}}})
+	for _, tt := range []struct {
+		identity string
+		port     uint16
+		allowed  bool
+	}{
+		{"spiffe://td/ns/shop/sa/client", guarded, true},
+		{"spiffe://td/ns/ops/sa/anyone", guarded, true},
+		{"spiffe://td/ns/shop/sa/intruder", guarded, false},
+		{"spiffe://td/ns/shop/sa/client-2", guarded, false},
+		{"", guarded, false},
+		{"spiffe://td/ns/shop/sa/intruder", open, true}, // no rules for the port
+	} {
+		c, done := serveOneAs(t, in, tt.identity)
+		hdr, _ := header.Append(nil, header.Header{Port: tt.port})
+		c.Write(append(hdr, "ping"...))
+		c.CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, _ := io.ReadAll(c)
+		if (string(got) == "ping") != tt.allowed {
+			t.Errorf("%q to port %d: read %q, want allowed=%v", tt.identity, tt.port, got, tt.allowed)
+		}
+		<-done
+	}
+	if c := rbac.CountsFor("authz-test"); c.Allowed.Load() != 2 || c.Denied.Load() != 3 {
+		t.Errorf("counted %d allowed, %d denied; want 2, 3", c.Allowed.Load(), c.Denied.Load())
+	}
+}
+
 func TestNewInboundErrors(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -145,6 +185,12 @@ func TestNewInboundErrors(t *testing.T) {
 		{name: "bad address", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", Address: "localhost"}, wantErr: `address: "localhost" is not an IP address`},
 		{name: "port 0", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", AllowedPorts: []uint32{80, 0}}, wantErr: "allowed_ports[1]: 0 is not a port (1-65535)"},
 		{name: "zero header timeout", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", HeaderTimeout: durationpb.New(0)}, wantErr: "header_timeout: 0s: must be positive"},
+		{name: "authorization without principals", cfg: &opaquetransportv1.Inbound{StatPrefix: "x",
+			PortAuthorizations: []*opaquetransportv1.Inbound_PortAuthorization{{Port: 80}}},
+			wantErr: "port_authorizations[0]: name at least one principal or principal prefix (a port nobody may reach is not served: leave it out of allowed_ports)"},
+		{name: "authorization of port 0", cfg: &opaquetransportv1.Inbound{StatPrefix: "x",
+			PortAuthorizations: []*opaquetransportv1.Inbound_PortAuthorization{{Principals: []string{"a"}}}},
+			wantErr: "port_authorizations[0].port: 0 is not a port (1-65535)"},
 		{name: "idle 0 is allowed", cfg: &opaquetransportv1.Inbound{StatPrefix: "x", IdleTimeout: durationpb.New(0)}},
 	}
 	for _, tt := range tests {

@@ -68,8 +68,10 @@ type Filter struct {
 	policies []namedPolicy
 	log      *slog.Logger
 
-	// Allowed and Denied count connections (Envoy's rbac.allowed/denied).
+	// Allowed and Denied count this filter's connections (Envoy's
+	// rbac.allowed/denied); counts are the stat prefix's, process-wide.
 	Allowed, Denied atomic.Uint64
+	counts          *Counts
 }
 
 type namedPolicy struct {
@@ -97,7 +99,7 @@ func New(cfg *netrbacv3.RBAC, log *slog.Logger) (*Filter, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	f := &Filter{log: log}
+	f := &Filter{log: log, counts: CountsFor(cfg.GetStatPrefix())}
 	rules := cfg.GetRules()
 	if rules == nil {
 		return f, nil
@@ -156,16 +158,18 @@ func (f *Filter) Allow(info *filters.ConnInfo) (bool, string) {
 }
 
 // Admit implements filters.ConnectionFilter: a denied connection is closed
-// (by the listener), counted and logged at debug with the peer's identity.
+// (by the listener), counted and logged with the peer's identity.
 func (f *Filter) Admit(_ context.Context, d *filters.Downstream) (func(), bool) {
 	ok, policy := f.Allow(d.Info)
 	if !ok {
 		f.Denied.Add(1)
-		f.log.Debug("rbac: connection denied", "remote", d.Info.RemoteAddr, "peer_identity", d.Info.PeerIdentity,
+		f.counts.Denied.Add(1)
+		f.log.Info("rbac: connection denied", "remote", d.Info.RemoteAddr, "peer_identity", d.Info.PeerIdentity,
 			"tls", d.Info.TLS, "local", d.Info.LocalAddr, "policy", policy)
 		return nil, false
 	}
 	f.Allowed.Add(1)
+	f.counts.Allowed.Add(1)
 	return func() {}, true
 }
 

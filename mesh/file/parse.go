@@ -374,9 +374,21 @@ func (p *parser) workload(n *yaml.Node, path string) *mesh.Workload {
 			p.seq(v, path, func(item *yaml.Node, path string) {
 				var wp mesh.WorkloadPort
 				p.fields(item, path, map[string]func(*yaml.Node, string){
-					"name":     func(v *yaml.Node, path string) { wp.Name = p.str(v, path) },
-					"port":     func(v *yaml.Node, path string) { wp.Port = p.port(v, path) },
-					"protocol": func(v *yaml.Node, path string) { wp.Protocol = p.protocol(v, path) },
+					"name":      func(v *yaml.Node, path string) { wp.Name = p.str(v, path) },
+					"port":      func(v *yaml.Node, path string) { wp.Port = p.port(v, path) },
+					"protocol":  func(v *yaml.Node, path string) { wp.Protocol = p.protocol(v, path) },
+					"plaintext": func(v *yaml.Node, path string) { wp.Plaintext = p.boolean(v, path) },
+					"authorized_clients": func(v *yaml.Node, path string) {
+						p.seq(v, path, func(item *yaml.Node, path string) {
+							var c mesh.ClientMatch
+							p.fields(item, path, map[string]func(*yaml.Node, string){
+								"identity":        func(v *yaml.Node, path string) { c.Identity = p.str(v, path) },
+								"namespace":       func(v *yaml.Node, path string) { c.Namespace = p.str(v, path) },
+								"service_account": func(v *yaml.Node, path string) { c.ServiceAccount = p.str(v, path) },
+							})
+							wp.AuthorizedClients = append(wp.AuthorizedClients, c)
+						})
+					},
 				})
 				w.Ports = append(w.Ports, wp)
 			})

@@ -44,9 +44,14 @@ type Inbound struct {
 	ConnectTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=connect_timeout,json=connectTimeout,proto3" json:"connect_timeout,omitempty"`
 	// Close after this long without a byte either way. Default 1h (Envoy's
 	// tcp_proxy default); 0 disables.
-	IdleTimeout   *durationpb.Duration `protobuf:"bytes,6,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// Per port the header may name: the client identities (the SPIFFE ID of
+	// the peer's certificate) that may reach it. A connection from any other
+	// identity is closed, counted and logged with the identity. A port
+	// without an entry takes every client the TLS transport socket accepted.
+	PortAuthorizations []*Inbound_PortAuthorization `protobuf:"bytes,7,rep,name=port_authorizations,json=portAuthorizations,proto3" json:"port_authorizations,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Inbound) Reset() {
@@ -121,11 +126,80 @@ func (x *Inbound) GetIdleTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *Inbound) GetPortAuthorizations() []*Inbound_PortAuthorization {
+	if x != nil {
+		return x.PortAuthorizations
+	}
+	return nil
+}
+
+type Inbound_PortAuthorization struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Port  uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
+	// Identities allowed exactly.
+	Principals []string `protobuf:"bytes,2,rep,name=principals,proto3" json:"principals,omitempty"`
+	// Identity prefixes allowed ("spiffe://td/ns/shop/sa/": a namespace).
+	PrincipalPrefixes []string `protobuf:"bytes,3,rep,name=principal_prefixes,json=principalPrefixes,proto3" json:"principal_prefixes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Inbound_PortAuthorization) Reset() {
+	*x = Inbound_PortAuthorization{}
+	mi := &file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Inbound_PortAuthorization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Inbound_PortAuthorization) ProtoMessage() {}
+
+func (x *Inbound_PortAuthorization) ProtoReflect() protoreflect.Message {
+	mi := &file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Inbound_PortAuthorization.ProtoReflect.Descriptor instead.
+func (*Inbound_PortAuthorization) Descriptor() ([]byte, []int) {
+	return file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_rawDescGZIP(), []int{0, 0}
+}
+
+func (x *Inbound_PortAuthorization) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Inbound_PortAuthorization) GetPrincipals() []string {
+	if x != nil {
+		return x.Principals
+	}
+	return nil
+}
+
+func (x *Inbound_PortAuthorization) GetPrincipalPrefixes() []string {
+	if x != nil {
+		return x.PrincipalPrefixes
+	}
+	return nil
+}
+
 var File_sift_filters_network_opaque_transport_v1_opaque_transport_proto protoreflect.FileDescriptor
 
 const file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_rawDesc = "" +
 	"\n" +
-	"?sift/filters/network/opaque_transport/v1/opaque_transport.proto\x12(sift.filters.network.opaque_transport.v1\x1a\x1egoogle/protobuf/duration.proto\"\xad\x02\n" +
+	"?sift/filters/network/opaque_transport/v1/opaque_transport.proto\x12(sift.filters.network.opaque_transport.v1\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x04\n" +
 	"\aInbound\x12\x1f\n" +
 	"\vstat_prefix\x18\x01 \x01(\tR\n" +
 	"statPrefix\x12\x18\n" +
@@ -133,7 +207,14 @@ const file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_rawDe
 	"\rallowed_ports\x18\x03 \x03(\rR\fallowedPorts\x12@\n" +
 	"\x0eheader_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\rheaderTimeout\x12B\n" +
 	"\x0fconnect_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x0econnectTimeout\x12<\n" +
-	"\fidle_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeoutBYZWgithub.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1;opaquetransportv1b\x06proto3"
+	"\fidle_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12t\n" +
+	"\x13port_authorizations\x18\a \x03(\v2C.sift.filters.network.opaque_transport.v1.Inbound.PortAuthorizationR\x12portAuthorizations\x1av\n" +
+	"\x11PortAuthorization\x12\x12\n" +
+	"\x04port\x18\x01 \x01(\rR\x04port\x12\x1e\n" +
+	"\n" +
+	"principals\x18\x02 \x03(\tR\n" +
+	"principals\x12-\n" +
+	"\x12principal_prefixes\x18\x03 \x03(\tR\x11principalPrefixesBYZWgithub.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1;opaquetransportv1b\x06proto3"
 
 var (
 	file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_rawDescOnce sync.Once
@@ -147,20 +228,22 @@ func file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_rawDes
 	return file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_rawDescData
 }
 
-var file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_goTypes = []any{
-	(*Inbound)(nil),             // 0: sift.filters.network.opaque_transport.v1.Inbound
-	(*durationpb.Duration)(nil), // 1: google.protobuf.Duration
+	(*Inbound)(nil),                   // 0: sift.filters.network.opaque_transport.v1.Inbound
+	(*Inbound_PortAuthorization)(nil), // 1: sift.filters.network.opaque_transport.v1.Inbound.PortAuthorization
+	(*durationpb.Duration)(nil),       // 2: google.protobuf.Duration
 }
 var file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_depIdxs = []int32{
-	1, // 0: sift.filters.network.opaque_transport.v1.Inbound.header_timeout:type_name -> google.protobuf.Duration
-	1, // 1: sift.filters.network.opaque_transport.v1.Inbound.connect_timeout:type_name -> google.protobuf.Duration
-	1, // 2: sift.filters.network.opaque_transport.v1.Inbound.idle_timeout:type_name -> google.protobuf.Duration
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2, // 0: sift.filters.network.opaque_transport.v1.Inbound.header_timeout:type_name -> google.protobuf.Duration
+	2, // 1: sift.filters.network.opaque_transport.v1.Inbound.connect_timeout:type_name -> google.protobuf.Duration
+	2, // 2: sift.filters.network.opaque_transport.v1.Inbound.idle_timeout:type_name -> google.protobuf.Duration
+	1, // 3: sift.filters.network.opaque_transport.v1.Inbound.port_authorizations:type_name -> sift.filters.network.opaque_transport.v1.Inbound.PortAuthorization
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_init() }
@@ -174,7 +257,7 @@ func file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_init()
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_rawDesc), len(file_sift_filters_network_opaque_transport_v1_opaque_transport_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
