@@ -411,10 +411,12 @@ func mtlsHTTP(t *testing.T, e *mtlsEnv) {
 		"msg": "connection", "listener": "inbound", "local": mtlsApp + ":8080", "chain": "http|inbound:8080", "detected": "tls",
 	}))
 	// app-0's request metrics: the connection was mTLS, from the client's
-	// identity to app-0's. (The outbound side's server_id is not reported
-	// yet: telemetry/metrics peerOf's TODO.)
+	// identity to app-0's. client-0's: the request went out over mTLS to
+	// app-0's identity (Linkerd's outbound tls and server_id).
 	t.Log(e.waitMetricLine(t, "app-0", "request_total{", `direction="inbound"`, `srv_port="8080"`, `tls="true"`,
 		`client_id="`+mtlsClientID+`"`, `server_id="`+mtlsServerID+`"`))
+	t.Log(e.waitMetricLine(t, "client-0", "request_total{", `direction="outbound"`, `srv_port="80"`, `tls="true"`,
+		`server_id="`+mtlsServerID+`"`))
 }
 
 // Scenario 1b: a gRPC call (h2c from the client, detected) to the rpc

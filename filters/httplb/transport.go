@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/upstream"
 )
 
@@ -101,6 +102,12 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if err == nil {
 			st.rec.UpstreamHeaders = time.Since(st.rec.Start)
+			if cs := resp.TLS; cs != nil {
+				st.rec.UpstreamTLS = true
+				if len(cs.PeerCertificates) > 0 {
+					st.rec.UpstreamID = mtls.PeerIdentity(cs.PeerCertificates[0])
+				}
+			}
 			p.observe(ep, time.Since(t0))
 			p.report(ep, resp.StatusCode)
 			canRetry := policy != nil && attempt <= policy.NumRetries && (body == nil || body.replayable()) &&

@@ -32,8 +32,14 @@ type reqSeries struct {
 // OnRequest implements httplb.Hook: one record per finished HTTP request.
 func (r *Registry) OnRequest(rec *streaminfo.Request) {
 	k := reqKey{peer: peerOf(rec.Info), authority: rec.Authority, status: rec.Status, grpc: rec.GRPCStatus, cluster: rec.Cluster}
-	if rec.Info == nil && rec.TLS { // an HCM served without a listener
+	switch {
+	case rec.Info == nil && rec.TLS: // an HCM served without a listener
 		k.tls, k.clientID, k.serverID = true, rec.ClientID, rec.ServerID
+	case k.dir == filters.DirectionOutbound:
+		// Outbound, Linkerd's tls and server_id describe the connection to
+		// the destination: whether it was TLS, and the destination's
+		// identity.
+		k.tls, k.serverID = rec.UpstreamTLS, rec.UpstreamID
 	}
 	s := get(&r.reqCache, k, func() *reqSeries { return r.newReqSeries(k) })
 	s.requests.Inc()

@@ -69,10 +69,10 @@ type peer struct {
 // peerOf reads the labels a connection contributes: tls when the downstream
 // transport socket terminated TLS, client_id the client certificate's
 // identity, server_id the identity the proxy presented (the server's, on an
-// inbound connection).
-//
-// TODO: on outbound connections Linkerd's server_id is the upstream's
-// identity; Sift's upstream TLS does not report it in the records yet.
+// inbound connection). Outbound HTTP requests replace tls and server_id with
+// the upstream connection's (OnRequest); outbound TCP metrics keep the
+// downstream's, since a connection's series are chosen when it opens,
+// before its upstream is known.
 func peerOf(info *filters.ConnInfo) peer {
 	if info == nil {
 		return peer{}

@@ -70,6 +70,12 @@ type Request struct {
 	// client_id and server_id.
 	TLS                bool
 	ClientID, ServerID string
+	// UpstreamTLS is true when the connection that served the last attempt
+	// was TLS (a cluster transport socket); UpstreamID is then the
+	// upstream's identity from its certificate — on an outbound request in
+	// a mesh, the destination's SPIFFE ID (Linkerd's outbound server_id).
+	UpstreamTLS bool
+	UpstreamID  string
 
 	Route       string // route name ("" for unnamed routes)
 	VirtualHost string
