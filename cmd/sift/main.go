@@ -1,0 +1,54 @@
+// Command sift is Sift's operator CLI.
+//
+//	sift iptables [flags]      redirect a workload's TCP through its sidecar (Linkerd's proxy-init)
+//	sift diagnose [flags]      ask a running sift-proxy what detection decided, and why
+//
+// Run "sift <command> -h" for a command's flags and examples.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// command is a subcommand: it parses its own flags.
+type command struct {
+	name, summary string
+	run           func(args []string, stdout, stderr io.Writer) int
+}
+
+var commands = []command{
+	{"iptables", "redirect a workload's TCP through its sidecar proxy (Linkerd's proxy-init)", runIptables},
+	{"diagnose", "show what a running sift-proxy decided about recent connections, and why", runDiagnose},
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands {
+		if c.name == args[0] {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "sift: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "sift is Sift's operator CLI.\n\nUsage: sift <command> [flags]\n\nCommands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun \"sift <command> -h\" for a command's flags and examples.")
+}

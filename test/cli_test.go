@@ -1,0 +1,190 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/siftmesh/sift/internal/netns"
+	"github.com/siftmesh/sift/internal/testnet"
+)
+
+// siftBinary is the sift CLI, built once per test binary.
+func siftBinary(t *testing.T) string { return binary(t, "github.com/siftmesh/sift/cmd/sift") }
+
+// TestSiftIptables applies `sift iptables` in a workload's network namespace
+// and checks real connections: outbound TCP reaches the proxy's outbound
+// port, inbound TCP its inbound port, and the proxy's own traffic, loopback
+// and the skip ports are left alone; applying twice changes nothing;
+// --remove restores direct connections.
+func TestSiftIptables(t *testing.T) {
+	if err := netns.Check(); err != nil {
+		t.Skipf("sift iptables test skipped: %v", err)
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("sift iptables test skipped: needs setpriv (util-linux) to connect as the proxy's UID")
+	}
+	t.Parallel()
+	removeStaleNamespaces(t)
+	sift := siftBinary(t)
+	run := meshRunSeq.Add(1)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod, remote := addNamespace(t, run, "pod"), addNamespace(t, run, "remote")
+	must(netns.Veth(pod, "eth0", remote, "eth0"))
+	must(pod.IP("addr", "add", "10.89.0.2/24", "dev", "eth0"))
+	must(remote.IP("addr", "add", "10.89.0.1/24", "dev", "eth0"))
+
+	// Each server answers with its name.
+	serve := func(ns *netns.NS, addr, name string) {
+		ln, err := ns.Listen("tcp", addr)
+		must(err)
+		testnet.Serve(t, ln, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
+	}
+	serve(remote, "10.89.0.1:8080", "remote:8080")
+	serve(remote, "10.89.0.1:8081", "remote:8081")
+	serve(pod, "0.0.0.0:4140", "proxy-outbound")
+	serve(pod, "0.0.0.0:4143", "proxy-inbound")
+	serve(pod, "0.0.0.0:9000", "app:9000")
+	serve(pod, "0.0.0.0:2222", "app:2222")
+
+	reach := func(from *netns.NS, addr string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := from.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return "dial: " + err.Error()
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+	// reachAs connects from the pod as uid (the proxy's own traffic).
+	reachAs := func(uid int, host string, port int) string {
+		t.Helper()
+		out, err := pod.Command("setpriv", "--reuid", fmt.Sprint(uid), "--regid", fmt.Sprint(uid), "--clear-groups",
+			"bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%d; head -1 <&3", host, port)).CombinedOutput()
+		if err != nil {
+			return fmt.Sprintf("%v: %s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	runSift := func(args ...string) string {
+		t.Helper()
+		out, err := pod.Command(sift, append([]string{"iptables"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("sift iptables %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	counters := regexp.MustCompile(`(?m)^#.*$|\[\d+:\d+\]`)
+	natRules := func() string {
+		t.Helper()
+		out, err := pod.Command("iptables-save", "-t", "nat").CombinedOutput()
+		if err != nil {
+			t.Fatalf("iptables-save: %v\n%s", err, out)
+		}
+		return counters.ReplaceAllString(string(out), "")
+	}
+	check := func(when string, cases map[string][2]string) {
+		t.Helper()
+		for what, c := range cases {
+			var got string
+			switch {
+			case strings.HasPrefix(what, "as the proxy"):
+				got = reachAs(2102, "10.89.0.1", 8080)
+			case strings.HasPrefix(what, "inbound"):
+				got = reach(remote, c[0])
+			default:
+				got = reach(pod, c[0])
+			}
+			if got != c[1] {
+				t.Errorf("%s: %s (%s) reached %q, want %q", when, what, c[0], got, c[1])
+			}
+		}
+	}
+	before := natRules()
+	check("before", map[string][2]string{"outbound": {"10.89.0.1:8080", "remote:8080"}, "inbound": {"10.89.0.2:9000", "app:9000"}})
+
+	dry := runSift("--dry-run", "--skip-outbound-ports", "8081", "--skip-inbound-ports", "2222")
+	if !strings.Contains(dry, "iptables -t nat -N SIFT_PROXY_INIT_OUTPUT") || natRules() != before {
+		t.Errorf("--dry-run printed %q and the rules changed: %v", dry, natRules() != before)
+	}
+
+	args := []string{"--proxy-uid", "2102", "--skip-outbound-ports", "8081", "--skip-inbound-ports", "2222,3000-3100"}
+	runSift(args...)
+	applied := natRules()
+	check("applied", map[string][2]string{
+		"outbound":                {"10.89.0.1:8080", "proxy-outbound"},
+		"outbound to a skip port": {"10.89.0.1:8081", "remote:8081"},
+		"outbound on loopback":    {"127.0.0.1:9000", "app:9000"},
+		"as the proxy, outbound":  {"10.89.0.1:8080", "remote:8080"},
+		"inbound":                 {"10.89.0.2:9000", "proxy-inbound"},
+		"inbound to a skip port":  {"10.89.0.2:2222", "app:2222"},
+	})
+	runSift(args...)
+	if again := natRules(); again != applied {
+		t.Errorf("applying twice changed the rules:\nfirst:\n%s\nsecond:\n%s", applied, again)
+	}
+	runSift("--remove")
+	if after := natRules(); after != before || strings.Contains(after, "SIFT_") {
+		t.Errorf("--remove left:\n%s\nwant:\n%s", after, before)
+	}
+	check("removed", map[string][2]string{"outbound": {"10.89.0.1:8080", "remote:8080"}, "inbound": {"10.89.0.2:9000", "app:9000"}})
+}
+
+// TestSiftDiagnose asks a real sift-proxy, through `sift diagnose`, about a
+// detected HTTP connection and a server-first one.
+func TestSiftDiagnose(t *testing.T) {
+	t.Parallel()
+	p := startDetectingProxy(t, greeter(t, "220 hello\r\n"))
+	c := dial(t, p.addr)
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	c.CloseWrite()
+	readAllWithin(t, c, 10*time.Second)
+	if _, greeting := timeToGreeting(t, p.addr); string(greeting) != "220 hello\r\n" {
+		t.Fatalf("greeting %q", greeting)
+	}
+	_, port, _ := net.SplitHostPort(p.addr)
+	var out string
+	eventually(t, "both connections in the detection log", func() bool {
+		b, err := exec.Command(siftBinary(t), "diagnose", "--admin", p.admin, "--port", port).CombinedOutput()
+		if err != nil {
+			t.Fatalf("sift diagnose: %v\n%s", err, b)
+		}
+		out = string(b)
+		return strings.Count(out, "  detection: ") == 2
+	})
+	for _, want := range []string{
+		"sift-proxy at " + p.admin + ": LIVE",
+		"configuration: bootstrap ",
+		"detection: opaque — the client stayed silent past the grace period and the server spoke first",
+		"chain:     opaque → cluster server",
+		"detection: http/1.1 — the http1 sniffer recognised it",
+		"sniffers:  tls no_match, h2 no_match, http1 match",
+		"chain:     http → cluster http",
+		"endpoints: 127.0.0.1:",
+		"outcome:   dispatched",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("sift diagnose output lacks %q:\n%s", want, out)
+		}
+	}
+	// A proxy that is not there: a clear error, not a stack of JSON.
+	b, err := exec.Command(siftBinary(t), "diagnose", "--admin", "127.0.0.1:1").CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "is sift-proxy running with its admin server there? --admin") {
+		t.Errorf("diagnose of nothing: %v\n%s", err, b)
+	}
+}
