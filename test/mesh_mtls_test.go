@@ -671,9 +671,11 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// Scenario 5: the mesh root is rotated (`sift-control ca rotate`, a 2 s
-// overlap: the bundle gains the new root, leaves switch to it at 1 s, the old
-// root leaves at 2 s) under continuous HTTP and opaque traffic, every
+// Scenario 5: the mesh root is rotated (`sift-control ca rotate`, a 6 s
+// overlap: the bundle gains the new root, leaves switch to it at 3 s, the old
+// root leaves at 6 s — 3 s for every proxy to get its new leaf, enough under
+// a loaded make test; with 2 s, one client in a few hundred still presented
+// its old leaf when the old root left) under continuous HTTP and opaque traffic, every
 // request a new mTLS connection: none fails; a connection opened before the
 // rotation still works after it; app-0 presents a leaf of the new root.
 func mtlsRotation(t *testing.T, e *mtlsEnv) {
@@ -694,7 +696,7 @@ func mtlsRotation(t *testing.T, e *mtlsEnv) {
 	defer opaque.finish()
 	load.until(t, 20*time.Second, "traffic from the load", func() bool { return load.count() >= 20 })
 
-	out, err := exec.Command(siftControlBinary(t), "ca", "rotate", "--ca-dir", e.caDir, "--overlap", "2s").CombinedOutput()
+	out, err := exec.Command(siftControlBinary(t), "ca", "rotate", "--ca-dir", e.caDir, "--overlap", "6s").CombinedOutput()
 	if err != nil {
 		t.Fatalf("sift-control ca rotate: %v\n%s", err, out)
 	}
