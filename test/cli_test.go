@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	sigsyaml "sigs.k8s.io/yaml"
+
 	"github.com/siftmesh/sift/internal/netns"
 	"github.com/siftmesh/sift/internal/testnet"
 )
@@ -186,5 +189,53 @@ func TestSiftDiagnose(t *testing.T) {
 	b, err := exec.Command(siftBinary(t), "diagnose", "--admin", "127.0.0.1:1").CombinedOutput()
 	if err == nil || !strings.Contains(string(b), "is sift-proxy running with its admin server there? --admin") {
 		t.Errorf("diagnose of nothing: %v\n%s", err, b)
+	}
+}
+
+// TestSiftInjectOutputIsValid injects a Deployment with the real `sift`
+// binary and checks what it added against the real programs: sift-proxy
+// accepts the injected arguments and bootstrap (--mode validate), and the
+// init container's arguments are ones `sift iptables` accepts (--dry-run).
+func TestSiftInjectOutputIsValid(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(siftBinary(t), "inject", "--opaque-ports", "3306", "-")
+	cmd.Stdin = strings.NewReader(`apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop, namespace: shop}
+spec:
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}, annotations: {config.linkerd.io/skip-inbound-ports: "22", config.linkerd.io/skip-outbound-ports: "5432,6379"}}
+    spec: {containers: [{name: shop, image: shop:1}]}
+`)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sift inject: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "stdin: document 1: Deployment/shop: injected") {
+		t.Errorf("summary: %q", stderr.String())
+	}
+	var d appsv1.Deployment
+	if err := sigsyaml.UnmarshalStrict(out, &d); err != nil {
+		t.Fatalf("the output is not a Deployment: %v\n%s", err, out)
+	}
+	containers, inits := d.Spec.Template.Spec.Containers, d.Spec.Template.Spec.InitContainers
+	if len(containers) != 2 || containers[1].Name != "sift-proxy" || len(inits) != 1 || inits[0].Name != "sift-init" {
+		t.Fatalf("containers %d, init containers %d:\n%s", len(containers), len(inits), out)
+	}
+	env := strings.NewReplacer("$(SIFT_POD_NAME)", "shop-7d9f", "$(SIFT_POD_NAMESPACE)", "shop")
+	var args []string
+	for _, a := range containers[1].Args {
+		args = append(args, env.Replace(a))
+	}
+	if b, err := exec.Command(siftProxyBinary(t), append(args, "--mode", "validate")...).CombinedOutput(); err != nil {
+		t.Errorf("sift-proxy refuses the injected arguments: %v\n%s", err, b)
+	}
+	init := append(append([]string{}, inits[0].Args...), "--dry-run")
+	b, err := exec.Command(siftBinary(t), init...).CombinedOutput()
+	if err != nil || !strings.Contains(string(b), "--dports 5432,6379") || !strings.Contains(string(b), "--dports 22") {
+		t.Errorf("sift %v: %v\n%s", init, err, b)
 	}
 }

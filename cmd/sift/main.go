@@ -1,6 +1,7 @@
 // Command sift is Sift's operator CLI.
 //
 //	sift iptables [flags]      redirect a workload's TCP through its sidecar (Linkerd's proxy-init)
+//	sift inject [flags] FILE…  add Sift's sidecar to Kubernetes manifests
 //	sift diagnose [flags]      ask a running sift-proxy what detection decided, and why
 //
 // Run "sift <command> -h" for a command's flags and examples.
@@ -24,6 +25,7 @@ type command struct {
 
 var commands = []command{
 	{"iptables", "redirect a workload's TCP through its sidecar proxy (Linkerd's proxy-init)", runIptables},
+	{"inject", "add Sift's sidecar to Kubernetes manifests (for kubectl apply)", runInject},
 	{"diagnose", "show what a running sift-proxy decided about recent connections, and why", runDiagnose},
 }
 
