@@ -49,6 +49,14 @@ func startBenchProxy(b *testing.B) string {
 // items) added to the bootstrap's.
 func startBenchProxyHCM(b *testing.B, hcm string, clusters ...string) string {
 	b.Helper()
+	return startBench(b, false, hcm, clusters...)
+}
+
+// startBench is startBenchProxyHCM, with an admin server when admin is set:
+// a sift-proxy with an admin address exports metrics, so every connection
+// and request is counted (telemetry on).
+func startBench(b *testing.B, admin bool, hcm string, clusters ...string) string {
+	b.Helper()
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		io.WriteString(w, "hello from the backend\n")
@@ -56,6 +64,9 @@ func startBenchProxyHCM(b *testing.B, hcm string, clusters ...string) string {
 	b.Cleanup(backend.Close)
 	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
 	yaml := strings.Replace(fmt.Sprintf(benchBootstrap, port), "codec_type: AUTO\n", "codec_type: AUTO\n"+hcm, 1) + strings.Join(clusters, "")
+	if admin {
+		yaml = "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\n" + yaml
+	}
 	bs, err := bootstrap.Parse([]byte(yaml))
 	if err != nil {
 		b.Fatal(err)
@@ -109,7 +120,18 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 // BenchmarkHTTP1KeepAlive32 is wrk's shape: 32 keep-alive connections,
 // each doing sequential GETs.
 func BenchmarkHTTP1KeepAlive32(b *testing.B) {
-	addr := startBenchProxy(b)
+	benchKeepAlive32(b, startBenchProxy(b))
+}
+
+// BenchmarkHTTP1KeepAlive32Metrics is BenchmarkHTTP1KeepAlive32 with
+// telemetry on (an admin server, so Prometheus metrics count every request
+// and connection): the difference is what metrics cost. Run it alone: the
+// metrics hooks are process-wide and stay installed.
+func BenchmarkHTTP1KeepAlive32Metrics(b *testing.B) {
+	benchKeepAlive32(b, startBench(b, true, ""))
+}
+
+func benchKeepAlive32(b *testing.B, addr string) {
 	tr := &http.Transport{MaxIdleConnsPerHost: 32, MaxConnsPerHost: 32, DisableCompression: true}
 	b.Cleanup(tr.CloseIdleConnections)
 	client := &http.Client{Transport: tr}

@@ -123,6 +123,9 @@ type Env struct {
 	// FDLimit is the hard RLIMIT_NOFILE the proxies inherit.
 	FDLimit int
 	Certs   Certs
+	// SiftTelemetry gives sift-proxy an admin server on a free port, which
+	// turns its Prometheus metrics on.
+	SiftTelemetry bool
 }
 
 func (e Env) maxConns() int {

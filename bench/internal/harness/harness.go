@@ -28,21 +28,23 @@ import (
 
 // Options configure a run.
 type Options struct {
-	Quick     bool
-	Repeats   int
-	Dur       time.Duration // one load measurement
-	ProxyCPU  string        // taskset list for the proxy under test
-	LoadCPU   string        // taskset list for backends and load generators
-	Targets   []string
-	Scenarios map[string]bool // empty: all
-	OutDir    string
-	WorkDir   string
-	SiftBin   string // empty: Sift unavailable (SiftReason says why)
-	SiftWhy   string
-	Self      string // this binary (backends and Go load clients)
-	WrkScript string
-	Fortio    string
-	PortBase  int
+	Quick bool
+	// SiftTelemetry runs sift-proxy with its metrics on (an admin server).
+	SiftTelemetry bool
+	Repeats       int
+	Dur           time.Duration // one load measurement
+	ProxyCPU      string        // taskset list for the proxy under test
+	LoadCPU       string        // taskset list for backends and load generators
+	Targets       []string
+	Scenarios     map[string]bool // empty: all
+	OutDir        string
+	WorkDir       string
+	SiftBin       string // empty: Sift unavailable (SiftReason says why)
+	SiftWhy       string
+	Self          string // this binary (backends and Go load clients)
+	WrkScript     string
+	Fortio        string
+	PortBase      int
 }
 
 // Runner holds a run's state.
@@ -68,6 +70,8 @@ func Main(args []string) error {
 	targets := fs.String("targets", envOr("BENCH_TARGETS", strings.Join(report.AllTargets, ",")), "targets, comma-separated")
 	scen := fs.String("scenarios", os.Getenv("BENCH_SCENARIOS"), "scenario ids to run (s1..s8), comma-separated; empty = all")
 	fs.StringVar(&o.OutDir, "out", "bench/results", "output directory")
+	fs.BoolVar(&o.SiftTelemetry, "sift-telemetry", os.Getenv("BENCH_SIFT_TELEMETRY") == "1",
+		"give sift-proxy an admin server, which turns its Prometheus metrics on (BENCH_SIFT_TELEMETRY=1); off by default, as the others log and count nothing")
 	fs.StringVar(&o.WorkDir, "work", "bench/.work", "scratch directory (configs, logs)")
 	fs.StringVar(&o.SiftBin, "sift", "", "sift-proxy binary (empty: Sift is reported unavailable)")
 	fs.StringVar(&o.SiftWhy, "sift-unavailable", "sift-proxy was not built", "why Sift is unavailable when -sift is empty")
@@ -121,7 +125,7 @@ func (r *Runner) Run() error {
 	if err != nil {
 		return err
 	}
-	r.env = gen.Env{WorkDir: o.WorkDir, Certs: certs, FDLimit: int(fdHard), MaxConns: 4096}
+	r.env = gen.Env{WorkDir: o.WorkDir, Certs: certs, FDLimit: int(fdHard), MaxConns: 4096, SiftTelemetry: o.SiftTelemetry}
 	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err == nil {
 		r.env.NginxStreamModule = "/usr/lib/nginx/modules/ngx_stream_module.so"
 	}
@@ -166,7 +170,13 @@ func (r *Runner) collectMeta(fdHard uint64) {
 	r.res.SetMeta("mode", fmt.Sprintf("%s: %d interleaved repeat(s), %v per load measurement", mode, o.Repeats, o.Dur))
 	r.res.SetMeta("pinning", fmt.Sprintf("proxy under test on CPU %s; backends and load generators on CPU %s (taskset)", o.ProxyCPU, o.LoadCPU))
 	r.res.SetMeta("machine", fmt.Sprintf("%d CPUs, %s, kernel %s", onlineCPUs(), cpuModel(), firstLine(cmdOut("uname", "-r"))))
-	r.res.SetMeta("proxy settings", "one thread/worker/GOMAXPROCS each (HAProxy nbthread 1, nginx worker_processes 1, Sift pinned to one CPU so Go sets GOMAXPROCS=1); no access logs")
+	settings := "one thread/worker/GOMAXPROCS each (HAProxy nbthread 1, nginx worker_processes 1, Sift pinned to one CPU so Go sets GOMAXPROCS=1); no access logs"
+	if o.SiftTelemetry {
+		settings += "; Sift's metrics on (an admin server: -sift-telemetry)"
+	} else {
+		settings += "; Sift's metrics off (no admin server; -sift-telemetry turns them on)"
+	}
+	r.res.SetMeta("proxy settings", settings)
 	r.res.SetMeta("fd limit", strconv.FormatUint(fdHard, 10))
 	la := loadAvg()
 	if f := strings.Fields(la); len(f) > 0 {
