@@ -239,3 +239,77 @@ spec:
 		t.Errorf("sift %v: %v\n%s", init, err, b)
 	}
 }
+
+// TestSiftIptablesIPv6AndLegacy: --ipv6 redirects IPv6 connections too, and
+// --iptables-mode legacy writes (and removes) the same chains with
+// iptables-legacy.
+func TestSiftIptablesIPv6AndLegacy(t *testing.T) {
+	if err := netns.Check(); err != nil {
+		t.Skipf("sift iptables test skipped: %v", err)
+	}
+	for _, bin := range []string{"ip6tables", "iptables-legacy", "iptables-legacy-save"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("sift iptables IPv6/legacy test skipped: needs %s (iptables package)", bin)
+		}
+	}
+	t.Parallel()
+	removeStaleNamespaces(t)
+	sift := siftBinary(t)
+	run := meshRunSeq.Add(1)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod, remote := addNamespace(t, run, "pod6"), addNamespace(t, run, "remote6")
+	must(netns.Veth(pod, "eth0", remote, "eth0"))
+	must(pod.IP("-6", "addr", "add", "fd89::2/64", "dev", "eth0", "nodad"))
+	must(remote.IP("-6", "addr", "add", "fd89::1/64", "dev", "eth0", "nodad"))
+	serve := func(ns *netns.NS, addr, name string) {
+		ln, err := ns.Listen("tcp", addr)
+		must(err)
+		testnet.Serve(t, ln, func(c net.Conn) { fmt.Fprintf(c, "%s\n", name) })
+	}
+	serve(remote, "[fd89::1]:8080", "remote")
+	serve(pod, "[::]:4140", "proxy-outbound")
+	reach := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pod.DialContext(ctx, "tcp", "[fd89::1]:8080")
+		if err != nil {
+			return "dial: " + err.Error()
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+	siftIn := func(args ...string) {
+		t.Helper()
+		if out, err := pod.Command(sift, append([]string{"iptables"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("sift iptables %v: %v\n%s", args, err, out)
+		}
+	}
+	if got := reach(); got != "remote" {
+		t.Fatalf("before: %q", got)
+	}
+	siftIn("--ipv6")
+	if got := reach(); got != "proxy-outbound" {
+		t.Errorf("IPv6 with --ipv6: reached %q, want the proxy", got)
+	}
+	siftIn("--ipv6", "--remove")
+	if got := reach(); got != "remote" {
+		t.Errorf("IPv6 after --remove: reached %q", got)
+	}
+
+	siftIn("--iptables-mode", "legacy")
+	out, err := pod.Command("iptables-legacy-save", "-t", "nat").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), ":SIFT_PROXY_INIT_OUTPUT") || !strings.Contains(string(out), "-A OUTPUT -j SIFT_PROXY_INIT_OUTPUT") {
+		t.Errorf("iptables-legacy after --iptables-mode legacy: %v\n%s", err, out)
+	}
+	siftIn("--iptables-mode", "legacy", "--remove")
+	if out, _ := pod.Command("iptables-legacy-save", "-t", "nat").CombinedOutput(); strings.Contains(string(out), "SIFT_") {
+		t.Errorf("iptables-legacy after --remove:\n%s", out)
+	}
+}
