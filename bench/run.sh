@@ -57,6 +57,13 @@ else
   SIFT_ARGS=(-sift-unavailable "$why")
 fi
 
+# s9 asks the example Redis sniffer plugin.
+if go build -o "$BIN/redis-plugin" ./examples/plugins/redis 2>/dev/null; then
+  SIFT_ARGS+=(-plugin "$ROOT/$BIN/redis-plugin")
+else
+  log "go build ./examples/plugins/redis failed: s9 runs without Sift's plugin case"
+fi
+
 # --- limits and pinning --------------------------------------------------
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 ncpu=$(nproc)

@@ -76,6 +76,8 @@ func serve(args []string) error {
 		return servers.ServeGreeting(ctx, ln)
 	case "hold":
 		return (&servers.Holder{}).Serve(ctx, ln)
+	case "pong":
+		return servers.ServePONG(ctx, ln)
 	}
 	return fmt.Errorf("unknown backend %q", kind)
 }
@@ -100,6 +102,8 @@ func load(args []string) error {
 	switch kind {
 	case "short-http":
 		r = loadgen.ShortHTTP(*addr, *c, *d, *n)
+	case "short-resp":
+		r = loadgen.ShortRESP(*addr, *c, *d, *n)
 	case "greet":
 		r = loadgen.Greet(strings.Split(*addr, ","), *n, *c, *timeout)
 	case "grpc":

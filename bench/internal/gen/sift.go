@@ -37,6 +37,9 @@ func Sift(t Topology, env Env) (string, error) {
 				timeout = 10
 			}
 			fmt.Fprintf(&b, "    listener_filters:\n    - name: sift.detect\n      typed_config:\n        \"@type\": %s\n        timeout: %ds\n", SiftDetectType, timeout)
+			if l.Plugin != "" {
+				fmt.Fprintf(&b, "        plugins: [{path: %q}]\n", l.Plugin)
+			}
 		}
 		b.WriteString("    filter_chains:\n")
 		tcpProxy := fmt.Sprintf("      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: %s\n          cluster: c_%s\n", l.Name, l.Name)
@@ -45,7 +48,11 @@ func Sift(t Topology, env Env) (string, error) {
 			// match-all chain Sift (rightly) skips detection altogether, and
 			// the benchmark would measure nothing. HTTP goes to one chain,
 			// everything else to the fallback; both forward L4.
-			b.WriteString("    - filter_chain_match: {application_protocols: [http/1.1, http/1.0, h2c]}\n      filters:\n")
+			protocols := "http/1.1, http/1.0, h2c"
+			if l.PluginProtocol != "" {
+				protocols += ", " + l.PluginProtocol
+			}
+			fmt.Fprintf(&b, "    - filter_chain_match: {application_protocols: [%s]}\n      filters:\n", protocols)
 			b.WriteString(tcpProxy)
 		}
 		b.WriteString("    - filters:\n")

@@ -61,6 +61,11 @@ type Listener struct {
 	Policy    Policy
 	// DetectTimeoutSeconds bounds detection (Detect only); 0 means 10.
 	DetectTimeoutSeconds int
+	// Plugin, on a Detect listener, is a protocol-sniffer plugin Sift's
+	// detect filter asks after its built-ins, and PluginProtocol the
+	// protocol it reports; the detected chain selects it too. HAProxy and
+	// nginx have no equivalent and forward such a listener at L4.
+	Plugin, PluginProtocol string
 }
 
 // Topology is every listener one proxy process runs for a scenario.

@@ -31,20 +31,22 @@ type Options struct {
 	Quick bool
 	// SiftTelemetry runs sift-proxy with its metrics on (an admin server).
 	SiftTelemetry bool
-	Repeats       int
-	Dur           time.Duration // one load measurement
-	ProxyCPU      string        // taskset list for the proxy under test
-	LoadCPU       string        // taskset list for backends and load generators
-	Targets       []string
-	Scenarios     map[string]bool // empty: all
-	OutDir        string
-	WorkDir       string
-	SiftBin       string // empty: Sift unavailable (SiftReason says why)
-	SiftWhy       string
-	Self          string // this binary (backends and Go load clients)
-	WrkScript     string
-	Fortio        string
-	PortBase      int
+	// Plugin is the Redis sniffer plugin's binary (s9).
+	Plugin    string
+	Repeats   int
+	Dur       time.Duration // one load measurement
+	ProxyCPU  string        // taskset list for the proxy under test
+	LoadCPU   string        // taskset list for backends and load generators
+	Targets   []string
+	Scenarios map[string]bool // empty: all
+	OutDir    string
+	WorkDir   string
+	SiftBin   string // empty: Sift unavailable (SiftReason says why)
+	SiftWhy   string
+	Self      string // this binary (backends and Go load clients)
+	WrkScript string
+	Fortio    string
+	PortBase  int
 }
 
 // Runner holds a run's state.
@@ -70,6 +72,7 @@ func Main(args []string) error {
 	targets := fs.String("targets", envOr("BENCH_TARGETS", strings.Join(report.AllTargets, ",")), "targets, comma-separated")
 	scen := fs.String("scenarios", os.Getenv("BENCH_SCENARIOS"), "scenario ids to run (s1..s8), comma-separated; empty = all")
 	fs.StringVar(&o.OutDir, "out", "bench/results", "output directory")
+	fs.StringVar(&o.Plugin, "plugin", os.Getenv("BENCH_PLUGIN"), "the example Redis sniffer plugin's binary, for s9 (bench/run.sh builds it)")
 	fs.BoolVar(&o.SiftTelemetry, "sift-telemetry", os.Getenv("BENCH_SIFT_TELEMETRY") == "1",
 		"give sift-proxy an admin server, which turns its Prometheus metrics on (BENCH_SIFT_TELEMETRY=1); off by default, as the others log and count nothing")
 	fs.StringVar(&o.WorkDir, "work", "bench/.work", "scratch directory (configs, logs)")

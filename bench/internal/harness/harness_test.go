@@ -24,12 +24,12 @@ func TestDirectAddrFollowsProxyChains(t *testing.T) {
 
 func TestEveryScenarioTopologyIsValid(t *testing.T) {
 	r := &Runner{o: Options{PortBase: 15000}}
-	if got := len(r.scenarios()); got != 8 {
-		t.Fatalf("%d scenarios, want 8", got)
+	if got := len(r.scenarios()); got != 9 {
+		t.Fatalf("%d scenarios, want 9", got)
 	}
 	// Topologies are built inside the scenario functions; check the port
 	// plan they share stays inside the documented block.
-	for _, n := range []int{1, 2, 3, 4, 5, 6, 7, 11, 100, 101, 102, 103, 104, 105, 110, 111, 112} {
+	for _, n := range []int{1, 2, 3, 4, 5, 6, 7, 11, 90, 91, 100, 101, 102, 103, 104, 105, 109, 110, 111, 112} {
 		if p := r.port(n); p < 15000 || p > 15160 {
 			t.Errorf("port(%d) = %d outside base..base+160", n, p)
 		}

@@ -67,7 +67,58 @@ func (r *Runner) scenarios() []scenario {
 		{report.ScenarioInfo{ID: "s8", Title: "Memory: idle, and with idle connections open",
 			Description: "Memory of the proxy's processes right after start (idle), then with N idle client connections open through an L4 listener (each proven end to end by a one-byte echo). bytes/conn = (PSS loaded − PSS idle) / N. PSS splits shared pages between processes, so nginx's master and worker are not double-counted.",
 			Primary:     []string{"idle RSS", "bytes/conn", "fds/conn", "conns held"}}, r.s8},
+		{report.ScenarioInfo{ID: "s9", Title: "A protocol taught by a plugin",
+			Description: "Short Redis connections (connect, PING as a RESP array, read +PONG, close) on detecting listeners, where Sift's built-in sniffers decline: \"built-ins only\" ends as opaque TCP after the first read; \"with the Redis plugin\" also asks examples/plugins/redis (a separate process, gRPC through hashicorp/go-plugin), which matches and selects the redis chain. Rate with 16 concurrent clients; connect-to-reply latency with one client. HAProxy and nginx forward both listeners at L4 (they have no plugins): the reference.",
+			Primary:     []string{"conn/s", "first byte p50"},
+			Notes:       []string{"\"plugin cost\" (added p50) is p50(with the Redis plugin) − p50(built-ins only), same target and repeat."}}, r.s9},
 	}
+}
+
+// s9: the cost of asking a protocol-sniffer plugin.
+func (r *Runner) s9() error {
+	if r.o.Plugin == "" {
+		r.unavailable("s9", "", sift, "no plugin binary (siftbench -plugin; bench/run.sh builds examples/plugins/redis)")
+		return nil
+	}
+	bs, err := r.startBackends(func() (*procs.Proc, error) { return r.backend("pong", r.port(109)) })
+	if err != nil {
+		return err
+	}
+	defer bs.stop()
+	top := gen.Topology{Listeners: []gen.Listener{
+		{Name: "builtins", Port: r.port(90), Kind: gen.Detect, Upstreams: []int{r.port(109)}},
+		{Name: "plugin", Port: r.port(91), Kind: gen.Detect, Upstreams: []int{r.port(109)}, Plugin: r.o.Plugin, PluginProtocol: "redis"},
+	}}
+	latDur := r.o.Dur / 2
+	r.interleave("s9", proxiesAndDirect, same(top), r.env, func(tg string, rep int, px *procs.Proc, addr func(string) string) {
+		p50 := map[string]float64{}
+		for _, c := range []struct{ cs, l string }{{"built-ins only", "builtins"}, {"with the Redis plugin", "plugin"}} {
+			res, err := r.goLoad(r.o.Dur+30*time.Second, "short-resp", "-addr", addr(c.l), "-c", "16", "-d", r.o.Dur.String())
+			if err != nil {
+				r.fail("s9", c.cs, tg, rep, err)
+				continue
+			}
+			r.record("s9", c.cs, tg, rep, "conn/s", "conn/s", hi, res.Rate)
+			if res.Errors > 0 {
+				r.record("s9", c.cs, tg, rep, "errors", "count", lo, float64(res.Errors))
+			}
+			lat, err := r.goLoad(latDur+30*time.Second, "short-resp", "-addr", addr(c.l), "-c", "1", "-d", latDur.String(), "-n", "50000")
+			if err != nil {
+				r.fail("s9", c.cs, tg, rep, err)
+				continue
+			}
+			r.record("s9", c.cs, tg, rep, "first byte p50", "ms", lo, lat.Latency.P50)
+			r.record("s9", c.cs, tg, rep, "first byte p99", "ms", lo, lat.Latency.P99)
+			p50[c.l] = lat.Latency.P50
+			r.logf("   s9 %-8s %-22s #%d %.0f conn/s, first byte p50 %.3f ms", tg, c.cs, rep, res.Rate, lat.Latency.P50)
+		}
+		if w, ok := p50["plugin"]; ok {
+			if b, ok := p50["builtins"]; ok {
+				r.record("s9", "plugin cost", tg, rep, "added p50", "ms", lo, w-b)
+			}
+		}
+	})
+	return nil
 }
 
 func (r *Runner) iperf(addr string, streams int) (parse.Iperf3, error) {

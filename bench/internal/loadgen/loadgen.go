@@ -277,3 +277,32 @@ func Idle(addr string, n, c int, timeout time.Duration) ([]net.Conn, Result) {
 	})
 	return conns, r
 }
+
+// ShortRESP opens one connection per command, as a Redis client that
+// connects for each: connect, send PING as a RESP array, read "+PONG",
+// close. The latency recorded is connect-start to the reply's first byte.
+func ShortRESP(addr string, c int, d time.Duration, max int) Result {
+	cmd := []byte("*1\r\n$4\r\nPING\r\n")
+	return run(c, d, max, func(w *worker) error {
+		t0 := time.Now()
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(15 * time.Second))
+		if _, err := conn.Write(cmd); err != nil {
+			return err
+		}
+		var buf [7]byte
+		if _, err := io.ReadFull(conn, buf[:]); err != nil {
+			return fmt.Errorf("no reply: %w", err)
+		}
+		w.s.Add(time.Since(t0))
+		if string(buf[:]) != "+PONG\r\n" {
+			return fmt.Errorf("reply %q, want +PONG", buf)
+		}
+		w.ops++
+		return nil
+	})
+}

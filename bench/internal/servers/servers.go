@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -217,4 +218,39 @@ func acceptLoop(ctx context.Context, ln net.Listener, handle func(net.Conn)) err
 		}
 		go handle(c)
 	}
+}
+
+// ServePONG answers Redis clients: every RESP command array gets "+PONG",
+// until the client closes (the plugin scenario's backend).
+func ServePONG(ctx context.Context, ln net.Listener) error {
+	return acceptLoop(ctx, ln, func(c net.Conn) {
+		defer c.Close()
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			var n int
+			if _, err := fmt.Sscanf(line, "*%d\r\n", &n); err != nil || n < 1 || n > 1024 {
+				return
+			}
+			for range n { // $len, then the bytes
+				hdr, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				var size int
+				if _, err := fmt.Sscanf(hdr, "$%d\r\n", &size); err != nil || size < 0 || size > 1<<20 {
+					return
+				}
+				if _, err := io.CopyN(io.Discard, r, int64(size)+2); err != nil {
+					return
+				}
+			}
+			if _, err := io.WriteString(c, "+PONG\r\n"); err != nil {
+				return
+			}
+		}
+	})
 }
