@@ -461,3 +461,163 @@ func waitNACK(t *testing.T, cp *controlPlane, want string) string {
 		}
 	}
 }
+
+// faultyBackend is an HTTP endpoint whose behaviour the test switches:
+// "ok" answers 200, "reset" resets the connection without an answer,
+// "503" answers 503, "blackhole" never answers; kill closes it and every
+// connection it holds (later connects are refused).
+type faultyBackend struct {
+	name string
+	mode atomic.Value // string
+	srv  *http.Server
+	addr string
+}
+
+func startFaultyBackend(t *testing.T, name string) *faultyBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &faultyBackend{name: name, addr: ln.Addr().String()}
+	b.mode.Store("ok")
+	b.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch b.mode.Load().(string) {
+		case "reset":
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			}
+		case "503":
+			http.Error(w, b.name+" unavailable", http.StatusServiceUnavailable)
+		case "blackhole":
+			<-r.Context().Done()
+		default:
+			io.WriteString(w, b.name)
+		}
+	})}
+	go b.srv.Serve(ln)
+	t.Cleanup(func() { b.srv.Close() })
+	return b
+}
+
+// TestChaosUpstreamFaults runs HTTP load through a real sift-proxy whose
+// cluster has three endpoints, with retries (connect-failure, reset, 5xx;
+// a per-try timeout; retries avoid the hosts already tried, Envoy's
+// previous_hosts predicate) and outlier detection, while the endpoints misbehave
+// one after another: reset mid-request, answer 503, black-hole, die. Every
+// request must succeed within the retry policy, none may hang.
+func TestChaosUpstreamFaults(t *testing.T) {
+	t.Parallel()
+	phase := time.Duration(chaosSize(700, 3000)) * time.Millisecond
+	a, b, c := startFaultyBackend(t, "a"), startFaultyBackend(t, "b"), startFaultyBackend(t, "c")
+	ep := func(addr string) string {
+		host, port, _ := net.SplitHostPort(addr)
+		return fmt.Sprintf("{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}", host, port)
+	}
+	cfg := writeBootstrap(t, `
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+          route_config:
+            name: r
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /}
+                route:
+                  cluster: web
+                  timeout: 10s
+                  retry_policy:
+                    retry_on: "connect-failure,reset,5xx"
+                    num_retries: 3
+                    per_try_timeout: 0.5s
+                    retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]
+                    host_selection_retry_max_attempts: 5
+  clusters:
+  - name: web
+    type: STATIC
+    connect_timeout: 0.25s
+    lb_policy: ROUND_ROBIN
+    outlier_detection: {consecutive_5xx: 3, consecutive_gateway_failure: 3, interval: 0.1s, base_ejection_time: 0.5s, max_ejection_percent: 100}
+    load_assignment: {cluster_name: web, endpoints: [{lb_endpoints: [{{a}}, {{b}}, {{c}}]}]}
+`, map[string]string{"a": ep(a.addr), "b": ep(b.addr), "c": ep(c.addr)})
+	p := startProcess(t, []string{siftProxyBinary(t), "-c", cfg, "--log-format", "json"}, "http", "admin")
+	url := "http://" + p.addrs["http"] + "/"
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	defer client.CloseIdleConnections()
+
+	type result struct {
+		requests, failed int64
+		slowest          time.Duration
+		firstErr         string
+	}
+	runPhase := func() result {
+		var res result
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		stop := time.Now().Add(phase)
+		for range 4 {
+			wg.Go(func() {
+				for time.Now().Before(stop) {
+					t0 := time.Now()
+					resp, err := client.Get(url)
+					var body []byte
+					if err == nil {
+						body, err = io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if err == nil && resp.StatusCode != http.StatusOK {
+							err = fmt.Errorf("status %d: %s", resp.StatusCode, body)
+						}
+					}
+					d := time.Since(t0)
+					mu.Lock()
+					res.requests++
+					res.slowest = max(res.slowest, d)
+					if err != nil {
+						res.failed++
+						if res.firstErr == "" {
+							res.firstErr = err.Error()
+						}
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		return res
+	}
+	var rows [][2]string
+	for _, ph := range []struct {
+		name  string
+		apply func()
+	}{
+		{"all endpoints healthy", func() {}},
+		{"a resets every request (retried: reset)", func() { a.mode.Store("reset") }},
+		{"a answers 503 (retried: 5xx; ejected after 3)", func() { a.mode.Store("503") }},
+		{"b black-holed (per-try timeout 0.5 s, retried)", func() { a.mode.Store("ok"); b.mode.Store("blackhole") }},
+		{"c killed (connect refused, retried)", func() { b.mode.Store("ok"); c.srv.Close() }},
+	} {
+		ph.apply()
+		res := runPhase()
+		rows = append(rows, [2]string{ph.name, fmt.Sprintf("%d requests, %d failed, slowest %v", res.requests, res.failed, res.slowest.Round(time.Millisecond))})
+		if res.failed > 0 {
+			t.Errorf("%s: %d of %d requests failed; the first: %s", ph.name, res.failed, res.requests, res.firstErr)
+		}
+		if res.requests == 0 {
+			t.Errorf("%s: no request completed", ph.name)
+		}
+	}
+	chaosReport(t, "upstream faults (retries and outlier detection)", rows)
+}

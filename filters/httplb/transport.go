@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -71,10 +72,21 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 	if st.upgrade != "" {
 		h2 = false // upgrades are HTTP/1.1 exchanges
 	}
+	var tried []*endpoint // with previous_hosts: the endpoints this request tried
 	for attempt := 1; ; attempt++ {
 		ep, err := p.pick()
 		if err != nil {
 			return nil, err
+		}
+		if policy != nil && policy.AvoidPreviousHosts {
+			// Envoy's previous_hosts: re-pick a tried endpoint up to
+			// host_selection_retry_max_attempts times, then take the last.
+			for n := 0; n < policy.HostSelectionAttempts && slices.Contains(tried, ep); n++ {
+				if ep, err = p.pick(); err != nil {
+					return nil, err
+				}
+			}
+			tried = append(tried, ep)
 		}
 		st.rec.Endpoint, st.rec.Attempts = ep.Addr, attempt
 		actx, cancel := context.WithCancel(req.Context())

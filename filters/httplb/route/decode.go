@@ -41,7 +41,8 @@ var policy = pbcheck.Policy{
 	"envoy.config.route.v3.WeightedCluster":               pbcheck.Fields("clusters, total_weight"),
 	"envoy.config.route.v3.WeightedCluster.ClusterWeight": pbcheck.Fields("name, weight"),
 	"envoy.config.route.v3.RetryPolicy": pbcheck.Fields("retry_on, num_retries, per_try_timeout, " +
-		"retriable_status_codes, retry_back_off"),
+		"retriable_status_codes, retry_back_off, retry_host_predicate, host_selection_retry_max_attempts"),
+	"envoy.config.route.v3.RetryPolicy.RetryHostPredicate":          pbcheck.Fields("name, typed_config"),
 	"envoy.config.route.v3.RetryPolicy.RetryBackOff":                pbcheck.Fields("base_interval, max_interval"),
 	"envoy.config.route.v3.RouteAction.UpgradeConfig":               pbcheck.Fields("upgrade_type, enabled, connect_config"),
 	"envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig": pbcheck.Fields(""),

@@ -2,6 +2,7 @@ package route
 
 import (
 	"fmt"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3" // registers PreviousHostsPredicate
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -54,7 +55,15 @@ type RetryPolicy struct {
 	StatusCodes   []int         // retriable_status_codes
 	BackoffBase   time.Duration // Envoy's default 25 ms
 	BackoffMax    time.Duration // Envoy's default 10 × base
+	// AvoidPreviousHosts is Envoy's previous_hosts retry host predicate: a
+	// retry re-picks, up to HostSelectionAttempts times, an endpoint this
+	// request has not tried yet.
+	AvoidPreviousHosts    bool
+	HostSelectionAttempts int // Envoy's host_selection_retry_max_attempts, default 1
 }
+
+// previousHostsPredicate is the one retry host predicate Sift implements.
+const previousHostsPredicate = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
 // Backoff returns the wait before retry n (1-based): Envoy's fully jittered
 // exponential back-off, a random duration in [0, min(base·2^(n-1), max)].
@@ -136,6 +145,16 @@ func decodeRetry(rp *routev3.RetryPolicy) (*RetryPolicy, error) {
 			return nil, fmt.Errorf("retriable_status_codes[%d]: %d is not an HTTP status", i, c)
 		}
 		p.StatusCodes = append(p.StatusCodes, int(c))
+	}
+	p.HostSelectionAttempts = 1
+	if n := rp.GetHostSelectionRetryMaxAttempts(); n > 0 {
+		p.HostSelectionAttempts = int(min(n, 100))
+	}
+	for i, hp := range rp.GetRetryHostPredicate() {
+		if url := hp.GetTypedConfig().GetTypeUrl(); url != previousHostsPredicate {
+			return nil, fmt.Errorf("retry_host_predicate[%d] (%s): %q is not supported by Sift (only envoy.retry_host_predicates.previous_hosts)", i, hp.GetName(), url)
+		}
+		p.AvoidPreviousHosts = true
 	}
 	p.BackoffMax = 10 * p.BackoffBase
 	if b := rp.GetRetryBackOff(); b != nil {

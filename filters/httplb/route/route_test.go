@@ -125,6 +125,8 @@ func TestDecodeErrors(t *testing.T) {
 		{"redirect", vh(`{"match": {"prefix": "/"}, "redirect": {"path_redirect": "/x"}}`), "virtual_hosts[0].routes[0].redirect: not supported by Sift"},
 		{"bad regex", vh(`{"match": {"safe_regex": {"regex": "("}}, "route": {"cluster": "c"}}`), "virtual_hosts[0].routes[0].match.safe_regex.regex: error parsing regexp"},
 		{"bad retry_on", vh(`{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_on": "5xx,bogus"}}}`), `retry_policy: retry_on: "bogus" is not supported`},
+		{"unsupported retry host predicate", vh(`{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {"retry_host_predicate": [{"name": "locality", "typed_config": {"@type": "type.googleapis.com/envoy.config.core.v3.Locality"}}]}}}`),
+			`retry_policy: retry_host_predicate[0] (locality): "type.googleapis.com/envoy.config.core.v3.Locality" is not supported by Sift`},
 		{"duplicate domain", `{"virtual_hosts": [{"name": "a", "domains": ["x"]}, {"name": "b", "domains": ["X"]}]}`, `virtual_hosts[1].domains[0]: "x" is also a domain of virtual host "a"`},
 		{"middle wildcard", `{"virtual_hosts": [{"name": "a", "domains": ["a.*.b"]}]}`, "a wildcard must be the first or last character"},
 		{"format operator", vh(`{"match": {"prefix": "/"}, "route": {"cluster": "c"}, "request_headers_to_add": [{"header": {"key": "x", "value": "%START_TIME%"}}]}`),
@@ -138,6 +140,20 @@ func TestDecodeErrors(t *testing.T) {
 				t.Errorf("Decode: %v, want an error containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestRetryPreviousHosts(t *testing.T) {
+	t.Parallel()
+	tb, err := decodeJSON(t, `{"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c",
+		"retry_policy": {"retry_on": "connect-failure", "host_selection_retry_max_attempts": 5,
+		"retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}]}}}]}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := tb.VirtualHost("x").Routes[0].Retry
+	if !rp.AvoidPreviousHosts || rp.HostSelectionAttempts != 5 {
+		t.Errorf("retry policy %+v, want previous_hosts with 5 host selection attempts", rp)
 	}
 }
 
