@@ -28,6 +28,8 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/siftmesh/sift/internal/testnet"
 )
 
 // The chaos suite (make chaos): each scenario is a real setup — a real
@@ -620,4 +622,112 @@ static_resources:
 		}
 	}
 	chaosReport(t, "upstream faults (retries and outlier detection)", rows)
+}
+
+// TestChaosSilentFlood opens many connections that never send a byte
+// (slowloris) to a detecting port whose fallback upstream is silent too,
+// then checks that a legitimate client is still served at once, that the
+// proxy's memory per silent connection stays bounded, and that everything
+// is freed when they go.
+func TestChaosSilentFlood(t *testing.T) {
+	t.Parallel()
+	silent := chaosSize(500, 10000)
+	quiet := testnet.Backend(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // never speaks
+	cfg := writeBootstrap(t, `
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
+static_resources:
+  listeners:
+  - name: sift
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - {name: sift.detect, typed_config: {"@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect}}
+    filter_chains:
+    - {filter_chain_match: {application_protocols: [http/1.1]}, filters: {{http}}}
+    default_filter_chain: {filters: {{quiet}}}
+  clusters:
+`+staticCluster("http", httpBackend(t, "legit"))+staticCluster("quiet", quiet),
+		map[string]string{"http": tcpProxy("http"), "quiet": tcpProxy("quiet")})
+	p := startProcess(t, []string{siftProxyBinary(t), "-c", cfg, "--log-format", "json"}, "sift", "admin")
+	addr, admin := p.addrs["sift"], p.addrs["admin"]
+	rss := func() int { return gauge(t, scrape(t, admin), "process_resident_memory_bytes") }
+	get := func() error {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		b, err := io.ReadAll(c)
+		if !strings.Contains(string(b), "legit GET / HTTP/1.1") {
+			return fmt.Errorf("got %q, %v", b, err)
+		}
+		return nil
+	}
+	if err := get(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	baseGoroutines, baseFDs := processGauges(t, admin)
+	baseRSS := rss()
+
+	conns := make([]net.Conn, 0, silent)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range silent {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			t.Fatalf("silent connection %d: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+	}
+	// Every silent connection has been accepted and has waited out the
+	// grace period (the server-first race, bounded by max_concurrent_races).
+	eventually(t, "the silent connections accepted", func() bool {
+		g, _ := processGauges(t, admin)
+		return g >= baseGoroutines+silent
+	})
+	time.Sleep(200 * time.Millisecond)
+	floodRSS := rss()
+	floodGoroutines, floodFDs := processGauges(t, admin)
+	var legitFailed int
+	var firstErr error
+	for range 20 {
+		if err := get(); err != nil {
+			legitFailed++
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	var goroutines, fds int
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		goroutines, fds = processGauges(t, admin)
+		if goroutines <= baseGoroutines+2 && fds <= baseFDs+2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	perConn := float64(floodRSS-baseRSS) / float64(silent)
+	if legitFailed > 0 {
+		t.Errorf("%d of 20 legitimate requests failed during the flood; the first: %v", legitFailed, firstErr)
+	}
+	if goroutines > baseGoroutines+2 || fds > baseFDs+2 {
+		t.Errorf("after the flood: %d goroutines (%d before), %d fds (%d before)", goroutines, baseGoroutines, fds, baseFDs)
+	}
+	chaosReport(t, "a flood of silent connections on a detecting port", [][2]string{
+		{"silent connections held", strconv.Itoa(silent)},
+		{"legitimate HTTP requests during the flood / failed", fmt.Sprintf("20 / %d", legitFailed)},
+		{"RSS before / during the flood", fmt.Sprintf("%.1f MiB / %.1f MiB (%.1f KiB per silent connection)", float64(baseRSS)/(1<<20), float64(floodRSS)/(1<<20), perConn/1024)},
+		{"goroutines before / during / after", fmt.Sprintf("%d / %d / %d", baseGoroutines, floodGoroutines, goroutines)},
+		{"open fds before / during / after", fmt.Sprintf("%d / %d / %d", baseFDs, floodFDs, fds)},
+	})
 }
