@@ -99,6 +99,19 @@ type Info struct {
 	Protocols []string
 	// MaxBytes is the most bytes it needs to decide (0: the host's limit).
 	MaxBytes int
+	// ServerFirst: the sniffer also judges a server's greeting (it
+	// implements ServerSniffer; Serve sets this itself).
+	ServerFirst bool
+}
+
+// ServerSniffer is implemented by sniffers of server-speaks-first protocols
+// (MySQL, SMTP, …): when a client stays silent and the server speaks first,
+// sift-proxy shows the server's first bytes to SniffServer, once; a Match
+// names the connection's protocol (and can select its filter chain), as a
+// client-side match does. The same rules as Sniff apply; NeedMore counts as
+// NoMatch.
+type ServerSniffer interface {
+	SniffServer(greeting []byte) Result
 }
 
 // Sniffer recognises one protocol from a connection's first bytes.
@@ -168,14 +181,25 @@ type server struct{ impl Sniffer }
 
 func (s *server) info(context.Context, *snifferv1.InfoRequest) (*snifferv1.InfoResponse, error) {
 	in := s.impl.Info()
-	return &snifferv1.InfoResponse{Name: in.Name, Version: in.Version, Protocols: in.Protocols, MaxBytes: uint32(max(in.MaxBytes, 0))}, nil
+	_, serverFirst := s.impl.(ServerSniffer)
+	return &snifferv1.InfoResponse{Name: in.Name, Version: in.Version, Protocols: in.Protocols, MaxBytes: uint32(max(in.MaxBytes, 0)),
+		ServerFirst: serverFirst}, nil
 }
 
 func (s *server) sniff(_ context.Context, req *snifferv1.SniffRequest) (*snifferv1.SniffResponse, error) {
 	if len(req.GetData()) > maxData {
 		return nil, fmt.Errorf("sniff: %d bytes is more than %d", len(req.GetData()), maxData)
 	}
-	r := s.impl.Sniff(req.GetData(), req.GetAtEof())
+	var r Result
+	if req.GetFromServer() {
+		ss, ok := s.impl.(ServerSniffer)
+		if !ok {
+			return &snifferv1.SniffResponse{Verdict: snifferv1.SniffResponse_NO_MATCH}, nil
+		}
+		r = ss.SniffServer(req.GetData())
+	} else {
+		r = s.impl.Sniff(req.GetData(), req.GetAtEof())
+	}
 	resp := &snifferv1.SniffResponse{Protocol: r.Protocol, Attributes: r.Attributes, Need: uint32(max(r.Need, 0))}
 	switch r.Verdict {
 	case Match:
@@ -229,13 +253,24 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	if err := c.conn.Invoke(ctx, "/sift.plugins.sniffer.v1.Sniffer/Info", &snifferv1.InfoRequest{}, &resp); err != nil {
 		return Info{}, err
 	}
-	return Info{Name: resp.GetName(), Version: resp.GetVersion(), Protocols: resp.GetProtocols(), MaxBytes: int(min(resp.GetMaxBytes(), maxData))}, nil
+	return Info{Name: resp.GetName(), Version: resp.GetVersion(), Protocols: resp.GetProtocols(), MaxBytes: int(min(resp.GetMaxBytes(), maxData)),
+		ServerFirst: resp.GetServerFirst()}, nil
 }
 
-// Sniff asks the plugin about data. It blocks until the answer or ctx's end.
+// Sniff asks the plugin about the client's data. It blocks until the
+// answer or ctx's end.
 func (c *Client) Sniff(ctx context.Context, data []byte, atEOF bool) (Result, error) {
+	return c.sniff(ctx, &snifferv1.SniffRequest{Data: data, AtEof: atEOF})
+}
+
+// SniffServer asks the plugin about a server's greeting.
+func (c *Client) SniffServer(ctx context.Context, greeting []byte) (Result, error) {
+	return c.sniff(ctx, &snifferv1.SniffRequest{Data: greeting, FromServer: true})
+}
+
+func (c *Client) sniff(ctx context.Context, req *snifferv1.SniffRequest) (Result, error) {
 	var resp snifferv1.SniffResponse
-	if err := c.conn.Invoke(ctx, "/sift.plugins.sniffer.v1.Sniffer/Sniff", &snifferv1.SniffRequest{Data: data, AtEof: atEOF}, &resp); err != nil {
+	if err := c.conn.Invoke(ctx, "/sift.plugins.sniffer.v1.Sniffer/Sniff", req, &resp); err != nil {
 		return Result{}, err
 	}
 	r := Result{Protocol: resp.GetProtocol(), Attributes: resp.GetAttributes(), Need: int(min(resp.GetNeed(), maxData))}

@@ -149,3 +149,60 @@ func TestPluginChecksumRefused(t *testing.T) {
 		t.Errorf("validate with a wrong sha256: %v\n%s", err, out)
 	}
 }
+
+// TestPluginJudgesServerFirstMySQL: MariaDB behind a detecting port nobody
+// configured, with the example MySQL plugin. The client waits for the
+// server; the server greets first; the plugin recognises the greeting, so
+// the connection is "mysql" (not just opaque) and the mysql chain serves
+// it — also once the destination is learned as server-first.
+func TestPluginJudgesServerFirstMySQL(t *testing.T) {
+	t.Parallel()
+	client := realBinary(t, "mariadb-client", []string{"mariadb", "mysql"})
+	db := startMariaDB(t)
+	plugin := binary(t, "github.com/siftmesh/sift/examples/plugins/mysql")
+	cfg := writeBootstrap(t, `
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
+static_resources:
+  listeners:
+  - name: sift
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - name: sift.detect
+      typed_config:
+        "@type": type.googleapis.com/sift.filters.listener.detect.v1.Detect
+        plugins: [{path: "{{plugin}}", call_timeout: 2s}]
+    filter_chains:
+    - {name: mysql, filter_chain_match: {application_protocols: [mysql]}, filters: {{db}}}
+    default_filter_chain: {name: opaque, filters: {{db}}}
+  clusters:
+`+staticCluster("db", db), map[string]string{"plugin": plugin, "db": tcpProxy("db")})
+	proc := startProcess(t, []string{siftProxyBinary(t), "-c", cfg, "--log-format", "json"}, "sift", "admin")
+	p := realProxy{addr: proc.addrs["sift"], admin: proc.addrs["admin"]}
+	host, port, _ := net.SplitHostPort(p.addr)
+	for i := range 4 { // the 4th after the destination was learned server-first
+		out, _ := runClient(t, client, "--no-defaults", "--protocol=TCP", "-h", host, "-P", port, "-u", "sift",
+			"--connect-timeout=30", "-N", "-B", "-e", "SELECT 1")
+		if out != "1" {
+			t.Fatalf("query %d: SELECT 1 printed %q", i, out)
+		}
+	}
+	var recs []struct {
+		Protocol string `json:"protocol"`
+		Reason   string `json:"reason"`
+		Sniffer  string `json:"sniffer"`
+		Chain    string `json:"chain"`
+	}
+	p.adminJSON(t, "/detections?limit=10&port="+port, &recs)
+	if len(recs) != 4 {
+		t.Fatalf("%d detection records, want 4: %+v", len(recs), recs)
+	}
+	for i, r := range recs {
+		if r.Protocol != "mysql" || r.Sniffer != "mysql" || r.Chain != "mysql" ||
+			(r.Reason != "server_first" && r.Reason != "learned_server_first") {
+			t.Errorf("record %d: %+v, want the server-first MySQL greeting recognised and the mysql chain", i, r)
+		}
+	}
+	if recs[0].Reason != "learned_server_first" {
+		t.Errorf("the newest record's reason is %q, want learned_server_first", recs[0].Reason)
+	}
+}

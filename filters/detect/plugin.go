@@ -97,3 +97,19 @@ func (s *pluginSniffer) Sniff(b []byte, atEOF bool) Result {
 	}
 	return Result{Verdict: NoMatch}
 }
+
+// SniffServer implements ServerSniffer for plugins that judge a server's
+// greeting: one call, NeedMore or any failure is NoMatch.
+func (s *pluginSniffer) SniffServer(greeting []byte) Result {
+	if !s.p.Info().ServerFirst || len(greeting) == 0 {
+		return Result{Verdict: NoMatch}
+	}
+	if s.maxBytes > 0 && len(greeting) > s.maxBytes {
+		greeting = greeting[:s.maxBytes]
+	}
+	r, err := s.p.SniffServer(greeting, s.budget)
+	if err != nil || r.Verdict != plugins.Match {
+		return Result{Verdict: NoMatch}
+	}
+	return Result{Verdict: Match, Protocol: r.Protocol}
+}

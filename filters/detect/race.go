@@ -113,6 +113,16 @@ func (f *Filter) OnAccept(p filters.Peeker, info *filters.ConnInfo) error {
 		return ErrClosedOnTimeout
 	}
 	d.Protocol, d.Reason = o.Protocol(), o.Reason
+	if (o.Reason == filters.ReasonServerFirst || o.Reason == filters.ReasonLearnedServerFirst) && info.Early != nil {
+		// The server spoke first: a sniffer that knows servers may name
+		// the protocol from its greeting (the chain may then select it).
+		if name, proto := f.judgeServer(info.Early.Greeting); proto != "" {
+			d.Protocol, d.Sniffer = proto, name
+			info.TransportProtocol = filters.TransportRawBuffer
+			info.ApplicationProtocols = []string{proto}
+			return nil
+		}
+	}
 	switch {
 	case o.Reason != filters.ReasonMatch:
 		info.TransportProtocol = filters.TransportRawBuffer
@@ -297,3 +307,19 @@ func (r *upstreamSide) note(info *filters.ConnInfo) {
 
 // aLongTimeAgo is a read deadline in the past: it wakes a blocked Read.
 var aLongTimeAgo = time.Unix(1, 0)
+
+// judgeServer asks the sniffers that judge servers about a greeting and
+// returns the first match's sniffer and protocol, or "".
+func (f *Filter) judgeServer(greeting []byte) (name, protocol string) {
+	if len(greeting) == 0 {
+		return "", ""
+	}
+	for _, s := range f.sniffers {
+		if ss, ok := s.(ServerSniffer); ok {
+			if r := ss.SniffServer(greeting); r.Verdict == Match {
+				return s.Name(), r.Protocol
+			}
+		}
+	}
+	return "", ""
+}

@@ -60,3 +60,12 @@ type Sniffer interface {
 	Name() string
 	Sniff(b []byte, atEOF bool) Result
 }
+
+// ServerSniffer is implemented by sniffers that can also recognise their
+// protocol from the server's first bytes (plugin sniffers of
+// server-speaks-first protocols). When the server spoke first, the detect
+// filter shows them its greeting, once; the first Match names the
+// connection's protocol. Same rules as Sniff; NeedMore is NoMatch.
+type ServerSniffer interface {
+	SniffServer(greeting []byte) Result
+}

@@ -179,6 +179,18 @@ func (p *Plugin) Up() bool { return p.client.Load() != nil }
 // verdict it does not know, a protocol it did not declare, oversized
 // attributes); the caller takes any error as NoMatch.
 func (p *Plugin) Sniff(data []byte, atEOF bool, budget time.Duration) (plugins.Result, error) {
+	return p.call(budget, func(ctx context.Context, c *plugins.Client) (plugins.Result, error) { return c.Sniff(ctx, data, atEOF) })
+}
+
+// SniffServer asks the plugin about a server's greeting, as Sniff does (a
+// plugin whose Info has ServerFirst).
+func (p *Plugin) SniffServer(greeting []byte, budget time.Duration) (plugins.Result, error) {
+	return p.call(budget, func(ctx context.Context, c *plugins.Client) (plugins.Result, error) {
+		return c.SniffServer(ctx, greeting)
+	})
+}
+
+func (p *Plugin) call(budget time.Duration, sniff func(context.Context, *plugins.Client) (plugins.Result, error)) (plugins.Result, error) {
 	c := p.client.Load()
 	p.calls.Add(1)
 	if c == nil {
@@ -188,7 +200,7 @@ func (p *Plugin) Sniff(data []byte, atEOF bool, budget time.Duration) (plugins.R
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	start := time.Now()
-	r, err := c.Sniff(ctx, data, atEOF)
+	r, err := sniff(ctx, c)
 	p.latency.Observe(time.Since(start).Seconds())
 	if err == nil {
 		err = p.check(r)

@@ -145,6 +145,13 @@ func TestSniffAndShare(t *testing.T) {
 			t.Errorf("Sniff(%q, %v) = %+v, %v; want %v", tt.in, tt.atEOF, r, err, tt.want)
 		}
 	}
+	// It implements no ServerSniffer: a server's greeting is never its.
+	if p.Info().ServerFirst {
+		t.Error("Info().ServerFirst set for a plugin without SniffServer")
+	}
+	if r, err := p.SniffServer([]byte("TEST"), budget); err != nil || r.Verdict != plugins.NoMatch {
+		t.Errorf("SniffServer = %+v, %v; want NoMatch", r, err)
+	}
 	// Many connections at once share the one process.
 	var wg sync.WaitGroup
 	var failed sync.Map

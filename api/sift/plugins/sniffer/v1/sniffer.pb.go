@@ -129,7 +129,11 @@ type InfoResponse struct {
 	// select with filter_chain_match.application_protocols.
 	Protocols []string `protobuf:"bytes,3,rep,name=protocols,proto3" json:"protocols,omitempty"`
 	// The most bytes it needs to decide; 0: the host's limit.
-	MaxBytes      uint32 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	MaxBytes uint32 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// It can also recognise its protocol from the server's first bytes
+	// (server-speaks-first protocols: MySQL, SMTP, …): the host asks it with
+	// SniffRequest.from_server when the server spoke first.
+	ServerFirst   bool `protobuf:"varint,5,opt,name=server_first,json=serverFirst,proto3" json:"server_first,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,12 +196,23 @@ func (x *InfoResponse) GetMaxBytes() uint32 {
 	return 0
 }
 
+func (x *InfoResponse) GetServerFirst() bool {
+	if x != nil {
+		return x.ServerFirst
+	}
+	return false
+}
+
 type SniffRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connection's first bytes, from the start (not only the new ones).
 	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	// No more bytes will come: the sniffer must decide.
-	AtEof         bool `protobuf:"varint,2,opt,name=at_eof,json=atEof,proto3" json:"at_eof,omitempty"`
+	AtEof bool `protobuf:"varint,2,opt,name=at_eof,json=atEof,proto3" json:"at_eof,omitempty"`
+	// data is the server's greeting, not the client's bytes (the client was
+	// silent and the server spoke first). Only for plugins whose Info says
+	// server_first; a single call: NEED_MORE counts as NO_MATCH.
+	FromServer    bool `protobuf:"varint,3,opt,name=from_server,json=fromServer,proto3" json:"from_server,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -242,6 +257,13 @@ func (x *SniffRequest) GetData() []byte {
 func (x *SniffRequest) GetAtEof() bool {
 	if x != nil {
 		return x.AtEof
+	}
+	return false
+}
+
+func (x *SniffRequest) GetFromServer() bool {
+	if x != nil {
+		return x.FromServer
 	}
 	return false
 }
@@ -324,15 +346,18 @@ var File_sift_plugins_sniffer_v1_sniffer_proto protoreflect.FileDescriptor
 const file_sift_plugins_sniffer_v1_sniffer_proto_rawDesc = "" +
 	"\n" +
 	"%sift/plugins/sniffer/v1/sniffer.proto\x12\x17sift.plugins.sniffer.v1\"\r\n" +
-	"\vInfoRequest\"w\n" +
+	"\vInfoRequest\"\x9a\x01\n" +
 	"\fInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x1c\n" +
 	"\tprotocols\x18\x03 \x03(\tR\tprotocols\x12\x1b\n" +
-	"\tmax_bytes\x18\x04 \x01(\rR\bmaxBytes\"9\n" +
+	"\tmax_bytes\x18\x04 \x01(\rR\bmaxBytes\x12!\n" +
+	"\fserver_first\x18\x05 \x01(\bR\vserverFirst\"Z\n" +
 	"\fSniffRequest\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x15\n" +
-	"\x06at_eof\x18\x02 \x01(\bR\x05atEof\"\xd3\x02\n" +
+	"\x06at_eof\x18\x02 \x01(\bR\x05atEof\x12\x1f\n" +
+	"\vfrom_server\x18\x03 \x01(\bR\n" +
+	"fromServer\"\xd3\x02\n" +
 	"\rSniffResponse\x12H\n" +
 	"\averdict\x18\x01 \x01(\x0e2..sift.plugins.sniffer.v1.SniffResponse.VerdictR\averdict\x12\x1a\n" +
 	"\bprotocol\x18\x02 \x01(\tR\bprotocol\x12V\n" +
