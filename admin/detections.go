@@ -29,25 +29,26 @@ const defaultDetectionsLimit = 100
 
 // detectionJSON is one record as /detections shows it.
 type detectionJSON struct {
-	Time          time.Time     `json:"time"`
-	Listener      string        `json:"listener"`
-	Remote        string        `json:"remote"`
-	Destination   string        `json:"destination"`
-	Ran           bool          `json:"detection_ran"`
-	Protocol      string        `json:"protocol,omitempty"`
-	Reason        string        `json:"reason"`
-	Sniffer       string        `json:"sniffer,omitempty"`
-	Verdicts      []verdictJSON `json:"verdicts,omitempty"`
-	Bytes         int           `json:"bytes_peeked"`
-	DurationMS    float64       `json:"duration_ms"`
-	Raced         bool          `json:"server_first_race,omitempty"`
-	RaceError     string        `json:"race_error,omitempty"`
-	Transport     string        `json:"transport_protocol,omitempty"`
-	ServerName    string        `json:"server_name,omitempty"`
-	ALPN          string        `json:"application_protocol,omitempty"`
-	Chain         string        `json:"chain,omitempty"`
-	Outcome       string        `json:"outcome"`
-	EarlyUpstream string        `json:"early_upstream_reused,omitempty"`
+	Time          time.Time         `json:"time"`
+	Listener      string            `json:"listener"`
+	Remote        string            `json:"remote"`
+	Destination   string            `json:"destination"`
+	Ran           bool              `json:"detection_ran"`
+	Protocol      string            `json:"protocol,omitempty"`
+	Reason        string            `json:"reason"`
+	Sniffer       string            `json:"sniffer,omitempty"`
+	Attributes    map[string]string `json:"attributes,omitempty"` // a plugin's match's
+	Verdicts      []verdictJSON     `json:"verdicts,omitempty"`
+	Bytes         int               `json:"bytes_peeked"`
+	DurationMS    float64           `json:"duration_ms"`
+	Raced         bool              `json:"server_first_race,omitempty"`
+	RaceError     string            `json:"race_error,omitempty"`
+	Transport     string            `json:"transport_protocol,omitempty"`
+	ServerName    string            `json:"server_name,omitempty"`
+	ALPN          string            `json:"application_protocol,omitempty"`
+	Chain         string            `json:"chain,omitempty"`
+	Outcome       string            `json:"outcome"`
+	EarlyUpstream string            `json:"early_upstream_reused,omitempty"`
 }
 
 type verdictJSON struct {
@@ -133,7 +134,7 @@ func (s *Server) learned(w http.ResponseWriter, _ *http.Request) {
 func toJSON(r *listener.DetectionRecord) detectionJSON {
 	d := &r.Detection
 	j := detectionJSON{Time: r.Time, Listener: r.Listener, Remote: r.Remote.String(), Destination: r.Local.String(),
-		Ran: d.Ran, Protocol: d.Protocol, Reason: d.Reason, Sniffer: d.Sniffer, Bytes: d.Bytes,
+		Ran: d.Ran, Protocol: d.Protocol, Reason: d.Reason, Sniffer: d.Sniffer, Attributes: d.Attributes, Bytes: d.Bytes,
 		DurationMS: float64(d.Duration.Microseconds()) / 1000, Raced: d.Raced, RaceError: d.RaceError,
 		Transport: r.Transport, ServerName: r.ServerName, ALPN: r.ALPN, Chain: r.Chain, Outcome: r.Outcome,
 		EarlyUpstream: r.EarlyUpstream}

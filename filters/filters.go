@@ -126,8 +126,12 @@ type Detection struct {
 	Bytes int
 	// Duration is the time from accept (ConnInfo.AcceptedAt) to the verdict.
 	Duration time.Duration
-	// Sniffer names the sniffer that matched (Reason "match").
+	// Sniffer names the sniffer that matched (Reason "match", or a server
+	// sniffer's match on a server-first connection).
 	Sniffer string
+	// Attributes are what a matching plugin sniffer reported (a database
+	// or server version), nil otherwise. Read-only.
+	Attributes map[string]string
 	// The sniffers' last answers, in the order they were asked:
 	// SnifferNames[i] answered VerdictCodes[i] (VerdictNeedMore, VerdictMatch
 	// or VerdictNoMatch); NumVerdicts counts them (at most

@@ -187,17 +187,18 @@ static_resources:
 		}
 	}
 	var recs []struct {
-		Protocol string `json:"protocol"`
-		Reason   string `json:"reason"`
-		Sniffer  string `json:"sniffer"`
-		Chain    string `json:"chain"`
+		Protocol   string            `json:"protocol"`
+		Reason     string            `json:"reason"`
+		Sniffer    string            `json:"sniffer"`
+		Chain      string            `json:"chain"`
+		Attributes map[string]string `json:"attributes"`
 	}
 	p.adminJSON(t, "/detections?limit=10&port="+port, &recs)
 	if len(recs) != 4 {
 		t.Fatalf("%d detection records, want 4: %+v", len(recs), recs)
 	}
 	for i, r := range recs {
-		if r.Protocol != "mysql" || r.Sniffer != "mysql" || r.Chain != "mysql" ||
+		if r.Protocol != "mysql" || r.Sniffer != "mysql" || r.Chain != "mysql" || !strings.Contains(r.Attributes["server_version"], "MariaDB") ||
 			(r.Reason != "server_first" && r.Reason != "learned_server_first") {
 			t.Errorf("record %d: %+v, want the server-first MySQL greeting recognised and the mysql chain", i, r)
 		}

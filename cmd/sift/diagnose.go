@@ -27,14 +27,15 @@ Examples:
 
 // detection is one /detections record (admin/detections.go).
 type detection struct {
-	Time        time.Time `json:"time"`
-	Listener    string    `json:"listener"`
-	Remote      string    `json:"remote"`
-	Destination string    `json:"destination"`
-	Ran         bool      `json:"detection_ran"`
-	Protocol    string    `json:"protocol"`
-	Reason      string    `json:"reason"`
-	Sniffer     string    `json:"sniffer"`
+	Time        time.Time         `json:"time"`
+	Listener    string            `json:"listener"`
+	Remote      string            `json:"remote"`
+	Destination string            `json:"destination"`
+	Ran         bool              `json:"detection_ran"`
+	Protocol    string            `json:"protocol"`
+	Reason      string            `json:"reason"`
+	Sniffer     string            `json:"sniffer"`
+	Attributes  map[string]string `json:"attributes"`
 	Verdicts    []struct {
 		Sniffer string `json:"sniffer"`
 		Verdict string `json:"verdict"`
@@ -164,6 +165,18 @@ func runDiagnose(args []string, stdout, stderr io.Writer) int {
 	for _, r := range recs {
 		fmt.Fprintf(stdout, "\n%s  %s → %s  (listener %s)\n", r.Time.Local().Format("15:04:05.000"), r.Remote, r.Destination, r.Listener)
 		fmt.Fprintf(stdout, "  detection: %s\n", explain(r))
+		if len(r.Attributes) > 0 {
+			keys := make([]string, 0, len(r.Attributes))
+			for k := range r.Attributes {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			var kv []string
+			for _, k := range keys {
+				kv = append(kv, k+"="+r.Attributes[k])
+			}
+			fmt.Fprintf(stdout, "  learned:   %s\n", strings.Join(kv, ", "))
+		}
 		if len(r.Verdicts) > 0 {
 			var vs []string
 			for _, v := range r.Verdicts {

@@ -88,7 +88,7 @@ func (s *pluginSniffer) Sniff(b []byte, atEOF bool) Result {
 	}
 	switch r.Verdict {
 	case plugins.Match:
-		return Result{Verdict: Match, Protocol: r.Protocol}
+		return Result{Verdict: Match, Protocol: r.Protocol, Attributes: r.Attributes}
 	case plugins.NeedMore:
 		if atEOF {
 			return Result{Verdict: NoMatch}
@@ -111,5 +111,5 @@ func (s *pluginSniffer) SniffServer(greeting []byte) Result {
 	if err != nil || r.Verdict != plugins.Match {
 		return Result{Verdict: NoMatch}
 	}
-	return Result{Verdict: Match, Protocol: r.Protocol}
+	return Result{Verdict: Match, Protocol: r.Protocol, Attributes: r.Attributes}
 }

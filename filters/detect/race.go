@@ -116,8 +116,9 @@ func (f *Filter) OnAccept(p filters.Peeker, info *filters.ConnInfo) error {
 	if (o.Reason == filters.ReasonServerFirst || o.Reason == filters.ReasonLearnedServerFirst) && info.Early != nil {
 		// The server spoke first: a sniffer that knows servers may name
 		// the protocol from its greeting (the chain may then select it).
-		if name, proto := f.judgeServer(info.Early.Greeting); proto != "" {
-			d.Protocol, d.Sniffer = proto, name
+		if name, r := f.judgeServer(info.Early.Greeting); r.Protocol != "" {
+			proto := r.Protocol
+			d.Protocol, d.Sniffer, d.Attributes = proto, name, r.Attributes
 			info.TransportProtocol = filters.TransportRawBuffer
 			info.ApplicationProtocols = []string{proto}
 			return nil
@@ -133,7 +134,7 @@ func (f *Filter) OnAccept(p filters.Peeker, info *filters.ConnInfo) error {
 		info.ServerName = o.Result.ServerName
 		info.ApplicationProtocols = slices.Clone(o.Result.ALPN)
 	default:
-		d.Sniffer = o.Sniffer
+		d.Sniffer, d.Attributes = o.Sniffer, o.Result.Attributes
 		info.TransportProtocol = filters.TransportRawBuffer
 		info.ApplicationProtocols = []string{o.Result.Protocol}
 	}
@@ -309,17 +310,17 @@ func (r *upstreamSide) note(info *filters.ConnInfo) {
 var aLongTimeAgo = time.Unix(1, 0)
 
 // judgeServer asks the sniffers that judge servers about a greeting and
-// returns the first match's sniffer and protocol, or "".
-func (f *Filter) judgeServer(greeting []byte) (name, protocol string) {
+// returns the first match's sniffer and result (Protocol "" when none).
+func (f *Filter) judgeServer(greeting []byte) (name string, r Result) {
 	if len(greeting) == 0 {
-		return "", ""
+		return "", Result{}
 	}
 	for _, s := range f.sniffers {
 		if ss, ok := s.(ServerSniffer); ok {
 			if r := ss.SniffServer(greeting); r.Verdict == Match {
-				return s.Name(), r.Protocol
+				return s.Name(), r
 			}
 		}
 	}
-	return "", ""
+	return "", Result{}
 }

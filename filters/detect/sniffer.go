@@ -44,6 +44,8 @@ type Result struct {
 	// ServerName (TLS SNI, lower-case) and ALPN are set on a TLS Match.
 	ServerName string
 	ALPN       []string
+	// Attributes are what a plugin sniffer's Match reported; nil otherwise.
+	Attributes map[string]string
 }
 
 // Sniffer recognises one protocol from the first bytes of a connection.
