@@ -45,9 +45,15 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Regenerate Go code for Sift's own protos (needs protoc and protoc-gen-go; the output is committed).
+# Regenerate Go code for Sift's own protos and the plugin protocol (the output is committed). It
+# installs what it needs: protoc from the OS packages (Debian's protobuf-compiler, 3.21) and
+# protoc-gen-go at the version go.mod requires, into bin/.
+PROTOC_GEN_GO_VERSION := $(shell $(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
 proto:
-	protoc -I api --go_out=api --go_opt=paths=source_relative $$(cd api && find . -name '*.proto' | sed 's|^\./||')
+	@command -v protoc >/dev/null || { echo "installing protoc (protobuf-compiler)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq protobuf-compiler; else sudo apt-get install -y -qq protobuf-compiler; fi; }
+	GOBIN=$(CURDIR)/$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	PATH=$(CURDIR)/$(BIN):$$PATH protoc -I api --go_out=api --go_opt=paths=source_relative $$(cd api && find . -name '*.proto' | sed 's|^\./||')
 
 clean:
 	rm -rf $(BIN)
