@@ -31,7 +31,9 @@
 // and Sift's detection fields %SIFT_DETECTED_PROTOCOL% (tls, http/1.1, h2c,
 // a plugin's protocol, or opaque), %SIFT_DETECTION_REASON% (why detection
 // ended: match, timeout, byte cap, …), %SIFT_DETECTION_DURATION% (ms),
-// %SIFT_DETECTION_BYTES% and %SIFT_DETECTION_SNIFFER%; they read "-" when
+// %SIFT_DETECTION_BYTES%, %SIFT_DETECTION_SNIFFER% and
+// %SIFT_DETECTION_ATTRIBUTE(name)% (what a plugin's match reported, such as
+// a database's server_version); they read "-" when
 // detection did not run. An unknown operator is a config error naming it.
 // JSON formats (json_format, typed_json_format) hold a format string per
 // key; a value that is exactly one operator without a value is null, and

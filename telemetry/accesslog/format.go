@@ -185,7 +185,7 @@ var Operators = []string{
 	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS", "DOWNSTREAM_LOCAL_ADDRESS", "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
 	"DOWNSTREAM_LOCAL_PORT", "REQUESTED_SERVER_NAME", "ROUTE_NAME", "VIRTUAL_HOST_NAME", "HOSTNAME",
 	"SIFT_DETECTED_PROTOCOL", "SIFT_DETECTION_REASON", "SIFT_DETECTION_DURATION", "SIFT_DETECTION_BYTES",
-	"SIFT_DETECTION_SNIFFER", "SIFT_FILTER",
+	"SIFT_DETECTION_SNIFFER", "SIFT_DETECTION_ATTRIBUTE(name)", "SIFT_FILTER",
 }
 
 func noArg(name string, hasArg bool, op operator) (operator, error) {
@@ -221,6 +221,16 @@ func newOperator(name, arg string, hasArg bool) (operator, error) {
 			return reqHeader(main, alt), nil
 		}
 		return respHeader(main, alt), nil
+	case "SIFT_DETECTION_ATTRIBUTE":
+		if !hasArg || arg == "" {
+			return nil, fmt.Errorf("%%%s(name)%%: an attribute name is required (what a plugin sniffer's match reported)", name)
+		}
+		return func(b []byte, e *entry) ([]byte, valueKind) {
+			if ci := e.ci(); ci != nil {
+				return appendStr(b, ci.Detection.Attributes[arg])
+			}
+			return b, absent
+		}, nil
 	case "HOSTNAME":
 		h, _ := os.Hostname()
 		return noArg(name, hasArg, func(b []byte, _ *entry) ([]byte, valueKind) { return appendStr(b, h) })

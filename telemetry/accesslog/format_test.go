@@ -80,6 +80,12 @@ func TestFormatText(t *testing.T) {
 		{name: "sift detection", format: "%SIFT_DETECTED_PROTOCOL% %SIFT_DETECTION_REASON% %SIFT_DETECTION_BYTES% %SIFT_DETECTION_DURATION% %SIFT_DETECTION_SNIFFER%",
 			req: testRequest(), want: "http/1.1 match 17 3 http1"},
 		{name: "detection did not run", format: "%SIFT_DETECTED_PROTOCOL%", req: &streaminfo.Request{}, want: "-"},
+		{name: "a plugin's attributes", format: "%SIFT_DETECTION_SNIFFER% %SIFT_DETECTION_ATTRIBUTE(server_version)% %SIFT_DETECTION_ATTRIBUTE(none)%",
+			conn: func() *streaminfo.Conn {
+				c := testConn()
+				c.Info.Detection.Sniffer, c.Info.Detection.Attributes = "mysql", map[string]string{"server_version": "10.11.6-MariaDB"}
+				return c
+			}(), want: "mysql 10.11.6-MariaDB -"},
 		{name: "headers and alternatives", format: "%REQ(X-MISSING?USER-AGENT)% %REQ(:PATH):2% %RESP(content-type)% %RESP(X-NONE)%",
 			req: testRequest(), want: "curl/8 /a text/plain -"},
 		{name: "route and cluster", format: "%ROUTE_NAME%|%VIRTUAL_HOST_NAME%|%UPSTREAM_CLUSTER%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%RESPONSE_DURATION%|%RESPONSE_CODE_DETAILS%",
@@ -114,6 +120,7 @@ func TestParseFormatErrors(t *testing.T) {
 		name, format, wantErr string
 	}{
 		{"unknown operator", "a %NOPE% b", "position 2: %NOPE%: unknown command operator"},
+		{"attribute without a name", "%SIFT_DETECTION_ATTRIBUTE%", "%SIFT_DETECTION_ATTRIBUTE(name)%: an attribute name is required"},
 		{"lone percent", "100% sure", "position 3: '%' does not begin a command operator"},
 		{"unterminated", "%DURATION", "position 0: %DURATION: missing the closing '%'"},
 		{"missing paren", "%REQ(X%", "%REQ(: missing ')'"},
