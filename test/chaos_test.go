@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"bytes"
 	"flag"
 	"fmt"
 	"io"
@@ -26,6 +27,8 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -734,5 +737,136 @@ static_resources:
 		{"RSS before / during the flood", fmt.Sprintf("%.1f MiB / %.1f MiB (%.1f KiB per silent connection)", float64(baseRSS)/(1<<20), float64(floodRSS)/(1<<20), perConn/1024)},
 		{"goroutines before / during / after", fmt.Sprintf("%d / %d / %d", baseGoroutines, floodGoroutines, goroutines)},
 		{"open fds before / during / after", fmt.Sprintf("%d / %d / %d", baseFDs, floodFDs, fds)},
+	})
+}
+
+// TestChaosHTTPAbuse sends what attackers send to an HTTP proxy — an
+// HTTP/2 "rapid reset" stream (HEADERS then RST_STREAM, over and over,
+// CVE-2023-44487) and HTTP/1 heads past the size limit — and checks that
+// the abuser gets nothing it wants, that legitimate clients are served
+// meanwhile, and that memory stays bounded.
+func TestChaosHTTPAbuse(t *testing.T) {
+	t.Parallel()
+	resets := chaosSize(20000, 1000000)
+	cfg := writeBootstrap(t, `
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
+static_resources:
+  listeners:
+  - name: http
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          codec_type: AUTO
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+          route_config:
+            name: r
+            virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: web}}]}]
+  clusters:
+`+staticCluster("web", httpBackend(t, "legit")), nil)
+	p := startProcess(t, []string{siftProxyBinary(t), "-c", cfg, "--log-format", "json"}, "http", "admin")
+	addr, admin := p.addrs["http"], p.addrs["admin"]
+	legit := func() error {
+		resp, err := h2cClient().Get("http://" + addr + "/")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(b), "legit ") {
+			return fmt.Errorf("status %d: %q", resp.StatusCode, b)
+		}
+		return nil
+	}
+	if err := legit(); err != nil {
+		t.Fatal(err)
+	}
+	baseRSS := gauge(t, scrape(t, admin), "process_resident_memory_bytes")
+
+	// The rapid reset: one connection, each stream opened and cancelled at
+	// once, as fast as the socket takes it, while legitimate requests run.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bw := bufio.NewWriterSize(c, 64<<10)
+	io.WriteString(bw, http2.ClientPreface)
+	fr := http2.NewFramer(bw, c)
+	fr.WriteSettings()
+	var hbuf bytes.Buffer
+	enc := hpack.NewEncoder(&hbuf)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "abuse"}, {":path", "/"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	block := hbuf.Bytes()
+	go io.Copy(io.Discard, c) // the server's frames (and, likely, its GOAWAY)
+	var legitFailed int
+	var firstErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 20 {
+			if err := legit(); err != nil {
+				legitFailed++
+				if firstErr == nil {
+					firstErr = err
+				}
+			}
+		}
+	}()
+	sent := 0
+	c.SetWriteDeadline(time.Now().Add(60 * time.Second))
+	for id := uint32(1); sent < resets; id += 2 {
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndHeaders: true, EndStream: true}); err != nil {
+			break
+		}
+		if err := fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
+			break
+		}
+		sent++
+	}
+	bw.Flush()
+	<-done
+	peakRSS := gauge(t, scrape(t, admin), "process_resident_memory_bytes")
+	if err := legit(); err != nil {
+		t.Errorf("after the rapid reset: %v", err)
+	}
+
+	// HTTP/1 heads past the limit: a 200 KiB header, and 2 000 headers.
+	huge := func(head string) string {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		go io.WriteString(c, head)
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+	bigHeader := huge("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 200<<10) + "\r\n\r\n")
+	var many strings.Builder
+	for i := range 2000 {
+		fmt.Fprintf(&many, "X-H%d: v\r\n", i)
+	}
+	manyHeaders := huge("GET / HTTP/1.1\r\nHost: x\r\n" + many.String() + "\r\n")
+	for what, got := range map[string]string{"a 200 KiB header": bigHeader, "2 000 headers": manyHeaders} {
+		if !strings.HasPrefix(got, "HTTP/1.1 431") && !strings.HasPrefix(got, "HTTP/1.1 400") {
+			t.Errorf("%s: the proxy answered %q, want 431 (or 400)", what, got)
+		}
+	}
+	if legitFailed > 0 {
+		t.Errorf("%d of 20 legitimate requests failed during the rapid reset; the first: %v", legitFailed, firstErr)
+	}
+	chaosReport(t, "HTTP abuse", [][2]string{
+		{"HTTP/2 rapid reset (HEADERS + RST_STREAM) streams sent on one connection", fmt.Sprintf("%d of %d (the proxy may close the connection first)", sent, resets)},
+		{"legitimate h2c requests meanwhile / failed", fmt.Sprintf("20 / %d", legitFailed)},
+		{"RSS before / after", fmt.Sprintf("%.1f MiB / %.1f MiB", float64(baseRSS)/(1<<20), float64(peakRSS)/(1<<20))},
+		{"a 200 KiB header", bigHeader},
+		{"2 000 headers", manyHeaders},
 	})
 }

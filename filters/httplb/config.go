@@ -20,8 +20,11 @@ const (
 	defaultStreamIdleTimeout = 5 * time.Minute
 	defaultIdleTimeout       = time.Hour
 	defaultMaxHeadersKB      = 60
-	defaultServerName        = "sift"
-	routerName               = "envoy.filters.http.router"
+	// defaultMaxHeadersCount is Envoy's common_http_protocol_options.max_headers_count
+	// default: more request headers get a 431.
+	defaultMaxHeadersCount = 100
+	defaultServerName      = "sift"
+	routerName             = "envoy.filters.http.router"
 )
 
 // hcmPolicy lists the HttpConnectionManager fields Sift implements or
@@ -68,7 +71,7 @@ type config struct {
 	serverName      string
 	serverTransform hcmv3.HttpConnectionManager_ServerHeaderTransformation
 	maxHeaderBytes  int
-	maxHeadersCount int // 0: no limit
+	maxHeadersCount int // Envoy's default 100; 0 (unreachable from config): no limit
 
 	streamIdleTimeout     time.Duration // 0: none
 	requestTimeout        time.Duration // 0: none
@@ -110,6 +113,7 @@ func decodeFields(cfg *hcmv3.HttpConnectionManager) (*config, *route.Table, erro
 		serverName:          defaultServerName,
 		serverTransform:     cfg.GetServerHeaderTransformation(),
 		maxHeaderBytes:      defaultMaxHeadersKB << 10,
+		maxHeadersCount:     defaultMaxHeadersCount,
 		streamIdleTimeout:   defaultStreamIdleTimeout,
 		idleTimeout:         defaultIdleTimeout,
 		useRemoteAddress:    cfg.GetUseRemoteAddress().GetValue(),
