@@ -89,29 +89,8 @@ func (r *Runner) s9() error {
 		{Name: "builtins", Port: r.port(90), Kind: gen.Detect, Upstreams: []int{r.port(109)}},
 		{Name: "plugin", Port: r.port(91), Kind: gen.Detect, Upstreams: []int{r.port(109)}, Plugin: r.o.Plugin, PluginProtocol: "redis"},
 	}}
-	latDur := r.o.Dur / 2
 	r.interleave("s9", proxiesAndDirect, same(top), r.env, func(tg string, rep int, px *procs.Proc, addr func(string) string) {
-		p50 := map[string]float64{}
-		for _, c := range []struct{ cs, l string }{{"built-ins only", "builtins"}, {"with the Redis plugin", "plugin"}} {
-			res, err := r.goLoad(r.o.Dur+30*time.Second, "short-resp", "-addr", addr(c.l), "-c", "16", "-d", r.o.Dur.String())
-			if err != nil {
-				r.fail("s9", c.cs, tg, rep, err)
-				continue
-			}
-			r.record("s9", c.cs, tg, rep, "conn/s", "conn/s", hi, res.Rate)
-			if res.Errors > 0 {
-				r.record("s9", c.cs, tg, rep, "errors", "count", lo, float64(res.Errors))
-			}
-			lat, err := r.goLoad(latDur+30*time.Second, "short-resp", "-addr", addr(c.l), "-c", "1", "-d", latDur.String(), "-n", "50000")
-			if err != nil {
-				r.fail("s9", c.cs, tg, rep, err)
-				continue
-			}
-			r.record("s9", c.cs, tg, rep, "first byte p50", "ms", lo, lat.Latency.P50)
-			r.record("s9", c.cs, tg, rep, "first byte p99", "ms", lo, lat.Latency.P99)
-			p50[c.l] = lat.Latency.P50
-			r.logf("   s9 %-8s %-22s #%d %.0f conn/s, first byte p50 %.3f ms", tg, c.cs, rep, res.Rate, lat.Latency.P50)
-		}
+		p50 := r.shortConnCases("s9", "short-resp", tg, rep, addr, false, []shortCase{{"built-ins only", "builtins"}, {"with the Redis plugin", "plugin"}})
 		if w, ok := p50["plugin"]; ok {
 			if b, ok := p50["builtins"]; ok {
 				r.record("s9", "plugin cost", tg, rep, "added p50", "ms", lo, w-b)
@@ -208,30 +187,8 @@ func (r *Runner) s3() error {
 		{Name: "opaque", Port: r.port(1), Kind: gen.Opaque, Upstreams: []int{r.port(101)}},
 		{Name: "detect", Port: r.port(2), Kind: gen.Detect, Upstreams: []int{r.port(101)}, DetectTimeoutSeconds: 10},
 	}}
-	latDur := r.o.Dur / 2
 	r.interleave("s3", proxiesAndDirect, same(top), r.env, func(tg string, rep int, px *procs.Proc, addr func(string) string) {
-		p50 := map[string]float64{}
-		for _, c := range []struct{ cs, l string }{{"opaque port", "opaque"}, {"detection on", "detect"}} {
-			res, err := r.goLoad(r.o.Dur+30*time.Second, "short-http", "-addr", addr(c.l), "-c", "16", "-d", r.o.Dur.String())
-			if err != nil {
-				r.fail("s3", c.cs, tg, rep, err)
-				continue
-			}
-			r.record("s3", c.cs, tg, rep, "conn/s", "conn/s", hi, res.Rate)
-			if res.Errors > 0 {
-				r.record("s3", c.cs, tg, rep, "errors", "count", lo, float64(res.Errors))
-			}
-			lat, err := r.goLoad(latDur+30*time.Second, "short-http", "-addr", addr(c.l), "-c", "1", "-d", latDur.String(), "-n", "50000")
-			if err != nil {
-				r.fail("s3", c.cs, tg, rep, err)
-				continue
-			}
-			r.record("s3", c.cs, tg, rep, "first byte p50", "ms", lo, lat.Latency.P50)
-			r.record("s3", c.cs, tg, rep, "first byte p99", "ms", lo, lat.Latency.P99)
-			r.curve("s3", c.cs+" (1 client)", tg, rep, lat.Latency.Curve)
-			p50[c.l] = lat.Latency.P50
-			r.logf("   s3 %-8s %-12s #%d %.0f conn/s, first byte p50 %.3f ms", tg, c.cs, rep, res.Rate, lat.Latency.P50)
-		}
+		p50 := r.shortConnCases("s3", "short-http", tg, rep, addr, true, []shortCase{{"opaque port", "opaque"}, {"detection on", "detect"}})
 		if d, ok := p50["detect"]; ok {
 			if o, ok := p50["opaque"]; ok {
 				r.record("s3", "detection cost", tg, rep, "added p50", "ms", lo, d-o)
@@ -239,6 +196,42 @@ func (r *Runner) s3() error {
 		}
 	})
 	return nil
+}
+
+// shortCase is one listener measured with short connections.
+type shortCase struct{ name, listener string }
+
+// shortConnCases measures each case with the siftbench load kind load: the
+// rate of short connections from 16 clients, and connect-to-answer latency
+// from one client (with its curve when curves is set). It returns the p50
+// by listener.
+func (r *Runner) shortConnCases(sc, load, tg string, rep int, addr func(string) string, curves bool, cases []shortCase) map[string]float64 {
+	latDur := r.o.Dur / 2
+	p50 := map[string]float64{}
+	for _, c := range cases {
+		res, err := r.goLoad(r.o.Dur+30*time.Second, load, "-addr", addr(c.listener), "-c", "16", "-d", r.o.Dur.String())
+		if err != nil {
+			r.fail(sc, c.name, tg, rep, err)
+			continue
+		}
+		r.record(sc, c.name, tg, rep, "conn/s", "conn/s", hi, res.Rate)
+		if res.Errors > 0 {
+			r.record(sc, c.name, tg, rep, "errors", "count", lo, float64(res.Errors))
+		}
+		lat, err := r.goLoad(latDur+30*time.Second, load, "-addr", addr(c.listener), "-c", "1", "-d", latDur.String(), "-n", "50000")
+		if err != nil {
+			r.fail(sc, c.name, tg, rep, err)
+			continue
+		}
+		r.record(sc, c.name, tg, rep, "first byte p50", "ms", lo, lat.Latency.P50)
+		r.record(sc, c.name, tg, rep, "first byte p99", "ms", lo, lat.Latency.P99)
+		if curves {
+			r.curve(sc, c.name+" (1 client)", tg, rep, lat.Latency.Curve)
+		}
+		p50[c.listener] = lat.Latency.P50
+		r.logf("   %s %-8s %-22s #%d %.0f conn/s, first byte p50 %.3f ms", sc, tg, c.name, rep, res.Rate, lat.Latency.P50)
+	}
+	return p50
 }
 
 func (r *Runner) fixedQPS() int {

@@ -110,6 +110,30 @@ func run(c int, d time.Duration, max int, op func(w *worker) error) Result {
 // recorded is connect-start to first response byte.
 func ShortHTTP(addr string, c int, d time.Duration, max int) Result {
 	req := []byte("GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: siftbench\r\nConnection: close\r\n\r\n")
+	return shortConns(addr, c, d, max, req, func(conn net.Conn, answered func()) error {
+		var buf [4096]byte
+		n, err := conn.Read(buf[:])
+		if n == 0 {
+			if err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("no response: %w", err)
+		}
+		answered()
+		for err == nil {
+			_, err = conn.Read(buf[:])
+		}
+		if !errors.Is(err, io.EOF) {
+			return err
+		}
+		return nil
+	})
+}
+
+// shortConns runs c workers that each open one connection per operation:
+// connect, write req, then reply reads the answer and calls answered when
+// enough of it arrived (the latency recorded is connect-start to then).
+func shortConns(addr string, c int, d time.Duration, max int, req []byte, reply func(conn net.Conn, answered func()) error) Result {
 	return run(c, d, max, func(w *worker) error {
 		t0 := time.Now()
 		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -121,19 +145,7 @@ func ShortHTTP(addr string, c int, d time.Duration, max int) Result {
 		if _, err := conn.Write(req); err != nil {
 			return err
 		}
-		var buf [4096]byte
-		n, err := conn.Read(buf[:])
-		if n == 0 {
-			if err == nil {
-				err = io.ErrUnexpectedEOF
-			}
-			return fmt.Errorf("no response: %w", err)
-		}
-		w.s.Add(time.Since(t0))
-		for err == nil {
-			_, err = conn.Read(buf[:])
-		}
-		if !errors.Is(err, io.EOF) {
+		if err := reply(conn, func() { w.s.Add(time.Since(t0)) }); err != nil {
 			return err
 		}
 		w.ops++
@@ -280,29 +292,17 @@ func Idle(addr string, n, c int, timeout time.Duration) ([]net.Conn, Result) {
 
 // ShortRESP opens one connection per command, as a Redis client that
 // connects for each: connect, send PING as a RESP array, read "+PONG",
-// close. The latency recorded is connect-start to the reply's first byte.
+// close. The latency recorded is connect-start to the whole reply.
 func ShortRESP(addr string, c int, d time.Duration, max int) Result {
-	cmd := []byte("*1\r\n$4\r\nPING\r\n")
-	return run(c, d, max, func(w *worker) error {
-		t0 := time.Now()
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(15 * time.Second))
-		if _, err := conn.Write(cmd); err != nil {
-			return err
-		}
+	return shortConns(addr, c, d, max, []byte("*1\r\n$4\r\nPING\r\n"), func(conn net.Conn, answered func()) error {
 		var buf [7]byte
 		if _, err := io.ReadFull(conn, buf[:]); err != nil {
 			return fmt.Errorf("no reply: %w", err)
 		}
-		w.s.Add(time.Since(t0))
+		answered()
 		if string(buf[:]) != "+PONG\r\n" {
 			return fmt.Errorf("reply %q, want +PONG", buf)
 		}
-		w.ops++
 		return nil
 	})
 }
