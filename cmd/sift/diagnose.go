@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -77,29 +76,19 @@ type clusters struct {
 	} `json:"cluster_statuses"`
 }
 
+var diagnoseAbout = "Usage: sift diagnose [flags]\n\nAsks a running sift-proxy's admin server what it decided about recent connections —\nwhat protocol detection found and why, the filter chain and cluster chosen, the\ncluster's endpoints and their health — and the configuration it is serving."
+
 func runDiagnose(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sift diagnose", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := flags("diagnose", diagnoseAbout, diagnoseExamples, stderr)
 	admin := fs.String("admin", "127.0.0.1:9901", "the sift-proxy admin server (host:port)")
 	port := fs.Uint("port", 0, "only connections to this destination port")
 	lis := fs.String("listener", "", "only connections of this listener")
 	reason := fs.String("reason", "", "only connections whose detection ended for this reason (match, timeout, server_first, …)")
 	limit := fs.Int("limit", 5, "how many recent connections to explain")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: sift diagnose [flags]\n\nAsks a running sift-proxy's admin server what it decided about recent connections —\nwhat protocol detection found and why, the filter chain and cluster chosen, the\ncluster's endpoints and their health — and the configuration it is serving.\n\nFlags:")
-		fs.PrintDefaults()
-		fmt.Fprint(stderr, diagnoseExamples)
+	if code, ok := parse(fs, args); !ok {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
-	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "sift diagnose: "+format+"\n", a...)
-		return 1
-	}
+	fail := failer("diagnose", stderr)
 	if *port > 65535 || *limit < 1 {
 		return fail("--port must be 1-65535 and --limit positive")
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -24,9 +23,10 @@ Examples:
   sift inject --opaque-ports 3306 --skip-inbound-ports 22 k8s/
 `
 
+var injectAbout = "Usage: sift inject [flags] FILE|DIR|- ...\n\nAdds Sift's sidecar (sift-proxy and an init container running sift iptables) to the\nDeployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and Pods of Kubernetes\nmanifests (multi-document YAML, JSON, Lists), honouring linkerd.io/inject: disabled and\nLinkerd's config.linkerd.io port annotations, and writes them to stdout for kubectl apply.\nOther kinds pass through untouched; injecting twice changes nothing. A summary goes to stderr."
+
 func runInject(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sift inject", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := flags("inject", injectAbout, injectExamples, stderr)
 	d := inject.DefaultOptions()
 	proxyImage := fs.String("proxy-image", d.ProxyImage, "the image that runs sift-proxy")
 	initImage := fs.String("init-image", d.InitImage, "the image that runs sift iptables")
@@ -35,16 +35,8 @@ func runInject(args []string, stdout, stderr io.Writer) int {
 	opaque := fs.String("opaque-ports", "", "set config.linkerd.io/opaque-ports on every pod template")
 	skipIn := fs.String("skip-inbound-ports", "", "set config.linkerd.io/skip-inbound-ports on every pod template")
 	skipOut := fs.String("skip-outbound-ports", "", "set config.linkerd.io/skip-outbound-ports on every pod template")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: sift inject [flags] FILE|DIR|- ...\n\nAdds Sift's sidecar (sift-proxy and an init container running sift iptables) to the\nDeployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and Pods of Kubernetes\nmanifests (multi-document YAML, JSON, Lists), honouring linkerd.io/inject: disabled and\nLinkerd's config.linkerd.io port annotations, and writes them to stdout for kubectl apply.\nOther kinds pass through untouched; injecting twice changes nothing. A summary goes to stderr.\n\nFlags:")
-		fs.PrintDefaults()
-		fmt.Fprint(stderr, injectExamples)
-	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
+	if code, ok := parse(fs, args); !ok {
+		return code
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()

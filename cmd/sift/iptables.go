@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -25,9 +24,10 @@ Examples:
   sift iptables --remove
 `
 
+var iptablesAbout = "Usage: sift iptables [flags]\n\nWrites the NAT rules that send a workload's TCP through its sidecar proxy, in their own\nchains (" + proxyinit.InboundChain + ", " + proxyinit.OutboundChain + "): running it again replaces them."
+
 func runIptables(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sift iptables", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := flags("iptables", iptablesAbout, iptablesExamples, stderr)
 	inbound := fs.Uint("inbound-port", proxyinit.DefaultInboundPort, "the proxy's inbound port: inbound TCP is redirected to it")
 	outbound := fs.Uint("outbound-port", proxyinit.DefaultOutboundPort, "the proxy's outbound port: outbound TCP is redirected to it")
 	uid := fs.Int("proxy-uid", proxyinit.DefaultProxyUID, "the UID the proxy runs as: its own connections are left alone (-1: none)")
@@ -39,21 +39,10 @@ func runIptables(args []string, stdout, stderr io.Writer) int {
 	mode := fs.String("iptables-mode", "auto", "auto (the iptables on PATH), legacy (iptables-legacy) or nft (iptables-nft)")
 	remove := fs.Bool("remove", false, "remove the rules instead")
 	dryRun := fs.Bool("dry-run", false, "print the commands instead of running them")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: sift iptables [flags]\n\nWrites the NAT rules that send a workload's TCP through its sidecar proxy, in their own\nchains ("+proxyinit.InboundChain+", "+proxyinit.OutboundChain+"): running it again replaces them.\n\nFlags:")
-		fs.PrintDefaults()
-		fmt.Fprint(stderr, iptablesExamples)
+	if code, ok := parse(fs, args); !ok {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
-	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "sift iptables: "+format+"\n", a...)
-		return 1
-	}
+	fail := failer("iptables", stderr)
 	cfg := proxyinit.Config{InboundPort: uint16(*inbound), OutboundPort: uint16(*outbound), ProxyUID: *uid, ProxyGID: *gid}
 	if *inbound == 0 || *inbound > 65535 || *outbound == 0 || *outbound > 65535 {
 		return fail("--inbound-port and --outbound-port must be ports (1-65535)")

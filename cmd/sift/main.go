@@ -8,6 +8,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -53,4 +55,37 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun \"sift <command> -h\" for a command's flags and examples.")
+}
+
+// flags is a command's flag set: -h prints about, the flags, then examples.
+func flags(name, about, examples string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("sift "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, about+"\n\nFlags:")
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, examples)
+	}
+	return fs
+}
+
+// parse parses a command's arguments. When it returns false the command
+// ends with code: 0 after -h, 2 after a bad flag (already reported).
+func parse(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	return 0, true
+}
+
+// failer returns a function that reports a command's error, "sift NAME:
+// message", and returns the exit code 1.
+func failer(name string, stderr io.Writer) func(format string, a ...any) int {
+	return func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "sift "+name+": "+format+"\n", a...)
+		return 1
+	}
 }
