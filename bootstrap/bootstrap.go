@@ -15,14 +15,12 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/siftmesh/sift/internal/yamljson"
-
+	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/internal/pbcheck"
+	"github.com/siftmesh/sift/internal/yamljson"
 	"github.com/siftmesh/sift/xds"
 )
 
@@ -235,11 +233,12 @@ type Warning struct {
 
 func (w Warning) String() string { return w.Path + ": " + w.Message }
 
-// UnresolvableClusters finds the clusters that static listeners name —
-// tcp_proxy's cluster and weighted_clusters, and the routes of an HTTP
-// connection manager's inline route_config — that are not static clusters
-// when the bootstrap has no cds_config to supply them. Envoy accepts such a
-// configuration; every connection or request to the cluster then fails.
+// UnresolvableClusters finds the clusters that static listeners' filters
+// name (through each filter package's filters.ClusterRefsFunc: tcp_proxy's
+// cluster and weighted_clusters, the routes of an HTTP connection manager's
+// inline route_config, …) that are not static clusters when the bootstrap
+// has no cds_config to supply them. Envoy accepts such a configuration;
+// every connection or request to the cluster then fails.
 func UnresolvableClusters(b *bootstrapv3.Bootstrap) []Warning {
 	if b.GetDynamicResources().GetCdsConfig() != nil {
 		return nil
@@ -249,12 +248,6 @@ func UnresolvableClusters(b *bootstrapv3.Bootstrap) []Warning {
 		static[c.GetName()] = true
 	}
 	var out []Warning
-	check := func(path, name string) {
-		if name != "" && !static[name] {
-			out = append(out, Warning{Path: path, Message: fmt.Sprintf(
-				"cluster %q is not a static cluster, and without dynamic_resources.cds_config none can arrive: connections to it will fail", name)})
-		}
-	}
 	for i, l := range b.GetStaticResources().GetListeners() {
 		chains := l.GetFilterChains()
 		paths := make([]string, len(chains))
@@ -267,26 +260,14 @@ func UnresolvableClusters(b *bootstrapv3.Bootstrap) []Warning {
 		}
 		for j, fc := range chains {
 			for k, f := range fc.GetFilters() {
-				path := fmt.Sprintf("%s.filters[%d].typed_config", paths[j], k)
 				msg, err := f.GetTypedConfig().UnmarshalNew()
 				if err != nil {
 					continue // the listener's decoder reports it
 				}
-				switch cfg := msg.(type) {
-				case *tcpproxyv3.TcpProxy:
-					check(path+".cluster", cfg.GetCluster())
-					for n, wc := range cfg.GetWeightedClusters().GetClusters() {
-						check(fmt.Sprintf("%s.weighted_clusters.clusters[%d].name", path, n), wc.GetName())
-					}
-				case *hcmv3.HttpConnectionManager:
-					for v, vh := range cfg.GetRouteConfig().GetVirtualHosts() {
-						for r, rt := range vh.GetRoutes() {
-							rp := fmt.Sprintf("%s.route_config.virtual_hosts[%d].routes[%d].route", path, v, r)
-							check(rp+".cluster", rt.GetRoute().GetCluster())
-							for n, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
-								check(fmt.Sprintf("%s.weighted_clusters.clusters[%d].name", rp, n), wc.GetName())
-							}
-						}
+				for _, ref := range filters.ClusterRefs(msg) {
+					if ref.Cluster != "" && !static[ref.Cluster] {
+						out = append(out, Warning{Path: fmt.Sprintf("%s.filters[%d].typed_config.%s", paths[j], k, ref.Field),
+							Message: fmt.Sprintf("cluster %q is not a static cluster, and without dynamic_resources.cds_config none can arrive: connections to it will fail", ref.Cluster)})
 					}
 				}
 			}

@@ -1,6 +1,8 @@
 package bootstrap
 
 import (
+	_ "github.com/siftmesh/sift/filters/httplb"   // registers the HCM's cluster references
+	_ "github.com/siftmesh/sift/filters/tcpproxy" // and tcp_proxy's
 	"os"
 	"path/filepath"
 	"strings"

@@ -223,3 +223,31 @@ func newMessage(url string) (proto.Message, error) {
 	}
 	return mt.New().Interface(), nil
 }
+
+// ClusterRef is a cluster a filter's typed config names: Field is its path
+// within the typed config ("cluster", "weighted_clusters.clusters[1].name").
+type ClusterRef struct {
+	Field, Cluster string
+}
+
+// ClusterRefsFunc lists the clusters a typed config names. It reads the
+// config only (no validation: a bad config is its factory's business).
+type ClusterRefsFunc func(cfg proto.Message) []ClusterRef
+
+var clusterRefs sync.Map // type URL → ClusterRefsFunc
+
+// RegisterClusterRefs registers, for a filter's config type, the function
+// that lists the clusters it names, so that configuration checks (a
+// static-only bootstrap naming a cluster it can never have) need not know
+// the filter's fields.
+func RegisterClusterRefs(msg proto.Message, f ClusterRefsFunc) { clusterRefs.Store(TypeURL(msg), f) }
+
+// ClusterRefs returns the clusters cfg names, or nil when its type
+// registered no ClusterRefsFunc.
+func ClusterRefs(cfg proto.Message) []ClusterRef {
+	f, ok := clusterRefs.Load(TypeURL(cfg))
+	if !ok {
+		return nil
+	}
+	return f.(ClusterRefsFunc)(cfg)
+}

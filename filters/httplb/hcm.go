@@ -42,6 +42,13 @@ func init() {
 	filters.RegisterNetworkFilter(&hcmv3.HttpConnectionManager{}, func(cfg proto.Message, bc filters.BuildContext) (filters.NetworkFilter, error) {
 		return New(cfg.(*hcmv3.HttpConnectionManager), bc)
 	})
+	filters.RegisterClusterRefs(&hcmv3.HttpConnectionManager{}, func(cfg proto.Message) []filters.ClusterRef {
+		var refs []filters.ClusterRef
+		for _, r := range route.ClusterRefs(cfg.(*hcmv3.HttpConnectionManager).GetRouteConfig()) {
+			refs = append(refs, filters.ClusterRef{Field: "route_config." + r.Field, Cluster: r.Cluster})
+		}
+		return refs
+	})
 }
 
 // HCM is a configured HTTP connection manager. It is safe for concurrent

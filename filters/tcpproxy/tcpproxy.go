@@ -37,6 +37,17 @@ func init() {
 		}
 		return p, nil
 	})
+	filters.RegisterClusterRefs(&tcpproxyv3.TcpProxy{}, func(cfg proto.Message) []filters.ClusterRef {
+		tp := cfg.(*tcpproxyv3.TcpProxy)
+		var refs []filters.ClusterRef
+		if c := tp.GetCluster(); c != "" {
+			refs = append(refs, filters.ClusterRef{Field: "cluster", Cluster: c})
+		}
+		for i, wc := range tp.GetWeightedClusters().GetClusters() {
+			refs = append(refs, filters.ClusterRef{Field: fmt.Sprintf("weighted_clusters.clusters[%d].name", i), Cluster: wc.GetName()})
+		}
+		return refs
+	})
 }
 
 // Envoy's defaults.

@@ -316,3 +316,28 @@ func envoySubstitution(s string) string {
 	}
 	return b.String()
 }
+
+// ClusterRef is a cluster a RouteConfiguration names, with the field's path
+// ("virtual_hosts[0].routes[1].route.cluster").
+type ClusterRef struct {
+	Field, Cluster string
+}
+
+// ClusterRefs lists the clusters rc's routes name (cluster and
+// weighted_clusters; cluster_header names none in advance). It reads rc
+// only: Decode validates it.
+func ClusterRefs(rc *routev3.RouteConfiguration) []ClusterRef {
+	var refs []ClusterRef
+	for v, vh := range rc.GetVirtualHosts() {
+		for r, rt := range vh.GetRoutes() {
+			path := fmt.Sprintf("virtual_hosts[%d].routes[%d].route", v, r)
+			if c := rt.GetRoute().GetCluster(); c != "" {
+				refs = append(refs, ClusterRef{Field: path + ".cluster", Cluster: c})
+			}
+			for n, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
+				refs = append(refs, ClusterRef{Field: fmt.Sprintf("%s.weighted_clusters.clusters[%d].name", path, n), Cluster: wc.GetName()})
+			}
+		}
+	}
+	return refs
+}
