@@ -74,6 +74,9 @@ func chaosReport(t *testing.T, scenario string, rows [][2]string) {
 	}
 }
 
+// adminYAML is a bootstrap's admin server on a free port: metrics on.
+const adminYAML = "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\n"
+
 // leakSlack is how many goroutines and fds above the baseline still count as
 // "back to the baseline": the admin scrape's own keep-alive connection and
 // timers come and go; a leak per update or per connection is hundreds.
@@ -152,8 +155,7 @@ func startChaosMesh(t *testing.T) *chaosMesh {
 	c := &chaosMesh{web: []string{httpBackend(t, "a"), httpBackend(t, "b")}, echoAddr: echo(t)}
 	c.cp = startControlPlane(t, true)
 	c.cp.set("1", churnResources(1, c.web, c.echoAddr))
-	cfg := writeBootstrap(t, xdsBootstrap(c.cp.addr, false, true)+
-		"admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\n", nil)
+	cfg := writeBootstrap(t, xdsBootstrap(c.cp.addr, false, true)+adminYAML, nil)
 	c.proxy = startProcess(t, []string{siftProxyBinary(t), "-c", cfg, "--log-format", "json", "--drain-time-s", "1"}, "http", "tcp", "admin")
 	return c
 }
@@ -526,43 +528,16 @@ func TestChaosUpstreamFaults(t *testing.T) {
 		host, port, _ := net.SplitHostPort(addr)
 		return fmt.Sprintf("{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}", host, port)
 	}
-	cfg := writeBootstrap(t, `
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
-          route_config:
-            name: r
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: /}
-                route:
-                  cluster: web
-                  timeout: 10s
-                  retry_policy:
-                    retry_on: "connect-failure,reset,5xx"
-                    num_retries: 3
-                    per_try_timeout: 0.5s
-                    retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]
-                    host_selection_retry_max_attempts: 5
-  clusters:
-  - name: web
+	retry := `{retry_on: "connect-failure,reset,5xx", num_retries: 3, per_try_timeout: 0.5s, host_selection_retry_max_attempts: 5, ` +
+		`retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]}`
+	cfg := writeBootstrap(t, adminYAML+httpListener+`  - name: web
     type: STATIC
     connect_timeout: 0.25s
     lb_policy: ROUND_ROBIN
     outlier_detection: {consecutive_5xx: 3, consecutive_gateway_failure: 3, interval: 0.1s, base_ejection_time: 0.5s, max_ejection_percent: 100}
     load_assignment: {cluster_name: web, endpoints: [{lb_endpoints: [{{a}}, {{b}}, {{c}}]}]}
-`, map[string]string{"a": ep(a.addr), "b": ep(b.addr), "c": ep(c.addr)})
+`, map[string]string{"hcm": "", "routes": `{name: r, virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: web, timeout: 10s, retry_policy: ` + retry + `}}]}]}`,
+		"a": ep(a.addr), "b": ep(b.addr), "c": ep(c.addr)})
 	p := startProcess(t, []string{siftProxyBinary(t), "-c", cfg, "--log-format", "json"}, "http", "admin")
 	url := "http://" + p.addrs["http"] + "/"
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
@@ -748,25 +723,8 @@ static_resources:
 func TestChaosHTTPAbuse(t *testing.T) {
 	t.Parallel()
 	resets := chaosSize(20000, 1000000)
-	cfg := writeBootstrap(t, `
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
-static_resources:
-  listeners:
-  - name: http
-    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          codec_type: AUTO
-          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
-          route_config:
-            name: r
-            virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: web}}]}]
-  clusters:
-`+staticCluster("web", httpBackend(t, "legit")), nil)
+	cfg := writeBootstrap(t, adminYAML+httpListener+staticCluster("web", httpBackend(t, "legit")),
+		map[string]string{"hcm": "codec_type: AUTO", "routes": `{name: r, virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: web}}]}]}`})
 	p := startProcess(t, []string{siftProxyBinary(t), "-c", cfg, "--log-format", "json"}, "http", "admin")
 	addr, admin := p.addrs["http"], p.addrs["admin"]
 	legit := func() error {
