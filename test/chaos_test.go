@@ -616,7 +616,8 @@ func TestChaosSilentFlood(t *testing.T) {
 	t.Parallel()
 	silent := chaosSize(500, 10000)
 	quiet := testnet.Backend(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // never speaks
-	p := startDetectingProxy(t, quiet)                                       // HTTP to the "http" backend, everything else to quiet
+	// HTTP goes to the "http" backend, everything else to quiet.
+	p := startDetectingProxy(t, quiet)
 	addr, admin := p.addr, p.admin
 	rss := func() int { return gauge(t, scrape(t, admin), "process_resident_memory_bytes") }
 	get := func() error {
