@@ -111,6 +111,16 @@ type ConnInfo struct {
 	LocalIdentity string
 	// NegotiatedProtocol is the ALPN protocol the handshake agreed, or "".
 	NegotiatedProtocol string
+
+	// UpstreamTLS is true when the connection's one upstream (tcp_proxy,
+	// opaque transport) is TLS (a cluster transport socket); UpstreamIdentity
+	// is then the identity the upstream's certificate proved (in a mesh, the
+	// destination proxy's SPIFFE ID: Linkerd's outbound server_id). Set by
+	// the network filter once the upstream is connected, before it reports
+	// the connection's start; never set for HTTP connections (each request
+	// has its own upstream).
+	UpstreamTLS      bool
+	UpstreamIdentity string
 }
 
 // Detection is the outcome of protocol detection on one connection.

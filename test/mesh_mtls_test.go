@@ -478,6 +478,18 @@ func mtlsServerFirst(t *testing.T, e *mtlsEnv) {
 			"msg": "connection", "listener": "inbound", "local": mtlsApp + ":4143", "chain": "opaque-transport|inbound:4143", "detected": "tls",
 		}))
 	}
+	// TCP metrics carry both identities: client-0's outbound connections
+	// the destination's, from app-0's certificate in the opaque transport's
+	// handshake (Linkerd's outbound tls and server_id); app-0's inbound ones
+	// the client's and its own.
+	for _, port := range []string{"5432", "7000"} {
+		t.Log(e.waitMetricLine(t, "client-0", "tcp_close_total{", `direction="outbound"`, `srv_port="`+port+`"`, `tls="true"`,
+			`server_id="`+mtlsServerID+`"`, `classification="success"`))
+		e.waitMetricLine(t, "client-0", "tcp_open_total{", `direction="outbound"`, `srv_port="`+port+`"`, `tls="true"`,
+			`server_id="`+mtlsServerID+`"`)
+	}
+	t.Log(e.waitMetricLine(t, "app-0", "tcp_open_total{", `direction="inbound"`, `tls="true"`,
+		`client_id="`+mtlsClientID+`"`, `server_id="`+mtlsServerID+`"`))
 }
 
 // Scenario 3: the client speaks TLS to the secure service; the mesh carries

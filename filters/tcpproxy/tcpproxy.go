@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/filters/mtls"
 	"github.com/siftmesh/sift/filters/opaquetransport/header"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/telemetry/accesslog"
@@ -167,7 +168,22 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	defer down.Close()
 	rec := streaminfo.Conn{Start: d.Info.AcceptedAt, Filter: "tcp_proxy", StatPrefix: p.statPrefix, Info: d.Info}
 	defer p.report(&rec)
-	streaminfo.ReportConnStart(d.Info)
+	// The start is reported once the upstream is settled (connected, or
+	// given up on), so that its series carry the upstream's TLS identity
+	// (outbound server_id); every path out of here reports it.
+	started := false
+	start := func(up *upstream.Conn) {
+		if up != nil && up.TLS != (mtls.Identity{}) {
+			d.Info.UpstreamTLS, d.Info.UpstreamIdentity = true, up.TLS.Peer
+		}
+		streaminfo.ReportConnStart(d.Info)
+		started = true
+	}
+	defer func() {
+		if !started {
+			start(nil)
+		}
+	}()
 	// Attributes go on the rare log lines themselves: a logger built with
 	// With per connection would allocate on every connection.
 	remote := d.Info.RemoteAddr
@@ -179,6 +195,7 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 		rec.Cluster, up = early.Cluster, early.Conn.(*upstream.Conn)
 		rec.Endpoint = up.Addr
 		defer up.Close()
+		start(up)
 		if len(early.Greeting) > 0 {
 			n, err := down.Write(early.Greeting)
 			rec.BytesSent += int64(n)
@@ -200,6 +217,7 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 		}
 		rec.Endpoint = up.Addr
 		defer up.Close()
+		start(up)
 	}
 
 	if peeked := d.Peeked(); len(peeked) > 0 {

@@ -69,15 +69,21 @@ type peer struct {
 // peerOf reads the labels a connection contributes: tls when the downstream
 // transport socket terminated TLS, client_id the client certificate's
 // identity, server_id the identity the proxy presented (the server's, on an
-// inbound connection). Outbound HTTP requests replace tls and server_id with
-// the upstream connection's (OnRequest); outbound TCP metrics keep the
-// downstream's, since a connection's series are chosen when it opens,
-// before its upstream is known.
+// inbound connection). Outbound, Linkerd's tls and server_id describe the
+// connection to the destination: an outbound connection with one upstream
+// (tcp_proxy, which reports its start once the upstream is connected) takes
+// them from ConnInfo.UpstreamTLS and UpstreamIdentity; outbound HTTP
+// requests from their own upstream connection (OnRequest); an outbound HTTP
+// connection, which has no single upstream, keeps the downstream's.
 func peerOf(info *filters.ConnInfo) peer {
 	if info == nil {
 		return peer{}
 	}
-	return peer{dir: info.Direction, target: info.LocalAddr, tls: info.TLS, clientID: info.PeerIdentity, serverID: info.LocalIdentity}
+	p := peer{dir: info.Direction, target: info.LocalAddr, tls: info.TLS, clientID: info.PeerIdentity, serverID: info.LocalIdentity}
+	if info.Direction == filters.DirectionOutbound && info.UpstreamTLS {
+		p.tls, p.serverID = true, info.UpstreamIdentity
+	}
+	return p
 }
 
 // values renders the base labels in baseLabels' order.

@@ -218,6 +218,52 @@ func TestConnections(t *testing.T) {
 	}
 }
 
+// TestConnectionIdentities: the tls, client_id and server_id labels of TCP
+// metrics. Inbound: the downstream handshake's identities. Outbound with a
+// TLS upstream: the destination's identity from its certificate
+// (Linkerd's outbound server_id), whatever the downstream was; outbound
+// without one: the downstream's.
+func TestConnectionIdentities(t *testing.T) {
+	t.Parallel()
+	const client, server = "spiffe://td/ns/a/sa/client", "spiffe://td/ns/b/sa/server"
+	for _, tc := range []struct {
+		name string
+		info filters.ConnInfo
+		want string
+	}{
+		{"inbound mTLS", filters.ConnInfo{Direction: filters.DirectionInbound, TLS: true, PeerIdentity: client, LocalIdentity: server},
+			"client_id=" + client + ",direction=inbound,server_id=" + server + ",tls=true 1"},
+		{"inbound plaintext", filters.ConnInfo{Direction: filters.DirectionInbound},
+			"client_id=,direction=inbound,server_id=,tls=false 1"},
+		{"outbound to a TLS upstream", filters.ConnInfo{Direction: filters.DirectionOutbound, UpstreamTLS: true, UpstreamIdentity: server},
+			"client_id=,direction=outbound,server_id=" + server + ",tls=true 1"},
+		{"outbound to a TLS upstream from a TLS client", filters.ConnInfo{Direction: filters.DirectionOutbound, TLS: true, PeerIdentity: client,
+			LocalIdentity: "spiffe://td/ns/a/sa/self", UpstreamTLS: true, UpstreamIdentity: server},
+			"client_id=" + client + ",direction=outbound,server_id=" + server + ",tls=true 1"},
+		{"outbound plaintext", filters.ConnInfo{Direction: filters.DirectionOutbound},
+			"client_id=,direction=outbound,server_id=,tls=false 1"},
+		{"unspecified direction ignores the upstream", filters.ConnInfo{UpstreamTLS: true, UpstreamIdentity: server},
+			"client_id=,direction=unspecified,server_id=,tls=false 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := New(Options{})
+			info := tc.info
+			info.LocalAddr = outAddr
+			r.OnConnStart(&info)
+			r.OnConn(&streaminfo.Conn{Info: &info, BytesReceived: 1})
+			keep := []string{"direction", "tls", "client_id", "server_id"}
+			for _, m := range []string{"tcp_open_total", "tcp_close_total", "tcp_read_bytes_total"} {
+				if diff := cmp.Diff([]string{tc.want}, series(t, r, m, keep...)); diff != "" {
+					t.Errorf("%s (-want +got):\n%s", m, diff)
+				}
+			}
+			if diff := cmp.Diff([]string{strings.TrimSuffix(tc.want, " 1") + " 0"}, series(t, r, "tcp_open_connections", keep...)); diff != "" {
+				t.Errorf("tcp_open_connections (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestDetection(t *testing.T) {
 	t.Parallel()
 	r := New(Options{})

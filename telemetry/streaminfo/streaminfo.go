@@ -115,9 +115,11 @@ type ConnHook interface {
 
 // ConnStartHook is implemented by ConnHooks that also want to know when a
 // connection starts being served (open-connection gauges). OnConnStart is
-// called on the connection's goroutine before any upstream is opened, once
-// per connection that later reaches OnConn; info is read-only and must not be
-// kept past OnConn.
+// called on the connection's goroutine once per connection that later
+// reaches OnConn: by the HTTP connection manager before any upstream is
+// opened, by tcp_proxy once its upstream is connected or given up on (so
+// that ConnInfo.UpstreamTLS and UpstreamIdentity are set). info is read-only
+// and must not be kept past OnConn.
 type ConnStartHook interface {
 	OnConnStart(info *filters.ConnInfo)
 }
