@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	httpupgradev1 "github.com/siftmesh/sift/api/sift/extensions/upstreams/http_upgrade/v1"
 	opaqueupstreamv1 "github.com/siftmesh/sift/api/sift/extensions/upstreams/opaque_transport/v1"
 	detectv1 "github.com/siftmesh/sift/api/sift/filters/listener/detect/v1"
 	opaqueinboundv1 "github.com/siftmesh/sift/api/sift/filters/network/opaque_transport/v1"
@@ -179,6 +180,11 @@ func (g *generator) outboundClusters() {
 			}
 			if g.mtls() {
 				c.TransportSocket = g.opts.Security.ClusterTransportSocket(s)
+				if c.TypedExtensionProtocolOptions != nil {
+					// Between proxies HTTP/1 rides HTTP/2: the endpoints
+					// are peer proxies' inbound ports, which restore it.
+					c.TypedExtensionProtocolOptions[httpUpgradeOptionsName] = mustAny(&httpupgradev1.HttpUpgrade{})
+				}
 			}
 			g.r.Clusters = append(g.r.Clusters, c)
 			g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, eps, p.Target()))
@@ -246,6 +252,11 @@ func (g *generator) opaqueCluster(s *mesh.Service, p mesh.ServicePort, eps []*me
 // OpaqueTransportALPN announces the opaque transport on mTLS between proxies
 // (filters/opaquetransport/header.ALPN).
 const OpaqueTransportALPN = "sift.opaque/1"
+
+// httpUpgradeOptionsName is the typed_extension_protocol_options key that
+// makes an outbound HTTP cluster upgrade HTTP/1 to HTTP/2 between proxies
+// (l5d-orig-proto; docs/mesh-transport.md).
+var httpUpgradeOptionsName = string(proto.MessageName(&httpupgradev1.HttpUpgrade{}))
 
 // opaqueTransportOptionsName is the cluster's typed_extension_protocol_options key.
 var opaqueTransportOptionsName = string(proto.MessageName(&opaqueupstreamv1.OpaqueTransport{}))

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,7 +127,16 @@ type mtlsEnv struct {
 	client  *http.Client // from the client namespace, one connection per request
 	appCert *x509.Certificate
 	greeted atomic.Int64 // connections the greeters accepted
+
+	// /hold requests: the web app answers them once mtlsHolds are in
+	// flight together.
+	holds   atomic.Int64
+	holdsMu sync.Mutex
+	held    chan struct{}
 }
+
+// mtlsHolds is how many /hold requests the web app waits for.
+const mtlsHolds = 8
 
 func TestMeshMTLS(t *testing.T) {
 	if err := netns.Check(); err != nil {
@@ -165,8 +175,27 @@ func TestMeshMTLS(t *testing.T) {
 
 	// The applications, on app-0's loopback.
 	appHTTP := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			// Answers once mtlsHolds requests are in flight together.
+			e.holds.Add(1)
+			e.holdsMu.Lock()
+			if e.held == nil {
+				e.held = make(chan struct{})
+			}
+			held := e.held
+			if e.holds.Load() == mtlsHolds {
+				close(held)
+			}
+			e.holdsMu.Unlock()
+			select {
+			case <-held:
+			case <-time.After(10 * time.Second):
+				http.Error(w, "not all held requests arrived", http.StatusGatewayTimeout)
+				return
+			}
+		}
 		remote, _, _ := net.SplitHostPort(r.RemoteAddr)
-		fmt.Fprintf(w, "name=app-0 host=%s remote=%s", r.Host, remote)
+		fmt.Fprintf(w, "name=app-0 host=%s remote=%s proto=%s orig=%q", r.Host, remote, r.Proto, r.Header.Get("L5d-Orig-Proto"))
 	})
 	ln, err := app.Listen("tcp", "127.0.0.1:8080")
 	must(err)
@@ -350,6 +379,35 @@ func (e *mtlsEnv) waitAdmin(t *testing.T, w, path string, want ...string) string
 
 // waitMetricLine polls w's /stats/prometheus until one line holds every
 // string in want.
+// get sends req with the client namespace's client and returns the body
+// of a 200 answer; anything else fails the test.
+func (e *mtlsEnv) get(t *testing.T, req *http.Request) string {
+	t.Helper()
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Errorf("%s %s: %v", req.Method, req.URL, err)
+		return ""
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("%s %s: status %d, %q, %v", req.Method, req.URL, resp.StatusCode, b, err)
+	}
+	return string(b)
+}
+
+// metricValue is the value of the one line of w's metrics that holds all of
+// want (waiting for it as waitMetricLine does).
+func (e *mtlsEnv) metricValue(t *testing.T, w string, want ...string) int {
+	t.Helper()
+	l := e.waitMetricLine(t, w, want...)
+	v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+	if err != nil {
+		t.Fatalf("metric line %q: %v", l, err)
+	}
+	return int(v)
+}
+
 func (e *mtlsEnv) waitMetricLine(t *testing.T, w string, want ...string) string {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -395,11 +453,37 @@ func mtlsHTTP(t *testing.T, e *mtlsEnv) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// The backend speaks HTTP/1 only and app-0's inbound cluster for 8080
-	// (unknown protocol) speaks the request's protocol: an answer at all
-	// means the client's HTTP/1.1 was kept between the proxies (scenario
-	// 1b shows the h2 side).
-	if want := "name=app-0 host=10.96.0.10 remote=127.0.0.1"; body != want {
+	// (unknown protocol) speaks the request's protocol: between the proxies
+	// the request rode HTTP/2 marked l5d-orig-proto (below), and app-0's
+	// proxy restored HTTP/1.1 and removed the mark.
+	if want := `name=app-0 host=10.96.0.10 remote=127.0.0.1 proto=HTTP/1.1 orig=""`; body != want {
 		t.Errorf("body = %q, want %q", body, want)
+	}
+	// A client cannot smuggle the mark to an application either.
+	req, _ := http.NewRequest("GET", mtlsWebURL, nil)
+	req.Header.Set("L5d-Orig-Proto", "HTTP/1.1; spoofed")
+	if got := e.get(t, req); !strings.HasSuffix(got, `proto=HTTP/1.1 orig=""`) {
+		t.Errorf("with a client's own l5d-orig-proto, the application got %q", got)
+	}
+	// Multiplexing on the wire: mtlsHolds HTTP/1 requests in flight at once,
+	// each on its own client connection, reach app-0's proxy on one HTTP/2
+	// connection (the one the requests above opened), not one each.
+	inboundOpens := func() int {
+		return e.metricValue(t, "app-0", "tcp_open_total{", `direction="inbound"`, `srv_port="8080"`, `tls="true"`)
+	}
+	before := inboundOpens()
+	var wg sync.WaitGroup
+	for range mtlsHolds {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", strings.TrimSuffix(mtlsWebURL, "/")+"/hold", nil)
+			if got := e.get(t, req); !strings.HasSuffix(got, `proto=HTTP/1.1 orig=""`) {
+				t.Errorf("held request: %q", got)
+			}
+		})
+	}
+	wg.Wait()
+	if opened := inboundOpens() - before; opened > 1 {
+		t.Errorf("%d HTTP/1 requests in flight together opened %d connections to app-0's inbound, want them multiplexed on at most one", mtlsHolds, opened)
 	}
 	// The outbound side detected HTTP; app-0's inbound saw TLS on 8080 (the
 	// redirect kept the port) and served it on the HTTP chain.

@@ -126,6 +126,8 @@ func TestBuildInvalid(t *testing.T) {
 			`upstream: cluster "c": transport_socket: no secret store (a TLS transport socket needs a server)`},
 		{"protocol options map", `{"name":"c","typedExtensionProtocolOptions":{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions":{"@type":"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions","autoConfig":{}}}}`,
 			`upstream: cluster "c": typed_extension_protocol_options[envoy.extensions.upstreams.http.v3.HttpProtocolOptions].auto_config: not supported by Sift`},
+		{"mesh upgrade on an HTTP/1.1 cluster", `{"name":"c","typedExtensionProtocolOptions":{"sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade":{"@type":"type.googleapis.com/sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade"}}}`,
+			`upstream: cluster "c": typed_extension_protocol_options[sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade]: the cluster speaks HTTP/1.1 only; the upgrade needs envoy.extensions.upstreams.http.v3.HttpProtocolOptions with explicit_http_config.http2_protocol_options or use_downstream_protocol_config`},
 		{"dns resolvers", `{"name":"c","type":"STRICT_DNS","dnsResolvers":[{"socketAddress":{"address":"127.0.0.1","portValue":53}}]}`,
 			`upstream: cluster "c": dns_resolvers: not supported by Sift (custom DNS resolvers are not supported: Sift uses the system resolver)`},
 		{"STATIC name", withEndpoint("", `{"endpoint":{"address":{"socketAddress":{"address":"backend","portValue":80}}}}`),

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	peakewmav1 "github.com/siftmesh/sift/api/sift/extensions/load_balancing_policies/peak_ewma/v1"
+	httpupgradev1 "github.com/siftmesh/sift/api/sift/extensions/upstreams/http_upgrade/v1"
 	"github.com/siftmesh/sift/internal/pbcheck"
 	"github.com/siftmesh/sift/upstream/balancer"
 )
@@ -71,6 +72,11 @@ type HTTPOptions struct {
 	// MaxRequests caps the requests in flight to the cluster
 	// (circuit_breakers.thresholds[DEFAULT].max_requests); 0: no limit.
 	MaxRequests int
+	// UpgradeHTTP1 sends requests that arrived as HTTP/1 over HTTP/2 with
+	// the l5d-orig-proto header, for the peer proxy to restore (Sift's
+	// sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade; mesh
+	// clusters between proxies, docs/mesh-transport.md).
+	UpgradeHTTP1 bool
 }
 
 // httpConfig is the HTTP part of a config.
@@ -130,8 +136,9 @@ func (c *config) parseHTTP(pb *clusterv3.Cluster) error {
 	var common *corev3.HttpProtocolOptions
 	var h2 *corev3.Http2ProtocolOptions
 	for name := range pb.GetTypedExtensionProtocolOptions() {
-		if name != httpOptionsName && name != opaqueTransportName {
-			return fmt.Errorf("typed_extension_protocol_options[%s]: not supported by Sift (only %s and %s)", name, httpOptionsName, opaqueTransportName)
+		if name != httpOptionsName && name != opaqueTransportName && name != httpUpgradeName {
+			return fmt.Errorf("typed_extension_protocol_options[%s]: not supported by Sift (only %s, %s and %s)",
+				name, httpOptionsName, opaqueTransportName, httpUpgradeName)
 		}
 	}
 	if a, ok := pb.GetTypedExtensionProtocolOptions()[httpOptionsName]; ok {
@@ -201,6 +208,9 @@ func (c *config) parseHTTP(pb *clusterv3.Cluster) error {
 			return err
 		}
 	}
+	if err := c.parseHTTPUpgrade(pb); err != nil {
+		return err
+	}
 	if err := c.parseCircuitBreakers(pb.GetCircuitBreakers()); err != nil {
 		return err
 	}
@@ -216,6 +226,36 @@ func (c *config) parseHTTP(pb *clusterv3.Cluster) error {
 	}
 	return nil
 }
+
+// httpUpgradeName is the typed_extension_protocol_options key of Sift's
+// HTTP/1-over-HTTP/2 upgrade between proxies.
+var httpUpgradeName = string(proto.MessageName(&httpupgradev1.HttpUpgrade{}))
+
+// parseHTTPUpgrade reads the cluster's HttpUpgrade entry: it needs a
+// cluster that may speak HTTP/2 (explicit HTTP/2 or the downstream's
+// protocol), since it sends HTTP/1 requests as HTTP/2.
+func (c *config) parseHTTPUpgrade(pb *clusterv3.Cluster) error {
+	a, ok := pb.GetTypedExtensionProtocolOptions()[httpUpgradeName]
+	if !ok {
+		return nil
+	}
+	field := "typed_extension_protocol_options[" + httpUpgradeName + "]"
+	u := &httpupgradev1.HttpUpgrade{}
+	if err := anypb.UnmarshalTo(a, u, proto.UnmarshalOptions{}); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	if err := httpUpgradePolicy.CheckAt(u, field); err != nil {
+		return err
+	}
+	if c.http.opts.Protocol == HTTP1 {
+		return fmt.Errorf("%s: the cluster speaks HTTP/1.1 only; the upgrade needs %s with explicit_http_config.http2_protocol_options "+
+			"or use_downstream_protocol_config", field, httpOptionsName)
+	}
+	c.http.opts.UpgradeHTTP1 = true
+	return nil
+}
+
+var httpUpgradePolicy = pbcheck.Policy{"sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade": nil}
 
 func (c *config) parseCircuitBreakers(cb *clusterv3.CircuitBreakers) error {
 	if cb == nil {

@@ -40,6 +40,13 @@ func TestHTTPOptions(t *testing.T) {
 		{"typed downstream", `{"name": "c", "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
 		   "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "useDownstreamProtocolConfig": {}}}}`,
 			HTTPOptions{Protocol: HTTPDownstream, IdleTimeout: time.Hour}},
+		{"typed downstream with the mesh upgrade", `{"name": "c", "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+		   "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "useDownstreamProtocolConfig": {}},
+		   "sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade": {"@type": "type.googleapis.com/sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade"}}}`,
+			HTTPOptions{Protocol: HTTPDownstream, IdleTimeout: time.Hour, UpgradeHTTP1: true}},
+		{"deprecated http2 with the mesh upgrade", `{"name": "c", "http2ProtocolOptions": {}, "typedExtensionProtocolOptions": {
+		   "sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade": {"@type": "type.googleapis.com/sift.extensions.upstreams.http_upgrade.v1.HttpUpgrade"}}}`,
+			HTTPOptions{Protocol: HTTP2, IdleTimeout: time.Hour, UpgradeHTTP1: true}},
 		{"deprecated http2", `{"name": "c", "http2ProtocolOptions": {}, "circuitBreakers": {"thresholds": [{"maxConnections": 8, "maxRequests": 100}]}}`,
 			HTTPOptions{Protocol: HTTP2, IdleTimeout: time.Hour, MaxConnections: 8, MaxRequests: 100}},
 	} {

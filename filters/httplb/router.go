@@ -55,12 +55,20 @@ type reqState struct {
 	rec          *Record
 	upgrade      string // lower-case upgrade type, or ""
 	downstreamH2 bool
-	external     bool          // the client is not on an internal address
-	tls          bool          // the downstream connection is TLS
-	span         *tracing.Span // nil when the request is not traced
-	idleFired    atomic.Bool
-	reqTOFired   atomic.Bool
+	// origHTTP1: the request arrived over HTTP/2 from a peer proxy that
+	// upgraded it from HTTP/1 (l5d-orig-proto); it counts as HTTP/1 for
+	// the upstream protocol.
+	origHTTP1  bool
+	external   bool          // the client is not on an internal address
+	tls        bool          // the downstream connection is TLS
+	span       *tracing.Span // nil when the request is not traced
+	idleFired  atomic.Bool
+	reqTOFired atomic.Bool
 }
+
+// origProtoHeader is Linkerd's l5d-orig-proto header (canonical form): on a
+// request between two proxies over HTTP/2, the protocol the client spoke.
+const origProtoHeader = "L5d-Orig-Proto"
 
 type stateKey struct{}
 
@@ -366,6 +374,15 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// l5d-orig-proto: a peer proxy upgraded this HTTP/1 request to HTTP/2
+	// between the proxies (docs/mesh-transport.md); it goes on as HTTP/1.1.
+	// The header is removed from every request, so that no application
+	// sees it and no client can set it for a hop that did not upgrade.
+	origHTTP1 := false
+	if v, ok := r.Header[origProtoHeader]; ok {
+		delete(r.Header, origProtoHeader)
+		origHTTP1 = r.ProtoMajor == 2 && len(v) == 1 && strings.HasPrefix(v[0], "HTTP/1")
+	}
 	// Request id: kept from trusted (internal) clients, else generated.
 	rec.RequestID = r.Header.Get("X-Request-Id")
 	if h.cfg.generateRequestID && (rec.RequestID == "" || (h.cfg.useRemoteAddress && cs.external && !h.cfg.preserveExternalID)) {
@@ -417,7 +434,7 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		h.localReply(w, r, rec, rt.ClusterNotFoundCode, reasonNoCluster, "")
 		return
 	}
-	st := &reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, external: cs.external, tls: cs.tls, span: span}
+	st := &reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, origHTTP1: origHTTP1, external: cs.external, tls: cs.tls, span: span}
 	if upgrade == "connect" {
 		if !rt.ConnectTerminate {
 			h.localReply(w, r, rec, http.StatusForbidden, reasonUpgrade, "")

@@ -62,15 +62,22 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 	if policy != nil && policy.NumRetries > 0 && req.Body != nil && req.Body != http.NoBody {
 		body = &replay{src: req.Body, limit: st.route.BufferLimit}
 	}
+	arrivedH1 := (req.ProtoMajor == 1 && !st.downstreamH2) || st.origHTTP1
 	h2 := false
 	switch p.opts.Protocol {
 	case upstream.HTTP2:
 		h2 = true
 	case upstream.HTTPDownstream:
-		h2 = req.ProtoMajor == 2 || st.downstreamH2
+		h2 = !arrivedH1
 	}
 	if st.upgrade != "" {
 		h2 = false // upgrades are HTTP/1.1 exchanges
+	} else if p.opts.UpgradeHTTP1 && arrivedH1 && req.Host != "" {
+		// To a peer proxy: HTTP/1 multiplexed on HTTP/2, marked for the peer
+		// to restore. req is ReverseProxy's outgoing copy: its Header is
+		// its own.
+		h2 = true
+		req.Header.Set(origProtoHeader, "HTTP/1.1")
 	}
 	var tried []*endpoint // with previous_hosts: the endpoints this request tried
 	for attempt := 1; ; attempt++ {
