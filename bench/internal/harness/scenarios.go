@@ -41,8 +41,8 @@ func (r *Runner) scenarios() []scenario {
 			Primary:     []string{"throughput", "CPU per GB"},
 			Notes:       []string{"direct: iperf3 client and server talk to each other on the load CPU; no proxy, so no CPU-s/GB."}}, r.s1},
 		{report.ScenarioInfo{ID: "s2", Title: "Opaque TCP over mTLS between two proxies",
-			Description: "iperf3 → proxy listener A (plain) → TLS 1.3 with a client certificate → proxy listener B (requires the client certificate) → iperf3 server. Both listeners live in the one proxy process under test, on the proxy CPU; CPU-s/GB counts both TLS ends.",
-			Primary:     []string{"throughput", "CPU per GB"},
+			Description: "iperf3 → proxy listener A (plain) → TLS 1.3 with a client certificate → proxy listener B (requires the client certificate) → iperf3 server. Both listeners live in the one proxy process under test, on the proxy CPU; CPU-s/GB counts both TLS ends. \"new mTLS connections\": short connections (one HTTP/1.1 GET with Connection: close each) through the same pair of listeners to an HTTP backend, so every connection is one mTLS handshake between them: the rate from 16 clients is handshakes per second.",
+			Primary:     []string{"throughput", "CPU per GB", "conn/s"},
 			Notes:       []string{"direct: plain TCP (no TLS), the physical limit."}}, r.s2},
 		{report.ScenarioInfo{ID: "s3", Title: "Connection rate and the cost of detection",
 			Description: "Short connections: connect, one HTTP/1.1 GET with Connection: close, read to EOF, close. Rate with 16 concurrent clients; connect-to-first-byte latency with one client at a time. \"detection on\" peeks at the request before choosing the chain (Sift: its detect listener filter; HAProxy: tcp-request inspect-delay + the HTTP ACL); \"opaque port\" skips detection. Both forward L4.",
@@ -174,7 +174,24 @@ func (r *Runner) s2() error {
 		{Name: "mtls_out", Port: r.port(1), Kind: gen.MTLSOrigin, Upstreams: []int{r.port(11)}},
 		{Name: "mtls_in", Port: r.port(11), Kind: gen.MTLSTerminate, Upstreams: []int{r.port(100)}},
 	}}
-	return r.bulk("s2", top, "mtls_out")
+	if err := r.bulk("s2", top, "mtls_out"); err != nil {
+		return err
+	}
+	// Handshakes: short connections, each one a new mTLS connection between
+	// the two listeners (and a plain one at each end).
+	bs, err := r.startBackends(func() (*procs.Proc, error) { return r.backend("http1", r.port(101)) })
+	if err != nil {
+		return err
+	}
+	defer bs.stop()
+	short := gen.Topology{Listeners: []gen.Listener{
+		{Name: "mtls_out", Port: r.port(1), Kind: gen.MTLSOrigin, Upstreams: []int{r.port(11)}},
+		{Name: "mtls_in", Port: r.port(11), Kind: gen.MTLSTerminate, Upstreams: []int{r.port(101)}},
+	}}
+	r.interleave("s2", proxiesAndDirect, same(short), r.env, func(tg string, rep int, px *procs.Proc, addr func(string) string) {
+		r.shortConnCases("s2", "short-http", tg, rep, addr, false, []shortCase{{"new mTLS connections", "mtls_out"}})
+	})
+	return nil
 }
 
 func (r *Runner) s3() error {
