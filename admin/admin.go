@@ -76,6 +76,9 @@ func Listen(addr string, src Source, log *slog.Logger) (*Server, error) {
 		}
 		mux.HandleFunc(pattern, e.handler)
 	}
+	for path, h := range pprofHandlers() {
+		mux.HandleFunc("GET "+path, h)
+	}
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go func() {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"html"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"text/tabwriter"
 )
@@ -31,6 +32,8 @@ func (s *Server) endpoints() []endpoint {
 		{"/metrics", "print server metrics in Prometheus exposition format (as /stats/prometheus)", s.prometheus},
 		{"/detections", "recent connections' protocol-detection decisions (?limit, ?port, ?reason, ?protocol, ?outcome, ?listener, ?format=text)", s.detections},
 		{"/detections/learned", "destinations learned to be server-first", s.learned},
+		{"/memory", "print current allocation and heap figures (JSON, Envoy's fields; Go runtime figures)", s.memory},
+		{"/debug/pprof/", "Go's profiles: heap, allocs, goroutine, profile (CPU, ?seconds=N), trace, …", pprof.Index},
 	}
 }
 
