@@ -1,88 +1,190 @@
 package tcpproxy
 
 import (
-	"errors"
+	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// copyStream copies src to dst until src's EOF, by splice(2) when both are
-// TCP sockets, and returns how many bytes it moved. Bytes copied in user
-// space (not both TCP) are also added to moved as they go, for idle_timeout.
+// copyStream copies src to dst until src's EOF, by splice(2) through a
+// kernel pipe when both are TCP sockets, and returns how many bytes it
+// moved. Bytes copied in user space (not both TCP) are also added to moved
+// as they go, for idle_timeout.
 //
-// Go's TCPConn.ReadFrom splices through a pipe it holds for the whole call —
-// while it waits for data too. A proxy whose connections are mostly idle
-// would then pin a pipe pair (two descriptors and the pipe's buffer) per
-// direction per connection. So the copy runs in rounds: wait until src is
-// readable, ask the kernel how many bytes are queued (FIONREAD), and splice
-// exactly that many; between rounds no pipe is held. When nothing is queued a
-// one-byte MSG_PEEK (no payload is copied) tells "wait" (EAGAIN) from end of
-// stream (0): readiness alone cannot, since an edge-triggered event may carry
-// the last bytes and the FIN together and will not fire again.
+// The copy runs in rounds, each one the way HAProxy splices: splice from src
+// into a pipe as much as is queued (up to the pipe's 1 MiB), then from the
+// pipe to dst until the pipe is empty. A round takes a pipe from a pool and
+// gives it back empty, so that an idle connection holds no pipe: between
+// rounds the goroutine waits for src to become readable through Go's
+// netpoller with nothing but its stack. End of stream is splice returning 0;
+// "nothing yet" is EAGAIN. Per round that is one splice in, one splice out
+// per pipe-full, and one splice that finds nothing before waiting — no
+// FIONREAD, no peek.
+//
+// Go's own TCPConn.ReadFrom splices too, but it holds its pipe for the whole
+// call, while it waits for data as well: a proxy whose connections are mostly
+// idle would pin two descriptors and a pipe per direction per connection.
 func copyStream(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
 	tdst, ok1 := dst.(*net.TCPConn)
 	tsrc, ok2 := src.(*net.TCPConn)
 	if !ok1 || !ok2 {
 		return io.Copy(dst, countingReader{src, moved})
 	}
-	raw, err := tsrc.SyscallConn()
+	rsrc, err := tsrc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	rdst, err := tdst.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
 	var total int64
-	lr := &io.LimitedReader{R: tsrc}
 	for {
-		n, err := queued(raw)
+		p, n, err := spliceIn(rsrc)
+		if err != nil || n == 0 {
+			return total, err // n == 0: end of stream
+		}
+		m, err := spliceOut(rdst, p, n)
+		total += int64(m)
 		if err != nil {
+			p.close() // it may still hold bytes
 			return total, err
 		}
-		if n == 0 {
-			return total, nil // EOF
-		}
-		lr.N = int64(n)
-		m, err := tdst.ReadFrom(lr)
-		total += m
-		if err != nil {
-			return total, err
-		}
-		if lr.N > 0 {
-			// ReadFrom stopped early: the peer sent EOF or the copy was cut.
-			// Go on: the next round tells which.
-			continue
-		}
+		putPipe(p)
 	}
 }
 
-// queued blocks until the socket is readable and returns how many bytes are
-// queued; 0 means end of stream.
-func queued(raw syscall.RawConn) (int, error) {
+// spliceIn waits until src has bytes queued or has ended, and moves what is
+// queued into a pipe from the pool. It returns the pipe with n > 0 bytes in
+// it, or n == 0 and no pipe at end of stream or on error.
+func spliceIn(src syscall.RawConn) (*kpipe, int, error) {
 	var (
+		p    *kpipe
 		n    int
-		rerr error
-		peek [1]byte
+		serr error
 	)
-	err := raw.Read(func(fd uintptr) bool {
-		n, rerr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		if rerr != nil || n > 0 {
+	err := src.Read(func(fd uintptr) bool {
+		if p, serr = getPipe(); serr != nil {
 			return true
 		}
-		m, _, perr := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		switch {
-		case errors.Is(perr, unix.EAGAIN):
-			return false // nothing yet: wait for readability
-		case perr != nil:
-			rerr = perr
-		case m > 0:
-			n = m // data arrived meanwhile
+		for {
+			n, serr = splice(p.w, int(fd), maxPipe)
+			if serr != unix.EINTR {
+				break
+			}
+		}
+		if serr == unix.EAGAIN {
+			// Nothing queued: wait for readability without a pipe.
+			putPipe(p)
+			p = nil
+			return false
 		}
 		return true
 	})
-	if err != nil {
-		return 0, err
+	if err == nil {
+		err = serr
 	}
-	return n, rerr
+	if err != nil || n == 0 {
+		if p != nil {
+			putPipe(p) // empty
+		}
+		return nil, 0, err
+	}
+	return p, n, nil
+}
+
+// spliceOut moves n bytes from p to dst, waiting for dst to be writable as
+// needed, and returns how many it moved.
+func spliceOut(dst syscall.RawConn, p *kpipe, n int) (int, error) {
+	moved := 0
+	var serr error
+	err := dst.Write(func(fd uintptr) bool {
+		for moved < n {
+			m, err := splice(int(fd), p.r, n-moved)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false // wait for dst to drain
+			case err != nil:
+				serr = err
+				return true
+			case m == 0:
+				serr = io.ErrUnexpectedEOF // the pipe had fewer bytes than splice in reported
+				return true
+			}
+			moved += m
+		}
+		return true
+	})
+	if err == nil {
+		err = serr
+	}
+	return moved, err
+}
+
+func splice(out, in, max int) (int, error) {
+	n, err := unix.Splice(in, nil, out, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	return int(n), err
+}
+
+// maxPipe is the pipe size asked for (F_SETPIPE_SZ) and the most one splice
+// moves: 1 MiB, the default /proc/sys/fs/pipe-max-size, as Go's own splice.
+const maxPipe = 1 << 20
+
+// kpipe is a kernel pipe for splice rounds. Pooled pipes are empty.
+type kpipe struct{ r, w int }
+
+// pipePool keeps up to maxFreePipes empty pipes for the next rounds; a pipe
+// given back beyond that is closed at once, so descriptors never wait for a
+// garbage collection. A round holds a pipe only while bytes are in flight, so
+// a few pipes serve many connections.
+var pipePool struct {
+	mu   sync.Mutex
+	free []*kpipe
+}
+
+const maxFreePipes = 16
+
+// getPipe returns an empty pipe, pooled or new.
+func getPipe() (*kpipe, error) {
+	pipePool.mu.Lock()
+	if n := len(pipePool.free); n > 0 {
+		p := pipePool.free[n-1]
+		pipePool.free = pipePool.free[:n-1]
+		pipePool.mu.Unlock()
+		return p, nil
+	}
+	pipePool.mu.Unlock()
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("tcp_proxy: splice pipe: %w", err)
+	}
+	// A smaller pipe works too, with more rounds: the error is ignored.
+	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, maxPipe)
+	return &kpipe{r: fds[0], w: fds[1]}, nil
+}
+
+// putPipe gives an empty pipe back.
+func putPipe(p *kpipe) {
+	pipePool.mu.Lock()
+	if len(pipePool.free) < maxFreePipes {
+		pipePool.free = append(pipePool.free, p)
+		pipePool.mu.Unlock()
+		return
+	}
+	pipePool.mu.Unlock()
+	p.close()
+}
+
+// close closes a pipe (one that may still hold bytes, or one the pool does
+// not keep).
+func (p *kpipe) close() {
+	unix.Close(p.r)
+	unix.Close(p.w)
 }
