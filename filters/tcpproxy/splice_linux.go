@@ -43,89 +43,102 @@ func copyStream(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	sp := &splicer{}
+	// Bound once: a func literal per round would be an allocation per round.
+	sp.in, sp.out = sp.spliceIn, sp.spliceOut
 	var total int64
 	for {
-		p, n, err := spliceIn(rsrc)
+		n, err := sp.fill(rsrc)
 		if err != nil || n == 0 {
 			return total, err // n == 0: end of stream
 		}
-		m, err := spliceOut(rdst, p, n)
+		m, err := sp.drain(rdst, n)
 		total += int64(m)
 		if err != nil {
-			p.close() // it may still hold bytes
+			sp.p.close() // it may still hold bytes
 			return total, err
 		}
-		putPipe(p)
+		putPipe(sp.p)
+		sp.p = nil
 	}
 }
 
-// spliceIn waits until src has bytes queued or has ended, and moves what is
-// queued into a pipe from the pool. It returns the pipe with n > 0 bytes in
-// it, or n == 0 and no pipe at end of stream or on error.
-func spliceIn(src syscall.RawConn) (*kpipe, int, error) {
-	var (
-		p    *kpipe
-		n    int
-		serr error
-	)
-	err := src.Read(func(fd uintptr) bool {
-		if p, serr = getPipe(); serr != nil {
+// splicer is one direction's splice state, shared with the callbacks that
+// RawConn.Read and Write call on the socket descriptors.
+type splicer struct {
+	in, out func(fd uintptr) bool // spliceIn, spliceOut
+	p       *kpipe                // the round's pipe, nil between rounds
+	n, done int                   // bytes in the pipe; bytes moved out of it
+	err     error                 // the callbacks' error
+}
+
+// fill waits until src has bytes queued or has ended, and moves what is
+// queued into a pipe from the pool (sp.p). It returns n > 0 bytes in the
+// pipe, or n == 0 and no pipe at end of stream or on error.
+func (sp *splicer) fill(src syscall.RawConn) (int, error) {
+	sp.n, sp.err = 0, nil
+	err := src.Read(sp.in)
+	if err == nil {
+		err = sp.err
+	}
+	if err != nil || sp.n == 0 {
+		if sp.p != nil {
+			putPipe(sp.p) // empty
+			sp.p = nil
+		}
+		return 0, err
+	}
+	return sp.n, nil
+}
+
+func (sp *splicer) spliceIn(fd uintptr) bool {
+	if sp.p, sp.err = getPipe(); sp.err != nil {
+		return true
+	}
+	for {
+		sp.n, sp.err = splice(sp.p.w, int(fd), maxPipe)
+		if sp.err != unix.EINTR {
+			break
+		}
+	}
+	if sp.err == unix.EAGAIN {
+		// Nothing queued: wait for readability without a pipe.
+		putPipe(sp.p)
+		sp.p, sp.err = nil, nil
+		return false
+	}
+	return true
+}
+
+// drain moves the n bytes in sp.p to dst, waiting for dst to be writable as
+// needed, and returns how many it moved.
+func (sp *splicer) drain(dst syscall.RawConn, n int) (int, error) {
+	sp.n, sp.done, sp.err = n, 0, nil
+	err := dst.Write(sp.out)
+	if err == nil {
+		err = sp.err
+	}
+	return sp.done, err
+}
+
+func (sp *splicer) spliceOut(fd uintptr) bool {
+	for sp.done < sp.n {
+		m, err := splice(int(fd), sp.p.r, sp.n-sp.done)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return false // wait for dst to drain
+		case err != nil:
+			sp.err = err
+			return true
+		case m == 0:
+			sp.err = io.ErrUnexpectedEOF // the pipe had fewer bytes than splice in reported
 			return true
 		}
-		for {
-			n, serr = splice(p.w, int(fd), maxPipe)
-			if serr != unix.EINTR {
-				break
-			}
-		}
-		if serr == unix.EAGAIN {
-			// Nothing queued: wait for readability without a pipe.
-			putPipe(p)
-			p = nil
-			return false
-		}
-		return true
-	})
-	if err == nil {
-		err = serr
+		sp.done += m
 	}
-	if err != nil || n == 0 {
-		if p != nil {
-			putPipe(p) // empty
-		}
-		return nil, 0, err
-	}
-	return p, n, nil
-}
-
-// spliceOut moves n bytes from p to dst, waiting for dst to be writable as
-// needed, and returns how many it moved.
-func spliceOut(dst syscall.RawConn, p *kpipe, n int) (int, error) {
-	moved := 0
-	var serr error
-	err := dst.Write(func(fd uintptr) bool {
-		for moved < n {
-			m, err := splice(int(fd), p.r, n-moved)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false // wait for dst to drain
-			case err != nil:
-				serr = err
-				return true
-			case m == 0:
-				serr = io.ErrUnexpectedEOF // the pipe had fewer bytes than splice in reported
-				return true
-			}
-			moved += m
-		}
-		return true
-	})
-	if err == nil {
-		err = serr
-	}
-	return moved, err
+	return true
 }
 
 func splice(out, in, max int) (int, error) {
