@@ -31,6 +31,9 @@ type Options struct {
 	Quick bool
 	// SiftTelemetry runs sift-proxy with its metrics on (an admin server).
 	SiftTelemetry bool
+	// SiftEnv is added to sift-proxy's environment only (KEY=VALUE items,
+	// e.g. GOGC=50), to compare runtime settings.
+	SiftEnv []string
 	// Plugin is the Redis sniffer plugin's binary (s9).
 	Plugin    string
 	Repeats   int
@@ -73,6 +76,14 @@ func Main(args []string) error {
 	scen := fs.String("scenarios", os.Getenv("BENCH_SCENARIOS"), "scenario ids to run (s1..s8), comma-separated; empty = all")
 	fs.StringVar(&o.OutDir, "out", "bench/results", "output directory")
 	fs.StringVar(&o.Plugin, "plugin", os.Getenv("BENCH_PLUGIN"), "the example Redis sniffer plugin's binary, for s9 (bench/run.sh builds it)")
+	fs.Func("sift-env", "KEY=VALUE added to sift-proxy's environment only (repeatable; BENCH_SIFT_ENV: space-separated)", func(v string) error {
+		if !strings.Contains(v, "=") {
+			return fmt.Errorf("%q is not KEY=VALUE", v)
+		}
+		o.SiftEnv = append(o.SiftEnv, v)
+		return nil
+	})
+	o.SiftEnv = strings.Fields(os.Getenv("BENCH_SIFT_ENV"))
 	fs.BoolVar(&o.SiftTelemetry, "sift-telemetry", os.Getenv("BENCH_SIFT_TELEMETRY") == "1",
 		"give sift-proxy an admin server, which turns its Prometheus metrics on (BENCH_SIFT_TELEMETRY=1); off by default, as the others log and count nothing")
 	fs.StringVar(&o.WorkDir, "work", "bench/.work", "scratch directory (configs, logs)")
@@ -178,6 +189,9 @@ func (r *Runner) collectMeta(fdHard uint64) {
 		settings += "; Sift's metrics on (an admin server: -sift-telemetry)"
 	} else {
 		settings += "; Sift's metrics off (no admin server; -sift-telemetry turns them on)"
+	}
+	if len(o.SiftEnv) > 0 {
+		settings += "; sift-proxy's environment adds " + strings.Join(o.SiftEnv, " ")
 	}
 	r.res.SetMeta("proxy settings", settings)
 	r.res.SetMeta("fd limit", strconv.FormatUint(fdHard, 10))
@@ -300,7 +314,11 @@ func (r *Runner) startProxy(sc, tg string, top gen.Topology, env gen.Env) (*proc
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := procs.Start(tg, r.o.ProxyCPU, filepath.Join(dir, tg+".log"), nil, argv...)
+	var penv []string
+	if tg == report.Sift {
+		penv = r.o.SiftEnv
+	}
+	p, err := procs.Start(tg, r.o.ProxyCPU, filepath.Join(dir, tg+".log"), penv, argv...)
 	if err != nil {
 		return nil, err
 	}
