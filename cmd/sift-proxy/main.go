@@ -21,6 +21,7 @@ import (
 
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/bootstrap"
+	"github.com/siftmesh/sift/internal/memlimit"
 	"github.com/siftmesh/sift/plugins/host"
 	"github.com/siftmesh/sift/server"
 	"github.com/siftmesh/sift/telemetry/accesslog"
@@ -136,6 +137,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		srv.Close()
 		fmt.Fprintf(stdout, "configuration '%s' OK\n", configName(o))
 		return 0
+	}
+	if limit, source, err := memlimit.Apply(); err != nil {
+		log.Warn("no memory limit from the container's cgroup", "err", err)
+	} else if limit > 0 {
+		log.Info("memory limit set below the container's (GOMEMLIMIT overrides it)", "limit_bytes", limit, "cgroup", source)
 	}
 	if err := srv.Start(); err != nil {
 		log.Error("start failed", "err", err)
