@@ -61,6 +61,7 @@ type endpoint struct {
 
 	mu     sync.Mutex
 	h1, h2 *http.Transport
+	h1p    *h1Pool // plaintext HTTP/1.1 without upgrade (h1pool.go)
 }
 
 func poolFor(c *upstream.Cluster) *clusterPool {
@@ -124,7 +125,7 @@ func (p *clusterPool) rebuild() *pickerState {
 			ep = &endpoint{Endpoint: p.lb.NewEndpoint(e.Addr, e.Weight, now), hostname: e.Hostname}
 			if old != nil { // a new weight or name: keep the pools and the estimate
 				old.mu.Lock()
-				ep.h1, ep.h2 = old.h1, old.h2
+				ep.h1, ep.h2, ep.h1p = old.h1, old.h2, old.h1p
 				old.mu.Unlock()
 				ep.Endpoint = old.Endpoint.WithWeight(e.Weight)
 			}
@@ -188,6 +189,18 @@ func (p *clusterPool) transport(ep *endpoint, h2 bool) *http.Transport {
 	return ep.h1
 }
 
+// h1Pool returns ep's pool of plaintext HTTP/1.1 connections (h1pool.go).
+func (p *clusterPool) h1Pool(ep *endpoint) *h1Pool {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if ep.h1p == nil {
+		addr := ep.Addr
+		ep.h1p = newH1Pool(func(ctx context.Context) (net.Conn, error) { return p.c.DialEndpoint(ctx, addr) },
+			p.opts.MaxConnections, p.opts.IdleTimeout, p.opts.MaxResponseHeaderBytes)
+	}
+	return ep.h1p
+}
+
 func (p *clusterPool) newTransport(addr string, h2 bool) *http.Transport {
 	t := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -219,6 +232,8 @@ func (p *clusterPool) newTransport(addr string, h2 bool) *http.Transport {
 	return t
 }
 
+// closeIdle closes ep's idle connections, and its HTTP/1.1 pool for good:
+// the endpoint left, or the cluster closed.
 func (ep *endpoint) closeIdle() {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
@@ -226,6 +241,9 @@ func (ep *endpoint) closeIdle() {
 		if t != nil {
 			t.CloseIdleConnections()
 		}
+	}
+	if ep.h1p != nil {
+		ep.h1p.closeIdle(true)
 	}
 }
 

@@ -115,7 +115,12 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		ep.Start()
 		t0 := time.Now()
-		resp, err := p.transport(ep, h2).RoundTrip(overTLS(areq, p.c.TLS()))
+		var resp *http.Response
+		if !h2 && st.upgrade == "" && !p.c.TLS() && areq.Header.Get("Expect") == "" {
+			resp, err = p.h1Pool(ep).RoundTrip(areq)
+		} else {
+			resp, err = p.transport(ep, h2).RoundTrip(overTLS(areq, p.c.TLS()))
+		}
 		if perTry != nil {
 			perTry.Stop()
 		}

@@ -1,0 +1,408 @@
+package httplb
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// h1Pool is one endpoint's pool of plaintext HTTP/1.1 connections, the
+// router's transport for the common case (an HTTP/1 request that is not an
+// upgrade, to a cluster without TLS). It does what net/http.Transport does
+// for such a request with less: the request is written and its response
+// read on the caller's goroutine — no read and write loop goroutines per
+// connection, no channel hand-offs, no per-request cancellation context of
+// its own. Everything else (HTTP/2, TLS, upgrades, Expect: 100-continue)
+// keeps net/http.Transport (clusterPool.transport).
+//
+// Contract: RoundTrip is safe for concurrent use; a connection serves one
+// request at a time and goes back to the pool when the response body has
+// been read to its end and closed, on a response that allows keep-alive.
+// Cancelling the request's context aborts its reads and writes (the
+// connection is then closed, never reused).
+type h1Pool struct {
+	dial           func(ctx context.Context) (net.Conn, error)
+	idleTimeout    time.Duration // 0: idle connections stay
+	maxHeaderBytes int64
+	maxConns       int // 0: no limit
+
+	mu      sync.Mutex
+	open    int            // connections open or being opened
+	idle    []*h1Conn      // most recently used last
+	waiters []chan *h1Conn // requests waiting for a connection (max_connections); nil sent: open one
+	sweep   *time.Timer
+	closed  bool
+}
+
+// defaultMaxResponseHeaderBytes is net/http's default: 1 MiB.
+const defaultMaxResponseHeaderBytes = 1 << 20
+
+func newH1Pool(dial func(ctx context.Context) (net.Conn, error), maxConns int, idleTimeout time.Duration, maxHeaderBytes int64) *h1Pool {
+	p := &h1Pool{dial: dial, idleTimeout: idleTimeout, maxHeaderBytes: maxHeaderBytes, maxConns: maxConns}
+	if p.maxHeaderBytes <= 0 {
+		p.maxHeaderBytes = defaultMaxResponseHeaderBytes
+	}
+	return p
+}
+
+// h1Conn is one upstream connection. The reader counts header bytes
+// against the pool's limit while a response head is being read.
+type h1Conn struct {
+	pool      *h1Pool
+	nc        net.Conn
+	lr        headLimitReader
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	idleSince time.Time
+
+	raw    syscall.RawConn       // nil when not a socket
+	peek   func(fd uintptr) bool // peekIdle
+	peekOK bool
+}
+
+// headLimitReader fails a read once more than n bytes were read while
+// limiting is on (a response head larger than max_response_headers_kb).
+type headLimitReader struct {
+	r        io.Reader
+	n        int64
+	limiting bool
+}
+
+var errHeadTooLarge = errors.New("httplb: upstream response headers exceed max_response_headers_kb")
+
+func (l *headLimitReader) Read(b []byte) (int, error) {
+	if !l.limiting {
+		return l.r.Read(b)
+	}
+	if l.n <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if int64(len(b)) > l.n {
+		b = b[:l.n]
+	}
+	n, err := l.r.Read(b)
+	l.n -= int64(n)
+	return n, err
+}
+
+// RoundTrip sends req on an idle or new connection and returns the
+// response, whose body gives the connection back when read to its end and
+// closed. A reused connection that turns out closed by the server before
+// any response byte arrived is replaced by a new one once, for requests
+// without a body (a request with one cannot be sent again).
+func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	for try := 0; ; try++ {
+		cc, reused, err := p.get(ctx, try > 0)
+		if err != nil {
+			return nil, err
+		}
+		resp, err, fresh := cc.roundTrip(req)
+		if err == nil {
+			return resp, nil
+		}
+		cc.close()
+		if reused && fresh && try == 0 && (req.Body == nil || req.Body == http.NoBody) && ctx.Err() == nil {
+			continue // the server had closed it: once more on a new connection
+		}
+		return nil, err
+	}
+}
+
+// get returns an idle connection (reused) or a new one; with forceNew it
+// takes no idle one. At max_connections it waits, until its context ends,
+// for a connection another request releases or closes.
+func (p *h1Pool) get(ctx context.Context, forceNew bool) (*h1Conn, bool, error) {
+	for {
+		p.mu.Lock()
+		if !forceNew {
+			if n := len(p.idle); n > 0 {
+				cc := p.idle[n-1]
+				p.idle[n-1] = nil
+				p.idle = p.idle[:n-1]
+				p.mu.Unlock()
+				if (p.idleTimeout == 0 || time.Since(cc.idleSince) < p.idleTimeout) && cc.alive() {
+					return cc, true, nil
+				}
+				cc.close()
+				continue
+			}
+		}
+		if p.maxConns == 0 || p.open < p.maxConns {
+			p.open++
+			p.mu.Unlock()
+			return p.connect(ctx)
+		}
+		w := make(chan *h1Conn, 1)
+		p.waiters = append(p.waiters, w)
+		p.mu.Unlock()
+		select {
+		case cc := <-w:
+			if cc == nil {
+				return p.connect(ctx) // a closed connection's slot, passed on
+			}
+			if cc.alive() {
+				return cc, true, nil
+			}
+			cc.close()
+		case <-ctx.Done():
+			p.mu.Lock()
+			i := slices.Index(p.waiters, w)
+			if i >= 0 {
+				p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			}
+			p.mu.Unlock()
+			if i < 0 { // handed something meanwhile: pass it on
+				if cc := <-w; cc != nil {
+					cc.release()
+				} else {
+					p.freeSlot()
+				}
+			}
+			return nil, false, ctx.Err()
+		}
+	}
+}
+
+// connect opens a connection in a slot already counted in p.open.
+func (p *h1Pool) connect(ctx context.Context) (*h1Conn, bool, error) {
+	nc, err := p.dial(ctx)
+	if err != nil {
+		p.freeSlot()
+		return nil, false, err
+	}
+	cc := &h1Conn{pool: p, nc: nc, lr: headLimitReader{r: nc}}
+	cc.br = bufio.NewReaderSize(&cc.lr, 4096)
+	cc.bw = bufio.NewWriterSize(nc, 4096)
+	if sc, ok := nc.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			cc.raw, cc.peek = raw, cc.peekIdle
+		}
+	}
+	return cc, false, nil
+}
+
+// freeSlot gives a closed connection's slot to the first waiting request,
+// or frees it.
+func (p *h1Pool) freeSlot() {
+	p.mu.Lock()
+	if len(p.waiters) > 0 {
+		w := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.mu.Unlock()
+		w <- nil
+		return
+	}
+	p.open--
+	p.mu.Unlock()
+}
+
+// alive reports whether an idle connection can take a request: nothing is
+// readable on it (a server that closed it has sent its FIN; one that sent
+// bytes unasked is not speaking HTTP/1.1 keep-alive). One non-blocking
+// MSG_PEEK; connections that are not TCP are taken as alive.
+func (cc *h1Conn) alive() bool {
+	if cc.br.Buffered() > 0 {
+		return false
+	}
+	if cc.raw == nil {
+		return true
+	}
+	cc.peekOK = false
+	if cc.raw.Read(cc.peek) != nil {
+		return false
+	}
+	return cc.peekOK
+}
+
+// peekIdle is alive's RawConn callback, bound once per connection.
+func (cc *h1Conn) peekIdle(fd uintptr) bool {
+	// EAGAIN: nothing to read, the connection is fine. 0 bytes: the
+	// server's FIN. A byte, or another error: not reusable.
+	var buf [1]byte
+	_, _, err := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	cc.peekOK = errors.Is(err, unix.EAGAIN)
+	return true
+}
+
+// roundTrip writes req and reads its response head. fresh reports that the
+// failure came before any byte of a response: the server may have closed
+// the connection while it was idle.
+func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, fresh bool) {
+	ctx := req.Context()
+	stop := context.AfterFunc(ctx, func() {
+		cc.nc.SetDeadline(time.Unix(1, 0)) // unblocks the read or write in progress
+	})
+	if err := req.Write(cc.bw); err != nil {
+		stop()
+		return nil, fmt.Errorf("httplb: writing the request upstream: %w", err), true
+	}
+	if err := cc.bw.Flush(); err != nil {
+		stop()
+		return nil, fmt.Errorf("httplb: writing the request upstream: %w", err), true
+	}
+	cc.lr.n, cc.lr.limiting = cc.pool.maxHeaderBytes, true
+	for {
+		resp, err = http.ReadResponse(cc.br, req)
+		if err != nil {
+			cc.lr.limiting = false
+			stop()
+			if ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			// Nothing of a response arrived when the head limit is untouched.
+			return nil, err, cc.lr.n == cc.pool.maxHeaderBytes
+		}
+		// 1xx responses other than 101 are interim (100 Continue, 103
+		// Early Hints): the final one follows. Upgrades do not come here.
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			resp.Body.Close()
+			cc.lr.n = cc.pool.maxHeaderBytes
+			continue
+		}
+		break
+	}
+	cc.lr.limiting = false
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		stop()
+		resp.Body.Close()
+		return nil, errors.New("httplb: upstream answered 101 to a request that asked no upgrade"), false
+	}
+	keep := !resp.Close && !req.Close
+	b := &h1Body{body: resp.Body, cc: cc, stop: stop, keep: keep}
+	if resp.Body == http.NoBody {
+		b.eof, b.stopped = true, stop()
+	}
+	resp.Body = b
+	return resp, nil, false
+}
+
+// h1Body is a response body that gives its connection back to the pool
+// when it was read to its end and closed, and closes it otherwise.
+type h1Body struct {
+	body    io.ReadCloser
+	cc      *h1Conn
+	stop    func() bool
+	keep    bool // the response allows keep-alive
+	eof     bool
+	stopped bool // stop ran, and in time: the connection is intact
+	done    bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, errors.New("httplb: read of a closed body")
+	}
+	n, err := b.body.Read(p)
+	if err == io.EOF && !b.eof {
+		// The exchange is over: stop watching the request's context now,
+		// since the router cancels it as soon as it sees the end.
+		b.eof = true
+		b.stopped = b.stop()
+	} else if err != nil && err != io.EOF {
+		b.keep = false
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	err := b.body.Close()
+	if !b.eof {
+		b.stop()
+	}
+	if b.eof && b.keep && b.stopped && err == nil {
+		b.cc.release()
+	} else {
+		b.cc.close()
+	}
+	return err
+}
+
+// release puts the connection back in the pool.
+func (cc *h1Conn) release() {
+	p := cc.pool
+	cc.idleSince = time.Now()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		cc.close()
+		return
+	}
+	if len(p.waiters) > 0 {
+		w := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.mu.Unlock()
+		w <- cc
+		return
+	}
+	p.idle = append(p.idle, cc)
+	if p.idleTimeout > 0 && p.sweep == nil {
+		p.sweep = time.AfterFunc(p.idleTimeout, p.sweepIdle)
+	}
+	p.mu.Unlock()
+}
+
+// sweepIdle closes connections idle for the idle timeout, and comes back
+// while any are left.
+func (p *h1Pool) sweepIdle() {
+	now := time.Now()
+	var expired []*h1Conn
+	p.mu.Lock()
+	keep := p.idle[:0]
+	for _, cc := range p.idle {
+		if now.Sub(cc.idleSince) >= p.idleTimeout {
+			expired = append(expired, cc)
+		} else {
+			keep = append(keep, cc)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	p.sweep = nil
+	if len(p.idle) > 0 && !p.closed {
+		p.sweep = time.AfterFunc(p.idleTimeout-now.Sub(p.idle[0].idleSince), p.sweepIdle)
+	}
+	p.mu.Unlock()
+	for _, cc := range expired {
+		cc.close()
+	}
+}
+
+// close closes the connection and frees its slot.
+func (cc *h1Conn) close() {
+	cc.nc.Close()
+	cc.pool.freeSlot()
+}
+
+// closeIdle closes the idle connections; with final, connections released
+// later are closed too (the endpoint left, or the cluster closed).
+func (p *h1Pool) closeIdle(final bool) {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	if final {
+		p.closed = true
+		if p.sweep != nil {
+			p.sweep.Stop()
+			p.sweep = nil
+		}
+	}
+	p.mu.Unlock()
+	for _, cc := range idle {
+		cc.close()
+	}
+}
