@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin
 FUZZTIME ?= 30s
 
-.PHONY: all build test run fuzz bench chaos lint proto clean
+.PHONY: all build test run fuzz fuzz-long bench chaos lint proto clean
 
 all: build
 
@@ -30,6 +30,13 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# Every fuzz target for FUZZ_TIME each (10 minutes unless set); it stops at the first crasher,
+# which go test has then written under the package's testdata/fuzz/<target>/: commit it, and
+# `make test` replays it as a regression from then on.
+FUZZ_TIME ?= 10m
+fuzz-long:
+	$(MAKE) fuzz FUZZTIME=$(FUZZ_TIME)
 
 bench:
 	bash bench/run.sh

@@ -273,6 +273,12 @@ func (c *Client) sniff(ctx context.Context, req *snifferv1.SniffRequest) (Result
 	if err := c.conn.Invoke(ctx, "/sift.plugins.sniffer.v1.Sniffer/Sniff", req, &resp); err != nil {
 		return Result{}, err
 	}
+	return resultOf(&resp)
+}
+
+// resultOf reads a plugin's answer: an unknown verdict is an error, and
+// Need is capped at maxData.
+func resultOf(resp *snifferv1.SniffResponse) (Result, error) {
 	r := Result{Protocol: resp.GetProtocol(), Attributes: resp.GetAttributes(), Need: int(min(resp.GetNeed(), maxData))}
 	switch resp.GetVerdict() {
 	case snifferv1.SniffResponse_MATCH:

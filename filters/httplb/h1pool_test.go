@@ -315,3 +315,62 @@ func TestH1PoolIdleTimeout(t *testing.T) {
 		t.Errorf("%d connections, want 2", n)
 	}
 }
+
+// FuzzH1Response: whatever an upstream answers, the pool returns a response
+// or an error, never panics or hangs, and gives the connection back only
+// after a complete, well-framed response that allows keep-alive.
+func FuzzH1Response(f *testing.F) {
+	for _, s := range []string{
+		ok("hello"),
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\n" + ok("x"),
+		"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+		"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
+		"HTTP/1.0 200 OK\r\n\r\nuntil close",
+		"HTTP/1.1 200 OK\nBare: lf\n\nbody",
+		"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 999\r\n\r\n",
+		"garbage",
+		"",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		p := newH1Pool(func(ctx context.Context) (net.Conn, error) {
+			c, s := net.Pipe()
+			go func() {
+				defer s.Close()
+				br := bufio.NewReader(s)
+				for { // read the request head, then answer and close
+					l, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if l == "\r\n" {
+						break
+					}
+				}
+				s.Write(answer)
+			}()
+			return c, nil
+		}, 0, time.Minute, 4096)
+		defer p.closeIdle(true)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://upstream/", nil)
+		resp, err := p.RoundTrip(req)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		p.mu.Lock()
+		n := len(p.idle)
+		p.mu.Unlock()
+		if n > 0 && resp.Close {
+			t.Fatalf("connection kept after a response that closes it: %q", answer)
+		}
+	})
+}
