@@ -44,7 +44,11 @@ type Stats struct {
 	// DetectionClosed counts connections closed by detection: failing closed
 	// on timeout, or a read error.
 	DetectionClosed  atomic.Uint64
+	TLSHandshakes    atomic.Uint64 // the chain's TLS handshake completed
 	TLSHandshakeFail atomic.Uint64 // closed: the chain's TLS handshake failed or timed out
+	// TLSHandshakeTimeout counts the failures that were the chain's
+	// transport_socket_connect_timeout (half-open handshakes).
+	TLSHandshakeTimeout atomic.Uint64
 }
 
 // Listener is one bound (or hand-off only) listener and its generations.

@@ -65,9 +65,13 @@ func (l *Listener) handshake(ctx context.Context, c net.Conn, chain *FilterChain
 	tc, id, err := chain.TLS.Handshake(hctx, raw)
 	if err != nil {
 		l.stats.TLSHandshakeFail.Add(1)
+		if hctx.Err() != nil && ctx.Err() == nil {
+			l.stats.TLSHandshakeTimeout.Add(1)
+		}
 		l.log.Debug("tls handshake failed; closing", "remote", info.RemoteAddr, "chain", chain.Name, "err", err)
 		return nil, false
 	}
+	l.stats.TLSHandshakes.Add(1)
 	info.TLS, info.PeerIdentity, info.LocalIdentity, info.NegotiatedProtocol = true, id.Peer, id.Local, id.ALPN
 	return tc, true
 }

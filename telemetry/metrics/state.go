@@ -25,8 +25,8 @@ func (s Stat) FullName() string { return s.Scope + "." + s.Object + "." + s.Name
 // EnvoyStats returns the counters and gauges that have Envoy names, sorted by
 // full name: per listener downstream_cx_total, downstream_cx_active,
 // no_filter_chain_match, downstream_pre_cx_timeout,
-// downstream_listener_filter_error and Sift's detection counters (under
-// "sift."); per cluster upstream_cx_total, upstream_cx_active,
+// downstream_listener_filter_error, ssl.handshake, ssl.connection_error
+// and Sift's detection and handshake-timeout counters (under "sift."); per cluster upstream_cx_total, upstream_cx_active,
 // upstream_cx_connect_fail, upstream_rq_total, upstream_rq_active,
 // upstream_rq_1xx..5xx, membership_total and membership_healthy. It reads
 // the listeners' and clusters' state now.
@@ -49,6 +49,9 @@ func (r *Registry) EnvoyStats() []Stat {
 			add("sift.detection_raced", float64(s.DetectionRaced.Load()), false)
 			add("sift.detection_timeout", float64(s.DetectionTimeout.Load()), false)
 			add("sift.detection_closed", float64(s.DetectionClosed.Load()), false)
+			add("ssl.handshake", float64(s.TLSHandshakes.Load()), false)
+			add("ssl.connection_error", float64(s.TLSHandshakeFail.Load()), false)
+			add("sift.ssl.handshake_timeout", float64(s.TLSHandshakeTimeout.Load()), false)
 		}
 	}
 	if r.opts.Clusters != nil {
