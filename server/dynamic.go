@@ -19,6 +19,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/siftmesh/sift/filters/httplb/route"
@@ -413,6 +414,10 @@ func (d *dynamic) promoteReady() (bool, error) {
 	return true, nil
 }
 
+// defaultXDSPingTimeout bounds a keepalive ping's answer when the xDS
+// cluster's connection_keepalive sets no timeout.
+const defaultXDSPingTimeout = 20 * time.Second
+
 // dialXDS connects to an xDS server: an envoy_grpc service names a static
 // cluster (Envoy requires the xDS cluster to be static), a google_grpc one a
 // gRPC target. When the cluster has a TLS transport_socket, the cluster's
@@ -432,14 +437,25 @@ func (s *Server) dialXDS(svc *corev3.GrpcService) (*grpc.ClientConn, error) {
 		if cluster == nil {
 			return nil, fmt.Errorf("envoy_grpc.cluster_name: %q is not a cluster in static_resources", name)
 		}
-		return grpc.NewClient("passthrough:///"+name, creds,
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-				c, err := cluster.Dial(ctx, "h2")
-				if err != nil {
-					return nil, err
-				}
-				return c, nil
-			}))
+		opts := []grpc.DialOption{creds, grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			c, err := cluster.Dial(ctx, "h2")
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		})}
+		// The cluster's http2_protocol_options.connection_keepalive pings the
+		// control plane, as Envoy does: a connection that a network partition
+		// left silent is noticed and replaced instead of waiting for TCP to
+		// give up (gRPC pings at most every 10 s; the server must permit it).
+		if ho := cluster.HTTPOptions(); ho.H2PingInterval > 0 {
+			timeout := ho.H2PingTimeout
+			if timeout == 0 {
+				timeout = defaultXDSPingTimeout
+			}
+			opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: ho.H2PingInterval, Timeout: timeout, PermitWithoutStream: true}))
+		}
+		return grpc.NewClient("passthrough:///"+name, opts...)
 	case *corev3.GrpcService_GoogleGrpc_:
 		if t.GoogleGrpc.GetTargetUri() == "" {
 			return nil, errors.New("google_grpc.target_uri: must be set")

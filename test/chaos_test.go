@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -238,6 +239,7 @@ type chaosLoad struct {
 	httpAddr, tcpAddr string
 	client            *http.Client
 
+	dial                            func(ctx context.Context, network, addr string) (net.Conn, error)
 	stopped                         atomic.Bool
 	wg                              sync.WaitGroup
 	requests, opaque                atomic.Int64
@@ -251,8 +253,15 @@ type chaosLoad struct {
 // for a baseline measurement before run.
 func startChaosLoad(t *testing.T, httpAddr, tcpAddr, first string) *chaosLoad {
 	t.Helper()
-	l := &chaosLoad{httpAddr: httpAddr, tcpAddr: tcpAddr,
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}}
+	return startChaosLoadVia(t, httpAddr, tcpAddr, first, (&net.Dialer{}).DialContext)
+}
+
+// startChaosLoadVia is startChaosLoad with the clients' dialer (one inside
+// a network namespace, say).
+func startChaosLoadVia(t *testing.T, httpAddr, tcpAddr, first string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *chaosLoad {
+	t.Helper()
+	l := &chaosLoad{httpAddr: httpAddr, tcpAddr: tcpAddr, dial: dial,
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8, DialContext: dial}}}
 	t.Cleanup(l.stop)
 	eventually(t, "configuration version "+first, func() bool { v, err := l.get(); return err == nil && v == first })
 	l.client.CloseIdleConnections()
@@ -301,7 +310,7 @@ func (l *chaosLoad) run() {
 			defer l.wg.Done()
 			for i := 0; !l.stopped.Load(); i++ {
 				l.opaque.Add(1)
-				if err := echoRoundTrip(l.tcpAddr, fmt.Sprintf("ping %d\n", i)); err != nil {
+				if err := echoRoundTrip(l.dial, l.tcpAddr, fmt.Sprintf("ping %d\n", i)); err != nil {
 					l.failedOpaque.Add(1)
 					l.firstOpaqueErr.CompareAndSwap(nil, err.Error())
 				}
@@ -344,8 +353,10 @@ func (l *chaosLoad) check(t *testing.T) {
 
 // echoRoundTrip opens a connection to an echo service, sends line, reads it
 // back, half-closes and expects the echo's EOF.
-func echoRoundTrip(addr, line string) error {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func echoRoundTrip(dial func(ctx context.Context, network, addr string) (net.Conn, error), addr, line string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	c, err := dial(ctx, "tcp", addr)
+	cancel()
 	if err != nil {
 		return err
 	}

@@ -64,6 +64,12 @@ func (cp *controlPlane) serve(addr string) {
 	if err != nil {
 		cp.t.Fatal(err)
 	}
+	cp.serveOn(ln)
+}
+
+// serveOn serves on ln (a listener in a network namespace, say).
+func (cp *controlPlane) serveOn(ln net.Listener) {
+	cp.t.Helper()
 	cp.addr = ln.Addr().String()
 	callbacks := serverv3.CallbackFuncs{
 		StreamOpenFunc: func(context.Context, int64, string) error {

@@ -153,7 +153,9 @@ func serve(log *slog.Logger, cfg config) error {
 	serverOpts := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(1000000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		// Proxies' bootstraps ping every 10 s (connection_keepalive), so that
+		// their side notices a partition too.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
 	var authority *ca.CA
 	switch {
