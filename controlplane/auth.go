@@ -34,6 +34,14 @@ type SecurityWatcher interface {
 	Changed() <-chan struct{}
 }
 
+// SecurityStater is implemented by a Security whose secrets change in
+// phases (a CA's root rotation): SecurityState names what Secrets returns
+// now. The controller records it per snapshot version, so that
+// ProxiesWithout can tell which proxies have acknowledged which phase.
+type SecurityStater interface {
+	SecurityState() string
+}
+
 // authCallbacks puts node authentication in front of a Controller's
 // callbacks. The first request of a stream must name a node that the
 // Authenticator accepts; a later request naming another node is checked

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -57,11 +58,19 @@ type Controller struct {
 	// advised what was last made of them (insights.go).
 	learned map[string][]netip.AddrPort
 	advised []ServerFirstSuggestion
+	// secretStates maps snapshot versions of this and the previous
+	// generation to the security state their secrets carry
+	// (SecurityStater), for ProxiesWithout.
+	secretStates, prevSecretStates map[string]string
 }
 
 type nodeState struct {
 	streams  int
 	workload string // "" while unmatched
+	// secrets is the security state of the Secret version the node last
+	// acknowledged ("" none or unknown); subscribed: it asks for Secrets.
+	secrets    string
+	subscribed bool
 }
 
 type streamKey struct {
@@ -72,6 +81,9 @@ type streamKey struct {
 type streamState struct {
 	flavor string // sotw_ads, sotw, delta_ads, delta
 	node   string
+	// secretNonces maps the nonces of delta Secret responses not yet
+	// answered to their snapshot version (a delta ACK names no version).
+	secretNonces map[string]string
 }
 
 var _ serverv3.Callbacks = (*Controller)(nil)
@@ -140,6 +152,11 @@ func (c *Controller) MeshReloaded(err error) {
 // the changed ones.
 func (c *Controller) apply(m *mesh.Mesh) {
 	snaps := map[string]*cache.Snapshot{}
+	stater, _ := c.cfg.Options.Security.(SecurityStater)
+	var state string
+	if stater != nil {
+		state = stater.SecurityState()
+	}
 	for _, w := range m.Workloads() {
 		snap, err := Generate(m, w, c.cfg.Options).Snapshot()
 		if err == nil {
@@ -152,8 +169,17 @@ func (c *Controller) apply(m *mesh.Mesh) {
 		}
 		snaps[w.Key()] = snap
 	}
+	states := map[string]string{}
+	if stater != nil && stater.SecurityState() == state {
+		// Unchanged while generating: every snapshot's secrets are of state.
+		// (When it changed, the Security notifies and apply runs again.)
+		for _, snap := range snaps {
+			states[snap.GetVersion(resource.SecretType)] = state
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.prevSecretStates, c.secretStates = c.secretStates, states
 	c.mesh, c.snapshots = m, snaps
 	if len(c.learned) > 0 {
 		c.adviseLocked()
@@ -283,6 +309,9 @@ func (c *Controller) flavor(k streamKey) string {
 // request counts a request and logs NACKs with the proxy's reason.
 func (c *Controller) request(k streamKey, node *corev3.Node, typeURL, nonce, version string, nack *statusDetail) {
 	c.attach(k, node)
+	if typeURL == resource.SecretType {
+		c.secretsRequest(k, nonce, version, nack != nil)
+	}
 	result := "ack"
 	switch {
 	case nack != nil:
@@ -303,6 +332,54 @@ func (c *Controller) nodeOf(k streamKey) string {
 		return s.node
 	}
 	return ""
+}
+
+// secretsRequest records what a node's Secret request acknowledges: the
+// security state of the snapshot version it ACKs (a delta ACK names its
+// response's nonce instead of a version).
+func (c *Controller) secretsRequest(k streamKey, nonce, version string, nack bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.streams[k]
+	if s == nil || s.node == "" {
+		return
+	}
+	st := c.nodes[s.node]
+	if st == nil {
+		return
+	}
+	st.subscribed = true
+	if k.delta && nonce != "" {
+		version = s.secretNonces[nonce]
+		delete(s.secretNonces, nonce)
+	}
+	if nack || nonce == "" || version == "" {
+		return
+	}
+	if state, ok := c.secretStates[version]; ok {
+		st.secrets = state
+	} else if state, ok := c.prevSecretStates[version]; ok {
+		st.secrets = state
+	} else {
+		st.secrets = ""
+	}
+}
+
+// ProxiesWithout returns the connected proxies (node ids, sorted) that ask
+// for Secrets and whose last acknowledged Secret version does not carry the
+// security state state: the proxies a CA rotation phase must wait for
+// (ca.CA.SetRotationGate). It takes the controller's lock.
+func (c *Controller) ProxiesWithout(state string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for id, st := range c.nodes {
+		if st.subscribed && st.workload != "" && st.secrets != state {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // OnStreamOpen implements serverv3.Callbacks.
@@ -355,6 +432,16 @@ func (c *Controller) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscov
 // OnStreamDeltaResponse implements serverv3.Callbacks.
 func (c *Controller) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
 	k := streamKey{delta: true, id: id}
+	if resp.GetTypeUrl() == resource.SecretType {
+		c.mu.Lock()
+		if s := c.streams[k]; s != nil {
+			if s.secretNonces == nil || len(s.secretNonces) >= 16 {
+				s.secretNonces = map[string]string{} // unanswered ones are stale
+			}
+			s.secretNonces[resp.GetNonce()] = resp.GetSystemVersionInfo()
+		}
+		c.mu.Unlock()
+	}
 	c.metrics.responses.WithLabelValues(c.flavor(k), shortType(resp.GetTypeUrl())).Inc()
 	c.log.Debug("pushed", "node", c.nodeOf(k), "type", resp.GetTypeUrl(), "system_version", resp.GetSystemVersionInfo(),
 		"resources", len(resp.GetResources()), "removed", len(resp.GetRemovedResources()))

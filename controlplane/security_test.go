@@ -48,6 +48,7 @@ type secureControlPlane struct {
 	ca    *ca.CA
 	clock *ca.ManualClock
 	addr  string
+	ctl   *Controller
 }
 
 func startSecureControlPlane(t *testing.T) *secureControlPlane {
@@ -98,7 +99,7 @@ func startSecureControlPlane(t *testing.T) *secureControlPlane {
 			<-done
 		}
 	})
-	return &secureControlPlane{ca: authority, clock: clock, addr: lis.Addr().String()}
+	return &secureControlPlane{ca: authority, clock: clock, addr: lis.Addr().String(), ctl: ctl}
 }
 
 // dial connects over TLS trusting pool, with sift-control as server name.
@@ -517,4 +518,86 @@ namespaces:
 	if diff := cmp.Diff(want, inbound); diff != "" {
 		t.Errorf("inbound chains (-want +got):\n%s", diff)
 	}
+}
+
+// TestProxiesWithoutFollowsSecretACKs: the controller knows which proxies
+// acknowledged which secrets — what a CA rotation waits for — from real
+// SDS streams over ADS, state of the world and delta: a proxy that asked
+// but has not ACKed, or NACKed, is waiting; one that ACKed is not.
+func TestProxiesWithoutFollowsSecretACKs(t *testing.T) {
+	t.Parallel()
+	cp := startSecureControlPlane(t)
+	cc := dial(t, cp.addr, cp.ca.Pool())
+	state := cp.ca.SecurityState()
+	waitFor := func(t *testing.T, id string, want bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := false
+			for _, w := range cp.ctl.ProxiesWithout(state) {
+				got = got || w == id
+			}
+			if got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s waiting = %v, want %v (waiting: %v)", id, got, want, cp.ctl.ProxiesWithout(state))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	names := []string{ca.CertificateSecretName, ca.TrustBundleSecretName}
+	t.Run("sotw", func(t *testing.T) {
+		id := "web-0.shop"
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := node(id, cp.ca.NodeToken(id))
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.SecretType, ResourceNames: names}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := recvWithin(t, st.Recv, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, id, true) // asked, not yet acknowledged
+		nack := &discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.SecretType, ResourceNames: names,
+			ResponseNonce: resp.GetNonce(), ErrorDetail: status.New(codes.InvalidArgument, "refused").Proto()}
+		if err := st.Send(nack); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		waitFor(t, id, true) // a NACK acknowledges nothing
+		ack := &discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.SecretType, ResourceNames: names,
+			VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}
+		if err := st.Send(ack); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, id, false)
+	})
+	t.Run("delta", func(t *testing.T) {
+		id := "db-0.shop"
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := node(id, cp.ca.NodeToken(id))
+		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: resource.SecretType, ResourceNamesSubscribe: names}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := recvWithin(t, st.Recv, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, id, true)
+		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: resource.SecretType, ResponseNonce: resp.GetNonce()}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, id, false)
+	})
 }

@@ -183,6 +183,11 @@ func serve(log *slog.Logger, cfg config) error {
 	if err != nil {
 		return err
 	}
+	if authority != nil {
+		// A root rotation moves on only once every connected proxy has
+		// acknowledged the secrets of its current phase.
+		authority.SetRotationGate(ctl.ProxiesWithout)
+	}
 	if authority == nil && src.Snapshot().MTLS {
 		log.Warn("the mesh file sets mtls: true but the CA is off (--ca-dir): proxies get plaintext configuration")
 	}

@@ -115,6 +115,13 @@ type CA struct {
 	leaves   map[string]*Leaf    // by cache key (see Leaf, ServerLeaf)
 	state    string              // stateLocked as Run last saw it
 	changed  chan struct{}
+
+	// The rotation gate (SetRotationGate): a phase of a rotation ends
+	// only once every proxy has acknowledged the secrets of the phase.
+	gate       func(state string) []string
+	switched   bool      // this rotation's leaves come from the new root (sticky)
+	waiting    int       // proxies the gate waited for at its last look
+	waitLogged time.Time // when a wait was last logged
 }
 
 // Leaf is an issued certificate with its key. Immutable.
@@ -344,24 +351,94 @@ const (
 	phaseSwitched                // bundle old+new, leaves from the new root
 )
 
+// phaseLocked is the rotation's phase now. Leaves switch to the new root at
+// half the overlap, and not before every proxy the gate knows has
+// acknowledged a trust bundle with the new root in it (else a proxy still
+// trusting only the old root would refuse its peers' new certificates).
 func (c *CA) phaseLocked(now time.Time) phase {
 	if c.rotation == nil {
 		return phaseSteady
 	}
+	if c.switched {
+		return phaseSwitched
+	}
 	if now.Before(c.rotation.Started.Add(time.Duration(c.rotation.Overlap) / 2)) {
 		return phaseIntroduced
 	}
+	if c.waitLocked(now, stateOf(c.current, c.current, c.next), "switching leaves to the new root") {
+		return phaseIntroduced
+	}
+	c.switched = true
+	c.log.Info("ca: rotation: leaves now come from the new root", "root", c.next.fingerprint())
 	return phaseSwitched
 }
 
-// advanceLocked finishes a rotation whose overlap has passed: the new root
-// becomes the root (on disk too) and the old one is dropped.
+// stateOf names what proxies are given: the signer of their leaves and the
+// trust bundle (stateLocked's form).
+func stateOf(signer *authority, bundle ...*authority) string {
+	st := signer.fingerprint()
+	for _, b := range bundle {
+		st += " " + b.fingerprint()
+	}
+	return st
+}
+
+// SetRotationGate makes a rotation wait for proxies: gate returns the
+// proxies (node ids) that have not acknowledged the secrets of state (a
+// SecurityState value) — the controller knows, from their ACKs. Leaves
+// switch to the new root only once every proxy has the new trust bundle,
+// and the old root leaves the bundle only once every proxy has a leaf of the
+// new root; the overlap's times are the earliest moments. A proxy that
+// never acknowledges holds the rotation (logged, and counted in
+// sift_control_ca_rotation_waiting_proxies). gate is called with the CA's
+// lock held: it must not call the CA.
+func (c *CA) SetRotationGate(gate func(state string) []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gate = gate
+}
+
+// SecurityState names the secrets the CA gives proxies now: the signer of
+// their leaves and the trust bundle. It changes only with a rotation's
+// phases, not with renewals.
+func (c *CA) SecurityState() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stateLocked(c.clock.Now())
+}
+
+// waitLocked asks the gate which proxies lack state, logs them (at most
+// every 30 s) and reports whether any do.
+func (c *CA) waitLocked(now time.Time, state, step string) bool {
+	c.waiting = 0
+	if c.gate == nil {
+		return false
+	}
+	waiting := c.gate(state)
+	c.waiting = len(waiting)
+	if len(waiting) == 0 {
+		return false
+	}
+	if now.Sub(c.waitLogged) >= 30*time.Second {
+		c.waitLogged = now
+		c.log.Warn("ca: rotation waits for proxies to acknowledge their secrets before "+step,
+			"waiting", len(waiting), "proxies", waiting[:min(len(waiting), 10)])
+	}
+	return true
+}
+
+// advanceLocked finishes a rotation whose overlap has passed and whose new
+// leaves every proxy has acknowledged: the new root becomes the root (on
+// disk too) and the old one is dropped.
 func (c *CA) advanceLocked(now time.Time) {
 	if c.rotation == nil || now.Before(c.rotation.Started.Add(time.Duration(c.rotation.Overlap))) {
 		return
 	}
+	if c.phaseLocked(now) != phaseSwitched || c.waitLocked(now, stateOf(c.next, c.current, c.next), "dropping the old root") {
+		return
+	}
 	old := c.current
-	c.current, c.next, c.rotation = c.next, nil, nil
+	c.current, c.next, c.rotation, c.switched = c.next, nil, nil, false
 	if err := os.Rename(c.path(NextRootFile), c.path(RootFile)); err != nil {
 		// The new root serves from memory; on restart the rotation file
 		// finishes the rotation again.

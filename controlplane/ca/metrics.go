@@ -36,8 +36,17 @@ func newMetrics(c *CA, reg prometheus.Registerer) (*metrics, error) {
 		defer c.mu.Unlock()
 		return float64(c.signerLocked(c.clock.Now()).cert.NotAfter.Unix())
 	})
+	waiting := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sift_control_ca_rotation_waiting_proxies",
+		Help: "Proxies a root rotation waits for: they have not acknowledged the secrets of its current phase (0: none, or no rotation)."}, func() float64 {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.rotation == nil {
+			return 0
+		}
+		return float64(c.waiting)
+	})
 	if reg != nil {
-		for _, col := range []prometheus.Collector{m.issued, soonest, roots, rootExpiry} {
+		for _, col := range []prometheus.Collector{m.issued, soonest, roots, rootExpiry, waiting} {
 			if err := reg.Register(col); err != nil {
 				return nil, err
 			}

@@ -261,3 +261,76 @@ func TestUnusedLeavesAreForgotten(t *testing.T) {
 		t.Errorf("next wake: due %v, web-0 kept %v, old-0 kept %v; want false, true, false", due, has("shop/web-0"), has("shop/old-0"))
 	}
 }
+
+// TestRotationWaitsForProxies: with a rotation gate (the controller's view
+// of the proxies' ACKs), leaves switch to the new root only once every proxy
+// has acknowledged the trust bundle with both roots, and the old root is
+// dropped only once every proxy has acknowledged a leaf of the new root —
+// however long past the overlap's times that is.
+func TestRotationWaitsForProxies(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	clock := NewManualClock(t0)
+	c := openCA(t, dir, clock)
+	oldRoot := c.Bundle()[0]
+	acked := map[string]string{"a": c.SecurityState(), "b": c.SecurityState()}
+	var asked []string
+	c.SetRotationGate(func(state string) []string {
+		asked = append(asked, state)
+		var out []string
+		for _, p := range []string{"a", "b"} {
+			if acked[p] != state {
+				out = append(out, p)
+			}
+		}
+		return out
+	})
+	start := t0.Add(time.Minute)
+	clock.Set(start)
+	if _, err := StartRotation(dir, 2*time.Hour, "", "", clock); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Reload(); !ok || err != nil {
+		t.Fatalf("Reload = %v, %v", ok, err)
+	}
+	introduced := c.SecurityState()
+	acked["a"] = introduced // b has not acknowledged the new bundle yet
+
+	issuedByOld := func() bool {
+		t.Helper()
+		l, err := c.Leaf("shop/web-0", webID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return verify(l, []*x509.Certificate{oldRoot}, clock.Now()) == nil
+	}
+	clock.Set(start.Add(90 * time.Minute)) // past half the overlap
+	if !issuedByOld() || c.SecurityState() != introduced {
+		t.Fatal("leaves switched to the new root while proxy b lacks the new trust bundle")
+	}
+	if len(asked) == 0 || asked[len(asked)-1] != introduced {
+		t.Fatalf("the gate was asked about %q, want the introduced state %q", asked, introduced)
+	}
+	acked["b"] = introduced
+	if issuedByOld() {
+		t.Fatal("leaves still from the old root once every proxy has the new bundle")
+	}
+	switched := c.SecurityState()
+	if switched == introduced {
+		t.Fatal("the security state did not change with the switch")
+	}
+
+	clock.Set(start.Add(5 * time.Hour)) // well past the overlap
+	acked["a"] = switched
+	if n := len(c.Bundle()); n != 2 {
+		t.Fatalf("bundle has %d roots while proxy b has no leaf of the new root, want 2", n)
+	}
+	acked["b"] = switched
+	b := c.Bundle()
+	if len(b) != 1 || b[0].Equal(oldRoot) {
+		t.Fatal("the old root stayed after every proxy acknowledged a leaf of the new root")
+	}
+	if _, err := os.Stat(filepath.Join(dir, RotationFile)); !os.IsNotExist(err) {
+		t.Errorf("rotation file left after the rotation finished (%v)", err)
+	}
+}

@@ -55,6 +55,9 @@ func (s *Security) Secrets(w *mesh.Workload) []*tlsv3.Secret {
 	return secrets
 }
 
+// SecurityState implements controlplane.SecurityStater (CA.SecurityState).
+func (s *Security) SecurityState() string { return s.CA.SecurityState() }
+
 // Changed implements controlplane.SecurityWatcher (CA.Changed).
 func (s *Security) Changed() <-chan struct{} { return s.CA.Changed() }
 
