@@ -78,6 +78,8 @@ func serve(args []string) error {
 		return (&servers.Holder{}).Serve(ctx, ln)
 	case "pong":
 		return servers.ServePONG(ctx, ln)
+	case "sink":
+		return servers.ServeSink(ctx, ln)
 	}
 	return fmt.Errorf("unknown backend %q", kind)
 }
@@ -95,6 +97,7 @@ func load(args []string) error {
 	conns := fs.Int("conns", 4, "grpc: client connections")
 	mode := fs.String("mode", "unary", "grpc: unary | stream")
 	payload := fs.Int("payload", 64, "grpc: payload bytes")
+	bufSize := fs.Int("buf", 128<<10, "bulk: bytes per Write")
 	timeout := fs.Duration("timeout", 15*time.Second, "greet/idle: per-run bound")
 	fs.Parse(args[1:])
 	procs.RaiseFDLimit()
@@ -111,6 +114,8 @@ func load(args []string) error {
 		if r, err = loadgen.GRPC(*addr, *mode, *conns, *c, *d, *n, *payload); err != nil {
 			return err
 		}
+	case "bulk":
+		r = loadgen.Bulk(*addr, *c, *d, *bufSize)
 	case "idle":
 		// Open n connections, report, then hold them until stdin closes
 		// or the timeout ends (the harness measures the proxy meanwhile).

@@ -37,7 +37,7 @@ func same(t gen.Topology) func(string) gen.Topology { return func(string) gen.To
 func (r *Runner) scenarios() []scenario {
 	return []scenario{
 		{report.ScenarioInfo{ID: "s1", Title: "Opaque TCP bulk throughput",
-			Description: "iperf3 through an L4 listener (no detection), 1 and 8 parallel streams. CPU-s/GB is the proxy's user+system CPU time (from /proc/<pid>/stat, summed over its processes) per 10^9 bytes carried.",
+			Description: "iperf3 through an L4 listener (no detection), 1 and 8 parallel streams; and an ordinary Go client writing 128 KiB buffers into a Go reader (siftbench load bulk / serve sink). CPU-s/GB is the proxy's user+system CPU time (from /proc/<pid>/stat, summed over its processes) per 10^9 bytes carried.",
 			Primary:     []string{"throughput", "CPU per GB"},
 			Notes:       []string{"direct: iperf3 client and server talk to each other on the load CPU; no proxy, so no CPU-s/GB."}}, r.s1},
 		{report.ScenarioInfo{ID: "s2", Title: "Opaque TCP over mTLS between two proxies",
@@ -166,7 +166,40 @@ func (r *Runner) bulk(sc string, top gen.Topology, entry string) error {
 
 func (r *Runner) s1() error {
 	top := gen.Topology{Listeners: []gen.Listener{{Name: "opaque", Port: r.port(1), Kind: gen.Opaque, Upstreams: []int{r.port(100)}}}}
-	return r.bulk("s1", top, "opaque")
+	if err := r.bulk("s1", top, "opaque"); err != nil {
+		return err
+	}
+	// Not only iperf3: an ordinary Go client (one Write of 128 KiB after
+	// another) into an ordinary Go reader, both on the load CPU.
+	bs, err := r.startBackends(func() (*procs.Proc, error) { return r.backend("sink", r.port(102)) })
+	if err != nil {
+		return err
+	}
+	defer bs.stop()
+	sink := gen.Topology{Listeners: []gen.Listener{{Name: "opaque", Port: r.port(1), Kind: gen.Opaque, Upstreams: []int{r.port(102)}}}}
+	r.interleave("s1", proxiesAndDirect, same(sink), r.env, func(tg string, rep int, px *procs.Proc, addr func(string) string) {
+		cs := "Go client, 128 KiB writes"
+		var cpu0 float64
+		if px != nil {
+			cpu0 = procs.CPUSeconds(px.Pid())
+		}
+		res, err := r.goLoad(r.o.Dur+30*time.Second, "bulk", "-addr", addr("opaque"), "-c", "1", "-d", r.o.Dur.String())
+		if err == nil && res.Errors > 0 {
+			err = fmt.Errorf("%d errors, first: %s", res.Errors, res.FirstErr)
+		}
+		if err != nil {
+			r.fail("s1", cs, tg, rep, err)
+			return
+		}
+		gbps := res.Rate * 8 / 1e9
+		r.record("s1", cs, tg, rep, "throughput", "Gbit/s", hi, gbps)
+		if px != nil {
+			cpu := procs.CPUSeconds(px.Pid()) - cpu0
+			r.record("s1", cs, tg, rep, "CPU per GB", "CPU-s/GB", lo, cpu/(float64(res.Ops)/1e9))
+		}
+		r.logf("   s1 %-8s %-9s #%d %.2f Gbit/s", tg, cs, rep, gbps)
+	})
+	return nil
 }
 
 func (r *Runner) s2() error {

@@ -306,3 +306,54 @@ func ShortRESP(addr string, c int, d time.Duration, max int) Result {
 		return nil
 	})
 }
+
+// Bulk writes bufSize-byte buffers on c connections to addr for d, as an
+// ordinary Go client does (one Write per buffer, no tuning), then
+// half-closes and waits for the sink's close. Ops is the bytes written,
+// Rate bytes per second; no latency.
+func Bulk(addr string, c int, d time.Duration, bufSize int) Result {
+	type out struct {
+		n   int64
+		err error
+	}
+	results := make(chan out, c)
+	start := time.Now()
+	for range c {
+		go func() {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				results <- out{err: err}
+				return
+			}
+			defer conn.Close()
+			buf := make([]byte, bufSize)
+			var n int64
+			for end := start.Add(d); time.Now().Before(end); {
+				m, err := conn.Write(buf)
+				n += int64(m)
+				if err != nil {
+					results <- out{n, err}
+					return
+				}
+			}
+			conn.(*net.TCPConn).CloseWrite()
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = io.Copy(io.Discard, conn)
+			results <- out{n, err}
+		}()
+	}
+	var r Result
+	for range c {
+		o := <-results
+		r.Ops += int(o.n)
+		if o.err != nil {
+			r.Errors++
+			if r.FirstErr == "" {
+				r.FirstErr = o.err.Error()
+			}
+		}
+	}
+	r.Seconds = time.Since(start).Seconds()
+	r.Rate = float64(r.Ops) / r.Seconds
+	return r
+}

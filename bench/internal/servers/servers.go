@@ -254,3 +254,12 @@ func ServePONG(ctx context.Context, ln net.Listener) error {
 		}
 	})
 }
+
+// ServeSink reads and discards everything each client sends, then closes
+// (the bulk scenario's backend: a plain Go reader, not iperf3).
+func ServeSink(ctx context.Context, ln net.Listener) error {
+	return acceptLoop(ctx, ln, func(c net.Conn) {
+		defer c.Close()
+		io.Copy(io.Discard, c)
+	})
+}
