@@ -192,13 +192,22 @@ func (p *h1Pool) connect(ctx context.Context) (*h1Conn, bool, error) {
 	return cc, false, nil
 }
 
+// firstWaiterLocked takes the longest-waiting request's channel off the
+// queue, or returns nil. p.mu held.
+func (p *h1Pool) firstWaiterLocked() chan *h1Conn {
+	if len(p.waiters) == 0 {
+		return nil
+	}
+	w := p.waiters[0]
+	p.waiters = p.waiters[1:]
+	return w
+}
+
 // freeSlot gives a closed connection's slot to the first waiting request,
 // or frees it.
 func (p *h1Pool) freeSlot() {
 	p.mu.Lock()
-	if len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
+	if w := p.firstWaiterLocked(); w != nil {
 		p.mu.Unlock()
 		w <- nil
 		return
@@ -342,9 +351,7 @@ func (cc *h1Conn) release() {
 		cc.close()
 		return
 	}
-	if len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
+	if w := p.firstWaiterLocked(); w != nil {
 		p.mu.Unlock()
 		w <- cc
 		return

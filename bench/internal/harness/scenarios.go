@@ -202,12 +202,17 @@ func (r *Runner) s1() error {
 	return nil
 }
 
-func (r *Runner) s2() error {
-	top := gen.Topology{Listeners: []gen.Listener{
+// mtlsPair is s2's topology: listener mtls_out (plain) to mtls_in over
+// mTLS, and on to the backend on port backend.
+func (r *Runner) mtlsPair(backend int) gen.Topology {
+	return gen.Topology{Listeners: []gen.Listener{
 		{Name: "mtls_out", Port: r.port(1), Kind: gen.MTLSOrigin, Upstreams: []int{r.port(11)}},
-		{Name: "mtls_in", Port: r.port(11), Kind: gen.MTLSTerminate, Upstreams: []int{r.port(100)}},
+		{Name: "mtls_in", Port: r.port(11), Kind: gen.MTLSTerminate, Upstreams: []int{backend}},
 	}}
-	if err := r.bulk("s2", top, "mtls_out"); err != nil {
+}
+
+func (r *Runner) s2() error {
+	if err := r.bulk("s2", r.mtlsPair(r.port(100)), "mtls_out"); err != nil {
 		return err
 	}
 	// Handshakes: short connections, each one a new mTLS connection between
@@ -217,11 +222,7 @@ func (r *Runner) s2() error {
 		return err
 	}
 	defer bs.stop()
-	short := gen.Topology{Listeners: []gen.Listener{
-		{Name: "mtls_out", Port: r.port(1), Kind: gen.MTLSOrigin, Upstreams: []int{r.port(11)}},
-		{Name: "mtls_in", Port: r.port(11), Kind: gen.MTLSTerminate, Upstreams: []int{r.port(101)}},
-	}}
-	r.interleave("s2", proxiesAndDirect, same(short), r.env, func(tg string, rep int, px *procs.Proc, addr func(string) string) {
+	r.interleave("s2", proxiesAndDirect, same(r.mtlsPair(r.port(101))), r.env, func(tg string, rep int, px *procs.Proc, addr func(string) string) {
 		r.shortConnCases("s2", "short-http", tg, rep, addr, false, []shortCase{{"new mTLS connections", "mtls_out"}})
 	})
 	return nil
