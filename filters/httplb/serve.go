@@ -93,10 +93,20 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 			conn.Close()
 		}()
 	default:
+		var nc net.Conn = conn
+		if !d.Info.TLS {
+			// Plaintext HTTP/1.1: the fast path, until a request needs
+			// net/http (fast.go).
+			rest, handOff := h.serveFast(ctx, d, conn, cs)
+			if !handOff {
+				return
+			}
+			nc = &replayConn{trackedConn: conn, pending: rest}
+		}
 		if h.cfg.codec == codecAuto {
 			srv.Handler = h2c.NewHandler(handler, h2s)
 		}
-		l := &oneConnListener{conn: conn, done: make(chan struct{})}
+		l := &oneConnListener{conn: nc, done: make(chan struct{})}
 		go func() {
 			defer close(served)
 			srv.Serve(l)
@@ -159,6 +169,22 @@ func (c *trackedConn) Close() error {
 	err := net.ErrClosed
 	c.once.Do(func() { err = c.Conn.Close(); close(c.closed) })
 	return err
+}
+
+// replayConn is a connection handed from the fast path to net/http: the
+// bytes the fast path read and did not consume come first.
+type replayConn struct {
+	*trackedConn
+	pending []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.trackedConn.Read(b)
 }
 
 // oneConnListener hands out one connection, then blocks until closed.
