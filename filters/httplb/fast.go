@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -262,7 +263,9 @@ func (f *fastConn) serveOne(ctx context.Context, cs *connState) bool {
 
 	w := &fastWriter{c: f, header: make(http.Header), isHead: method == "HEAD", body: body, cl: -1}
 	w.closeAfter = hd.Close || f.draining.Load()
-	f.h.serveHTTP(cs, w, req)
+	if !f.serve(cs, w, req) {
+		return false
+	}
 	w.finish()
 	reusable := !w.closeAfter && !f.draining.Load()
 	if body != nil && !body.finish() {
@@ -272,6 +275,26 @@ func (f *fastConn) serveOne(ctx context.Context, cs *connState) bool {
 		return false
 	}
 	return reusable
+}
+
+// serve runs the HCM's request path; it reports false when the handler
+// panicked. As net/http's server does, a panic ends the connection after
+// what was written (http.ErrAbortHandler silently, others logged) instead
+// of the process. (ReverseProxy aborts a response whose upstream body
+// fails midway by panicking only under net/http's server; here it returns
+// and finish sees the short body.)
+func (f *fastConn) serve(cs *connState, w *fastWriter, req *http.Request) (ok bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			ok = false
+			if v != http.ErrAbortHandler {
+				f.h.log.Error("panic serving HTTP/1.1 request", "remote", f.remote, "panic", v, "stack", string(debug.Stack()))
+			}
+			f.out.Flush()
+		}
+	}()
+	f.h.serveHTTP(cs, w, req)
+	return true
 }
 
 // parseOriginForm parses an origin-form target as url.ParseRequestURI

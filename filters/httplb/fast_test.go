@@ -219,3 +219,43 @@ func TestHTTP1HandOff(t *testing.T) {
 		t.Errorf("upload: %d %q", resp.StatusCode, body)
 	}
 }
+
+// TestHTTP1UpstreamResetMidBody: an upstream that dies in the middle of
+// a body aborts the response: the client sees a truncated response and a
+// closed connection, and the proxy keeps serving.
+func TestHTTP1UpstreamResetMidBody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer ln.Close()
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			br := bufio.NewReader(c)
+			if req, err := http.ReadRequest(br); err == nil {
+				if req.URL.Path == "/cut" {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+				} else {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+				}
+			}
+			c.Close()
+		}
+	})
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	addr := startBenchWithBackend(t, port)
+	out, closed := exchange(t, addr, "GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")
+	if !closed || !strings.HasPrefix(out, "HTTP/1.1 200 ") || strings.HasSuffix(out, "0123456789") && strings.Contains(out, "Content-Length: 10\r\n") {
+		t.Errorf("cut response: closed %v, %q", closed, out)
+	}
+	out, _ = exchange(t, addr, "GET /whole HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	if !strings.HasPrefix(out, "HTTP/1.1 200 ") || !strings.HasSuffix(out, "\r\n\r\nok") {
+		t.Errorf("after the cut: %q", out)
+	}
+}
