@@ -726,13 +726,23 @@ func (b *bufferedWriter) Write(p []byte) (int, error) {
 	}
 	// Head and body in one system call.
 	bufs := net.Buffers{b.buf, p}
-	_, err := bufs.WriteTo(b.w)
+	var err error
+	if bw, ok := b.w.(buffersWriter); ok {
+		_, err = bw.writeBuffers(&bufs)
+	} else {
+		_, err = bufs.WriteTo(b.w)
+	}
 	b.buf = b.buf[:0]
 	if err != nil {
 		b.err = err
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// buffersWriter writes several buffers at once (trackedConn).
+type buffersWriter interface {
+	writeBuffers(*net.Buffers) (int64, error)
 }
 
 // Flush writes what is buffered.

@@ -39,6 +39,9 @@ func startConformanceProxy(t *testing.T) (string, *seenBackend) {
 			return
 		}
 		w.Header().Set("X-Echo-Len", fmt.Sprint(len(body)))
+		if r.URL.Query().Has("cl") {
+			w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		}
 		w.Write(body)
 	}))
 	t.Cleanup(backend.Close)
@@ -257,5 +260,27 @@ func TestHTTP1UpstreamResetMidBody(t *testing.T) {
 	out, _ = exchange(t, addr, "GET /whole HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
 	if !strings.HasPrefix(out, "HTTP/1.1 200 ") || !strings.HasSuffix(out, "\r\n\r\nok") {
 		t.Errorf("after the cut: %q", out)
+	}
+}
+
+// TestHTTP1LargeBodies: bodies larger than the buffers, each way, with a
+// known length (head and body in one writev) and streamed (chunked).
+func TestHTTP1LargeBodies(t *testing.T) {
+	addr, _ := startConformanceProxy(t)
+	big := strings.Repeat("0123456789abcdef", 20<<10) // 320 KiB
+	for _, target := range []string{"/echo?cl", "/echo"} {
+		resp, err := http.Post("http://"+addr+target, "text/plain", strings.NewReader(big))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(got) != big {
+			t.Errorf("%s: %d bytes back, err %v", target, len(got), err)
+		}
+		chunked := len(resp.TransferEncoding) > 0
+		if want := target == "/echo"; chunked != want {
+			t.Errorf("%s: chunked %v, want %v", target, chunked, want)
+		}
 	}
 }

@@ -318,6 +318,14 @@ func pipeBoth(up net.Conn, src io.Reader, dst net.Conn) {
 	t.Stop()
 }
 
+// writeBuffers writes b with one writev when the underlying connection is
+// a TCP connection (net.Buffers), counting the bytes.
+func (c *trackedConn) writeBuffers(b *net.Buffers) (int64, error) {
+	n, err := b.WriteTo(c.Conn)
+	c.written.Add(n)
+	return n, err
+}
+
 // CloseWrite half-closes the connection when the underlying one can.
 func (c *trackedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
