@@ -547,6 +547,9 @@ func (w *fastWriter) writeHead(chunked bool) (replaced bool) {
 		out.Write(strconv.AppendInt(b[:0], w.cl, 10))
 		out.WriteString("\r\n")
 	}
+	if w.c.draining.Load() {
+		w.closeAfter = true // drain began while the request was served
+	}
 	if w.closeAfter {
 		out.WriteString("Connection: close\r\n")
 	}
