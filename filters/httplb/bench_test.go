@@ -55,7 +55,7 @@ func startBenchProxyHCM(b *testing.B, hcm string, clusters ...string) string {
 // startBench is startBenchProxyHCM, with an admin server when admin is set:
 // a sift-proxy with an admin address exports metrics, so every connection
 // and request is counted (telemetry on).
-func startBench(b *testing.B, admin bool, hcm string, clusters ...string) string {
+func startBench(b testing.TB, admin bool, hcm string, clusters ...string) string {
 	b.Helper()
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -63,6 +63,18 @@ func startBench(b *testing.B, admin bool, hcm string, clusters ...string) string
 	}))
 	b.Cleanup(backend.Close)
 	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
+	return startBenchWith(b, port, admin, hcm, clusters...)
+}
+
+// startBenchWithBackend starts the bench's sift-proxy in front of a
+// backend of the caller's on 127.0.0.1:port.
+func startBenchWithBackend(b testing.TB, port string) string {
+	b.Helper()
+	return startBenchWith(b, port, false, "")
+}
+
+func startBenchWith(b testing.TB, port string, admin bool, hcm string, clusters ...string) string {
+	b.Helper()
 	yaml := strings.Replace(fmt.Sprintf(benchBootstrap, port), "codec_type: AUTO\n", "codec_type: AUTO\n"+hcm, 1) + strings.Join(clusters, "")
 	if admin {
 		yaml = "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\n" + yaml

@@ -131,7 +131,8 @@ func (p *h1Pool) get(ctx context.Context, forceNew bool) (*h1Conn, bool, error) 
 				p.idle[n-1] = nil
 				p.idle = p.idle[:n-1]
 				p.mu.Unlock()
-				if (p.idleTimeout == 0 || time.Since(cc.idleSince) < p.idleTimeout) && cc.alive() {
+				idleFor := time.Since(cc.idleSince)
+				if (p.idleTimeout == 0 || idleFor < p.idleTimeout) && cc.alive(idleFor) {
 					return cc, true, nil
 				}
 				cc.close()
@@ -151,7 +152,7 @@ func (p *h1Pool) get(ctx context.Context, forceNew bool) (*h1Conn, bool, error) 
 			if cc == nil {
 				return p.connect(ctx) // a closed connection's slot, passed on
 			}
-			if cc.alive() {
+			if cc.alive(0) {
 				return cc, true, nil
 			}
 			cc.close()
@@ -219,12 +220,16 @@ func (p *h1Pool) freeSlot() {
 // alive reports whether an idle connection can take a request: nothing is
 // readable on it (a server that closed it has sent its FIN; one that sent
 // bytes unasked is not speaking HTTP/1.1 keep-alive). One non-blocking
-// MSG_PEEK; connections that are not TCP are taken as alive.
-func (cc *h1Conn) alive() bool {
+// MSG_PEEK; connections that are not TCP are taken as alive. A connection
+// idle for less than peekAfter is taken as alive without the peek (a system
+// call per request under load): a server closing it in that window is a
+// race the peek could lose as well, and a request without a body is sent
+// again on a new connection (RoundTrip).
+func (cc *h1Conn) alive(idleFor time.Duration) bool {
 	if cc.br.Buffered() > 0 {
 		return false
 	}
-	if cc.raw == nil {
+	if cc.raw == nil || idleFor < peekAfter {
 		return true
 	}
 	cc.peekOK = false
@@ -233,6 +238,10 @@ func (cc *h1Conn) alive() bool {
 	}
 	return cc.peekOK
 }
+
+// peekAfter is how long a connection must have been idle before alive
+// peeks at it.
+const peekAfter = 50 * time.Millisecond
 
 // peekIdle is alive's RawConn callback, bound once per connection.
 func (cc *h1Conn) peekIdle(fd uintptr) bool {

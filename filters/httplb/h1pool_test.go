@@ -144,6 +144,35 @@ func TestH1PoolServerClosedIdle(t *testing.T) {
 	}
 }
 
+// TestH1PoolServerClosedIdleBody: a request with a body cannot be sent
+// again, so a connection idle for longer than peekAfter is peeked at
+// before it is taken: the server's FIN is seen and a new connection used.
+func TestH1PoolServerClosedIdleBody(t *testing.T) {
+	t.Parallel()
+	b := newRawBackend(t, func(n int, c net.Conn, _ string) bool {
+		io.WriteString(c, ok("x"))
+		return false // close after every response, without Connection: close
+	})
+	p := b.pool(0, time.Minute, 0)
+	defer p.closeIdle(true)
+	for i := range 3 {
+		req, err := http.NewRequest("POST", "http://upstream/", strings.NewReader("body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := p.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		time.Sleep(2 * peekAfter) // the FIN arrives, and the peek is due
+	}
+	if n := b.accepted.Load(); n != 3 {
+		t.Errorf("%d connections, want 3", n)
+	}
+}
+
 func TestH1PoolNoReuse(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {

@@ -444,13 +444,16 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), stateKey{}, st))
-	defer cancel()
+	// One context carries the route timeout (a deadline) and the idle and
+	// request timeouts (cancel): a timer context is a cancel context too.
+	var ctx context.Context
+	var cancel context.CancelFunc
 	if d := h.routeTimeout(rt, r); d > 0 && upgrade == "" {
-		var c2 context.CancelFunc
-		ctx, c2 = context.WithTimeout(ctx, d)
-		defer c2()
+		ctx, cancel = context.WithTimeout(context.WithValue(r.Context(), stateKey{}, st), d)
+	} else {
+		ctx, cancel = context.WithCancel(context.WithValue(r.Context(), stateKey{}, st))
 	}
+	defer cancel()
 	idle := h.cfg.streamIdleTimeout
 	if rt.HasIdleTimeout {
 		idle = rt.IdleTimeout

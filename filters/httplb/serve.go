@@ -24,7 +24,10 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // ServeConn implements filters.NetworkFilter: it serves HTTP on d until the
 // client is done, the connection idles out, or the connection must end.
 //
-// Each connection gets its own http.Server (and x/net/http2.Server): codec
+// A plaintext connection that does not start with the HTTP/2 preface is
+// served by the HTTP/1 fast path (fast.go) until it ends or a request
+// needs net/http. Otherwise, and from then on, the connection gets its own
+// http.Server (and x/net/http2.Server): codec
 // HTTP1 serves HTTP/1.x; HTTP2 serves HTTP/2 with prior knowledge; AUTO
 // serves HTTP/1.x, switching to HTTP/2 on the client preface or an h2c
 // upgrade. When d.Draining closes, the server shuts down gracefully: HTTP/1
@@ -42,6 +45,21 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	}
 	cs := &connState{info: d.Info, remote: d.Info.RemoteAddr, tls: d.Info.TLS, peer: d.Info.PeerIdentity, local: d.Info.LocalIdentity}
 	cs.external = !isInternal(cs.remote.Addr())
+
+	// Over TLS the codec follows ALPN: "h2" means HTTP/2 (the preface was
+	// not peeked, it is inside TLS).
+	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto &&
+		(bytes.HasPrefix(d.Peeked(), []byte(h2Preface)) || d.Info.NegotiatedProtocol == "h2"))
+	var nc net.Conn = conn
+	if !useH2 && !d.Info.TLS {
+		// Plaintext HTTP/1.1: the fast path (fast.go), until a request
+		// needs net/http; no http.Server is built unless then.
+		rest, handOff := h.serveFast(ctx, d, conn, cs)
+		if !handOff {
+			return
+		}
+		nc = &replayConn{trackedConn: conn, pending: rest}
+	}
 
 	var handlers sync.WaitGroup
 	var hmu sync.Mutex // orders handlers.Add against Wait
@@ -81,10 +99,6 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	}
 
 	served := make(chan struct{})
-	// Over TLS the codec follows ALPN: "h2" means HTTP/2 (the preface was
-	// not peeked, it is inside TLS).
-	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto &&
-		(bytes.HasPrefix(d.Peeked(), []byte(h2Preface)) || d.Info.NegotiatedProtocol == "h2"))
 	switch {
 	case useH2:
 		go func() {
@@ -96,7 +110,7 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 		if h.cfg.codec == codecAuto {
 			srv.Handler = h2c.NewHandler(handler, h2s)
 		}
-		l := &oneConnListener{conn: conn, done: make(chan struct{})}
+		l := &oneConnListener{conn: nc, done: make(chan struct{})}
 		go func() {
 			defer close(served)
 			srv.Serve(l)
@@ -159,6 +173,22 @@ func (c *trackedConn) Close() error {
 	err := net.ErrClosed
 	c.once.Do(func() { err = c.Conn.Close(); close(c.closed) })
 	return err
+}
+
+// replayConn is a connection handed from the fast path to net/http: the
+// bytes the fast path read and did not consume come first.
+type replayConn struct {
+	*trackedConn
+	pending []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.trackedConn.Read(b)
 }
 
 // oneConnListener hands out one connection, then blocks until closed.
@@ -290,6 +320,14 @@ func pipeBoth(up net.Conn, src io.Reader, dst net.Conn) {
 	t := time.AfterFunc(5*time.Second, func() { up.Close(); dst.Close() })
 	<-done
 	t.Stop()
+}
+
+// writeBuffers writes b with one writev when the underlying connection is
+// a TCP connection (net.Buffers), counting the bytes.
+func (c *trackedConn) writeBuffers(b *net.Buffers) (int64, error) {
+	n, err := b.WriteTo(c.Conn)
+	c.written.Add(n)
+	return n, err
 }
 
 // CloseWrite half-closes the connection when the underlying one can.

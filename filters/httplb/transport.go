@@ -96,8 +96,16 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 			tried = append(tried, ep)
 		}
 		st.rec.Endpoint, st.rec.Attempts = ep.Addr, attempt
-		actx, cancel := context.WithCancel(req.Context())
-		areq := req.WithContext(actx)
+		// An attempt has a context of its own only when a retry policy can
+		// end it (per_try_timeout) or start another: without one, the
+		// request's context is the attempt's (no context and no request
+		// copy per request).
+		areq, cancel := req, context.CancelFunc(func() {})
+		if policy != nil {
+			var actx context.Context
+			actx, cancel = context.WithCancel(req.Context())
+			areq = req.WithContext(actx)
+		}
 		if body != nil {
 			areq.Body = body.attempt()
 			areq.GetBody = nil
