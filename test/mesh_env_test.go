@@ -269,7 +269,7 @@ func startMeshLoad(client *http.Client, url string, workers, max int) *meshLoad 
 				if err != nil {
 					l.failed++
 					if len(l.failures) < 10 {
-						l.failures = append(l.failures, fmt.Sprintf("request %d: %v", len(l.answers), err))
+						l.failures = append(l.failures, fmt.Sprintf("request %d at %s: %v", len(l.answers), time.Now().Format("15:04:05.000"), err))
 					}
 				}
 				l.answers = append(l.answers, name)
