@@ -172,6 +172,8 @@ type mtlsEnvOptions struct {
 	controlArgs []string
 	// bootstrapArgs are added to `sift-control bootstrap`'s.
 	bootstrapArgs []string
+	// proxyArgs are added to each sift-proxy's.
+	proxyArgs []string
 }
 
 // startMTLSEnv builds the topology described above: the namespaces, the
@@ -302,8 +304,8 @@ func startMTLSEnv(t *testing.T, o mtlsEnvOptions) *mtlsEnv {
 		if err != nil {
 			t.Fatalf("sift-control bootstrap: %v\n%s", err, out)
 		}
-		p := startMeshProc(t, "sift-proxy "+w.name, e.ns[w.name].Command(proxyBin, "-c", boot,
-			"--log-format", "json", "-l", "debug", "--drain-time-s", "1"))
+		p := startMeshProc(t, "sift-proxy "+w.name, e.ns[w.name].Command(proxyBin, append([]string{"-c", boot,
+			"--log-format", "json", "-l", "debug", "--drain-time-s", "1"}, o.proxyArgs...)...))
 		for _, l := range w.listeners {
 			addr := map[string]string{"outbound": "127.0.0.1:4140", "inbound": "0.0.0.0:4143"}[l]
 			p.waitLog(t, 0, 30*time.Second, "its "+l+" listener on "+addr,
