@@ -59,10 +59,9 @@ func TestSoak(t *testing.T) {
 	const certTTL = 2 * time.Minute // the CA's shortest
 
 	e := startMTLSEnv(t, mtlsEnvOptions{
-		nsPrefix:      relNSPrefix,
-		controlArgs:   []string{"--admin-address", "10.77.0.1:9902", "--cert-ttl", certTTL.String()},
-		bootstrapArgs: []string{"--xds-keepalive", "5s"},
-		proxyArgs:     []string{"-l", "info"}, // a line per connection at debug: too much to keep for 30 minutes
+		nsPrefix:    relNSPrefix,
+		controlArgs: []string{"--admin-address", "10.77.0.1:9902", "--cert-ttl", certTTL.String()},
+		proxyArgs:   []string{"-l", "info"}, // a line per connection at debug: too much to keep for 30 minutes
 	})
 	client := e.ns["client-0"]
 	if _, err := waitGet(e, mtlsWebURL); err != nil {
