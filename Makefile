@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin
 FUZZTIME ?= 30s
 
-.PHONY: all build test run fuzz fuzz-long bench chaos lint proto clean
+.PHONY: all build test run fuzz fuzz-long bench chaos soak lint proto clean
 
 all: build
 
@@ -47,6 +47,14 @@ chaos:
 	@mkdir -p bench/results; rm -f bench/results/chaos.md
 	SIFT_CHAOS_REPORT=$(CURDIR)/bench/results/chaos.md $(GO) test -count=1 -timeout 30m -run '^TestChaos' ./test/ -chaos.full
 	@cat bench/results/chaos.md
+
+# The soak (test/soak_test.go): the mTLS mesh under mixed traffic for SOAK_DURATION with configuration
+# pushes and certificate rotation, goroutines, fds and RSS sampled; report in bench/results/soak.md.
+SOAK_DURATION ?= 30m
+soak:
+	@mkdir -p bench/results
+	SIFT_SOAK_DURATION=$(SOAK_DURATION) SIFT_SOAK_REPORT=$(CURDIR)/bench/results/soak.md $(GO) test -count=1 -timeout 0 -run '^TestSoak$$' ./test/
+	@cat bench/results/soak.md
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

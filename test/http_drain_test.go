@@ -94,3 +94,77 @@ func TestHTTPGracefulDrain(t *testing.T) {
 	}
 	cc.Close()
 }
+
+// TestHTTPDrainServesLateFirstRequest: a connection accepted by a generation
+// that starts draining while its listener filters still wait for its first
+// bytes is handed to the connection manager already draining. Its first
+// request is still served (with Connection: close), as Envoy does; it used
+// to wait unserved until the drain time ended and then be closed (found by
+// make soak: EOF on an HTTP/1 request during a configuration push).
+func TestHTTPDrainServesLateFirstRequest(t *testing.T) {
+	t.Parallel()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "done "+r.URL.Path)
+	}))
+	t.Cleanup(backend.Close)
+	for _, tc := range []struct {
+		name, chains string
+	}{
+		// The inspector waits for the request's bytes: the connection
+		// reaches the connection manager with them (net/http or the fast
+		// path reads them at once).
+		{"after an inspector", `    listener_filters:
+    - name: envoy.filters.listener.http_inspector
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}
+    filter_chains:
+    - filter_chain_match: {application_protocols: [http/1.1]}
+      filters:`},
+		// No listener filter: the connection manager holds the connection
+		// before any byte arrives, and the drain begins while it waits.
+		{"before any byte", "    filter_chains:\n    - filters:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			yaml := strings.Replace(httpListener, "    filter_chains:\n    - filters:", tc.chains, 1) + staticCluster("b", backend.Listener.Addr().String())
+			vars := map[string]string{"hcm": "via: sift",
+				"routes": `{virtual_hosts: [{name: all, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: b}}]}]}`}
+			// The drain time outlasts the read's bound: a connection left to it
+			// fails the test, not passes it late.
+			p := startProxyDraining(t, yaml, vars, 15*time.Second)
+			addr := p.addr(t, "http")
+
+			c := dial(t, addr) // accepted; the inspector or the connection manager waits for bytes
+			for deadline := time.Now().Add(10 * time.Second); p.Listeners().Get("http").Stats().Active.Load() != 1; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the connection was not accepted")
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // dispatched to its chain
+			for k, v := range vars {
+				yaml = strings.ReplaceAll(yaml, "{{"+k+"}}", v)
+			}
+			cfg, err := decodeListener(p, yaml)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Listeners().Apply([]*listener.Config{cfg}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // the old generation drains
+			fmt.Fprint(c, "GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+			c.SetReadDeadline(time.Now().Add(10 * time.Second)) // a bound on a broken test
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("the first request on a connection its draining generation dispatched: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if string(body) != "done /late" {
+				t.Errorf("response %q", body)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("the connection after the response: %v, want EOF (closed by the drain)", err)
+			}
+		})
+	}
+}

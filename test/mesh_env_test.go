@@ -38,7 +38,14 @@ var meshRunSeq atomic.Int64
 // are registered later and so run first).
 func addNamespace(t *testing.T, run int64, role string) *netns.NS {
 	t.Helper()
-	n, err := netns.Add(fmt.Sprintf("%s%d-%d-%s", meshNSPrefix, os.Getpid(), run, role))
+	return addPrefixedNamespace(t, meshNSPrefix, run, role)
+}
+
+// addPrefixedNamespace is addNamespace with another prefix than
+// meshNSPrefix (removeStaleNamespaces must be given the same).
+func addPrefixedNamespace(t *testing.T, prefix string, run int64, role string) *netns.NS {
+	t.Helper()
+	n, err := netns.Add(fmt.Sprintf("%s%d-%d-%s", prefix, os.Getpid(), run, role))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,8 +58,13 @@ func addNamespace(t *testing.T, run int64, role string) *netns.NS {
 }
 
 // removeStaleNamespaces deletes namespaces left by mesh test processes that
-// no longer exist (killed before their cleanups ran).
-func removeStaleNamespaces(t *testing.T) {
+// no longer exist (killed before their cleanups ran): those named with
+// prefix, meshNSPrefix if none is given.
+func removeStaleNamespaces(t *testing.T, prefix ...string) {
+	meshNSPrefix := meshNSPrefix
+	if len(prefix) > 0 {
+		meshNSPrefix = prefix[0]
+	}
 	names, err := netns.List()
 	if err != nil {
 		t.Logf("listing namespaces: %v", err)
@@ -257,7 +269,7 @@ func startMeshLoad(client *http.Client, url string, workers, max int) *meshLoad 
 				if err != nil {
 					l.failed++
 					if len(l.failures) < 10 {
-						l.failures = append(l.failures, fmt.Sprintf("request %d: %v", len(l.answers), err))
+						l.failures = append(l.failures, fmt.Sprintf("request %d at %s: %v", len(l.answers), time.Now().Format("15:04:05.000"), err))
 					}
 				}
 				l.answers = append(l.answers, name)

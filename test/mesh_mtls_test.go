@@ -119,14 +119,15 @@ namespaces:
 
 // mtlsEnv is the running topology.
 type mtlsEnv struct {
-	net     *netns.NS
-	ns      map[string]*netns.NS
-	proxies map[string]*meshProc
-	control *meshProc
-	caDir   string
-	client  *http.Client // from the client namespace, one connection per request
-	appCert *x509.Certificate
-	greeted atomic.Int64 // connections the greeters accepted
+	net      *netns.NS
+	ns       map[string]*netns.NS
+	proxies  map[string]*meshProc
+	control  *meshProc
+	caDir    string
+	meshPath string       // the mesh file sift-control watches
+	client   *http.Client // from the client namespace, one connection per request
+	appCert  *x509.Certificate
+	greeted  atomic.Int64 // connections the greeters accepted
 
 	// /hold requests: the web app answers them once mtlsHolds are in
 	// flight together.
@@ -143,10 +144,53 @@ func TestMeshMTLS(t *testing.T) {
 		t.Skipf("mesh mTLS end-to-end test skipped: %v", err)
 	}
 	t.Parallel()
-	removeStaleNamespaces(t)
+	e := startMTLSEnv(t, mtlsEnvOptions{})
+	for _, sc := range []struct {
+		name string
+		run  func(*testing.T, *mtlsEnv)
+	}{
+		{"HTTPOverMTLS", mtlsHTTP},
+		{"GRPCOverMTLS", mtlsGRPC},
+		{"ServerFirst", mtlsServerFirst},
+		{"ApplicationTLS", mtlsAppTLS},
+		{"InboundRefusesPlaintextAndStrangers", mtlsRefusals},
+		{"RootRotationUnderLoad", mtlsRotation},
+	} {
+		if !t.Run(sc.name, func(t *testing.T) { sc.run(t, e) }) {
+			t.FailNow()
+		}
+	}
+}
+
+// mtlsEnvOptions vary the topology startMTLSEnv builds.
+type mtlsEnvOptions struct {
+	// nsPrefix starts the namespaces' names; "" means meshNSPrefix.
+	nsPrefix string
+	// meshYAML is the mesh file; "" means mtlsMeshYAML.
+	meshYAML string
+	// controlArgs are added to sift-control's command line.
+	controlArgs []string
+	// bootstrapArgs are added to `sift-control bootstrap`'s.
+	bootstrapArgs []string
+	// proxyArgs are added to each sift-proxy's.
+	proxyArgs []string
+}
+
+// startMTLSEnv builds the topology described above: the namespaces, the
+// applications, sift-control and both proxies, up and listening. Everything
+// is stopped and removed when the test ends.
+func startMTLSEnv(t *testing.T, o mtlsEnvOptions) *mtlsEnv {
+	t.Helper()
+	if o.nsPrefix == "" {
+		o.nsPrefix = meshNSPrefix
+	}
+	if o.meshYAML == "" {
+		o.meshYAML = mtlsMeshYAML
+	}
+	removeStaleNamespaces(t, o.nsPrefix)
 	proxyBin, controlBin := siftProxyBinary(t), siftControlBinary(t)
 	run := meshRunSeq.Add(1)
-	e := &mtlsEnv{ns: map[string]*netns.NS{}, proxies: map[string]*meshProc{}}
+	e := &mtlsEnv{ns: map[string]*netns.NS{}, proxies: map[string]*meshProc{}, meshPath: filepath.Join(t.TempDir(), "mesh.yaml")}
 
 	// The network.
 	must := func(err error) {
@@ -155,12 +199,12 @@ func TestMeshMTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e.net = addNamespace(t, run, "net")
+	e.net = addPrefixedNamespace(t, o.nsPrefix, run, "net")
 	must(e.net.IP("link", "add", "br0", "type", "bridge"))
 	must(e.net.IP("addr", "add", "10.77.0.1/24", "dev", "br0"))
 	must(e.net.IP("link", "set", "br0", "up"))
 	for _, w := range []string{"client-0", "app-0"} {
-		ns := addNamespace(t, run, w)
+		ns := addPrefixedNamespace(t, o.nsPrefix, run, w)
 		e.ns[w] = ns
 		must(netns.Veth(e.net, "v-"+w, ns, "eth0"))
 		must(e.net.IP("link", "set", "v-"+w, "master", "br0"))
@@ -238,12 +282,11 @@ func TestMeshMTLS(t *testing.T) {
 	// volume would, so that xDS survives a root rotation.
 	dir := t.TempDir()
 	bundle := filepath.Join(dir, "bundle.pem")
-	meshPath := filepath.Join(dir, "mesh.yaml")
-	writeFileAtomic(t, meshPath, mtlsMeshYAML)
+	writeFileAtomic(t, e.meshPath, o.meshYAML)
 	e.caDir = filepath.Join(dir, "ca")
-	e.control = startMeshProc(t, "sift-control", e.net.Command(controlBin, "--mesh", meshPath, "--xds-address", meshXDS,
+	e.control = startMeshProc(t, "sift-control", e.net.Command(controlBin, append([]string{"--mesh", e.meshPath, "--xds-address", meshXDS,
 		"--admin-address", "", "--ca-dir", e.caDir, "--xds-tls", "--xds-tls-names", "sift-control,10.77.0.1",
-		"--ca-poll-interval", "50ms", "--ca-bundle-out", bundle, "-l", "debug"))
+		"--ca-poll-interval", "50ms", "--ca-bundle-out", bundle, "-l", "debug"}, o.controlArgs...)...))
 	e.control.waitLog(t, 0, 30*time.Second, "xds serving", func(l string) bool { return strings.Contains(l, `msg="xds serving"`) })
 
 	// The proxies, with the bootstraps sift-control writes: the node token,
@@ -256,13 +299,13 @@ func TestMeshMTLS(t *testing.T) {
 		{"app-0", []string{"outbound", "inbound"}},
 	} {
 		boot := filepath.Join(dir, w.name+"-bootstrap.yaml")
-		out, err := exec.Command(controlBin, "bootstrap", "--ca-dir", e.caDir, "--node", w.name+".shop",
-			"--xds-address", meshXDS, "--admin-address", "127.0.0.1:9901", "--trust-file", bundle, "-o", boot).CombinedOutput()
+		out, err := exec.Command(controlBin, append([]string{"bootstrap", "--ca-dir", e.caDir, "--node", w.name + ".shop",
+			"--xds-address", meshXDS, "--admin-address", "127.0.0.1:9901", "--trust-file", bundle, "-o", boot}, o.bootstrapArgs...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("sift-control bootstrap: %v\n%s", err, out)
 		}
-		p := startMeshProc(t, "sift-proxy "+w.name, e.ns[w.name].Command(proxyBin, "-c", boot,
-			"--log-format", "json", "-l", "debug", "--drain-time-s", "1"))
+		p := startMeshProc(t, "sift-proxy "+w.name, e.ns[w.name].Command(proxyBin, append([]string{"-c", boot,
+			"--log-format", "json", "-l", "debug", "--drain-time-s", "1"}, o.proxyArgs...)...))
 		for _, l := range w.listeners {
 			addr := map[string]string{"outbound": "127.0.0.1:4140", "inbound": "0.0.0.0:4143"}[l]
 			p.waitLog(t, 0, 30*time.Second, "its "+l+" listener on "+addr,
@@ -275,22 +318,7 @@ func TestMeshMTLS(t *testing.T) {
 		Timeout:   10 * time.Second,
 	}
 	t.Cleanup(e.client.CloseIdleConnections)
-
-	for _, sc := range []struct {
-		name string
-		run  func(*testing.T, *mtlsEnv)
-	}{
-		{"HTTPOverMTLS", mtlsHTTP},
-		{"GRPCOverMTLS", mtlsGRPC},
-		{"ServerFirst", mtlsServerFirst},
-		{"ApplicationTLS", mtlsAppTLS},
-		{"InboundRefusesPlaintextAndStrangers", mtlsRefusals},
-		{"RootRotationUnderLoad", mtlsRotation},
-	} {
-		if !t.Run(sc.name, func(t *testing.T) { sc.run(t, e) }) {
-			t.FailNow()
-		}
-	}
+	return e
 }
 
 // greetHandler speaks first ("hello from <name>"), then echoes lines.

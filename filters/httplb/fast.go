@@ -56,6 +56,11 @@ type fastConn struct {
 	pending  []byte // a response's first bytes while its framing is open
 	idle     atomic.Bool
 	draining atomic.Bool
+	// served: a request was served. A drain closes an idle connection at
+	// once only after that: a new connection's first request may be on its
+	// way (its client has no reason to retry it), so it is served first,
+	// with Connection: close — as the net/http path does (serve.go).
+	served atomic.Bool
 }
 
 // aLongTimeAgo is a deadline in the past: it wakes a blocked read.
@@ -76,7 +81,7 @@ func (h *HCM) serveFast(ctx context.Context, d *filters.Downstream, conn *tracke
 		select {
 		case <-d.Draining:
 			f.draining.Store(true)
-			if f.idle.Load() {
+			if f.idle.Load() && f.served.Load() {
 				conn.SetReadDeadline(aLongTimeAgo)
 			}
 			select {
@@ -105,7 +110,9 @@ func (h *HCM) serveFast(ctx context.Context, d *filters.Downstream, conn *tracke
 		if !ok {
 			return nil, false
 		}
-		if !f.serveOne(ctx, cs) {
+		keep := f.serveOne(ctx, cs)
+		f.served.Store(true)
+		if !keep {
 			return nil, false
 		}
 	}
@@ -124,7 +131,7 @@ func (f *fastConn) readHead() (ok, handOff bool) {
 			deadline = true
 		}
 		f.idle.Store(true)
-		if f.draining.Load() {
+		if f.draining.Load() && f.served.Load() {
 			return false, false
 		}
 		err := f.in.Fill()

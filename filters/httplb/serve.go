@@ -99,6 +99,7 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	}
 
 	served := make(chan struct{})
+	var taken chan struct{} // closed once the HTTP/1 server accepted conn
 	switch {
 	case useH2:
 		go func() {
@@ -110,7 +111,8 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 		if h.cfg.codec == codecAuto {
 			srv.Handler = h2c.NewHandler(handler, h2s)
 		}
-		l := &oneConnListener{conn: nc, done: make(chan struct{})}
+		l := &oneConnListener{conn: nc, done: make(chan struct{}), taken: make(chan struct{})}
+		taken = l.taken
 		go func() {
 			defer close(served)
 			srv.Serve(l)
@@ -120,6 +122,18 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	select {
 	case <-conn.closed:
 	case <-d.Draining:
+		// Shut down only once Serve holds the connection: a Shutdown
+		// that came first would make Serve return without serving it,
+		// and a connection dispatched by a generation already draining
+		// would wait unserved for the drain time to end. Its first
+		// request is served, then it closes (Envoy's drain).
+		if taken != nil {
+			select {
+			case <-taken:
+			case <-conn.closed:
+			case <-ctx.Done():
+			}
+		}
 		go srv.Shutdown(ctx)
 		select {
 		case <-conn.closed:
@@ -197,6 +211,9 @@ type oneConnListener struct {
 	conn net.Conn
 	once sync.Once
 	done chan struct{}
+	// taken is closed when Accept has handed out the connection, after
+	// http.Server.Serve started tracking its listener.
+	taken chan struct{}
 }
 
 func (l *oneConnListener) Accept() (net.Conn, error) {
@@ -205,6 +222,7 @@ func (l *oneConnListener) Accept() (net.Conn, error) {
 	l.conn = nil
 	l.mu.Unlock()
 	if c != nil {
+		close(l.taken)
 		return c, nil
 	}
 	<-l.done
