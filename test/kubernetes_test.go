@@ -15,11 +15,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
 )
 
 // kubeAssets returns the directory holding kube-apiserver and etcd
@@ -44,9 +46,15 @@ func kubeAssets(t *testing.T) string {
 	return dir
 }
 
+// controlUser is the user name of sift-control's service account in
+// examples/kubernetes/sift-control.yaml, as the API server authenticates it.
+const controlUser = "system:serviceaccount:sift-system:sift-control"
+
 // startKube starts a real kube-apiserver and etcd (no kubelet, no
 // controllers: tests write Pod status and EndpointSlices themselves) and
-// returns an admin client and a kubeconfig file for sift-control.
+// returns an admin client and a kubeconfig file for sift-control, which
+// authenticates as controlUser with no group: it may do only what
+// examples/kubernetes' RBAC grants it (applyManifest).
 func startKube(t *testing.T) (*kubernetes.Clientset, string) {
 	t.Helper()
 	env := &envtest.Environment{BinaryAssetsDirectory: kubeAssets(t)}
@@ -63,7 +71,7 @@ func startKube(t *testing.T) (*kubernetes.Clientset, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	user, err := env.AddUser(envtest.User{Name: "sift-control", Groups: []string{"system:masters"}}, nil)
+	user, err := env.AddUser(envtest.User{Name: controlUser}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +84,59 @@ func startKube(t *testing.T) (*kubernetes.Clientset, string) {
 		t.Fatal(err)
 	}
 	return client, path
+}
+
+// applyManifest creates the namespaces, service accounts and RBAC objects
+// of a manifest file (the rest is the test's to create).
+func applyManifest(t *testing.T, c *kubernetes.Clientset, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i, doc := range strings.Split(string(data), "\n---\n") {
+		var head struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			t.Fatalf("%s: document %d: %v", path, i, err)
+		}
+		decode := func(into any) {
+			if err := yaml.UnmarshalStrict([]byte(doc), into); err != nil {
+				t.Fatalf("%s: document %d (%s): %v", path, i, head.Kind, err)
+			}
+		}
+		switch head.Kind {
+		case "Namespace":
+			var o corev1.Namespace
+			decode(&o)
+			_, err = c.CoreV1().Namespaces().Create(ctx, &o, metav1.CreateOptions{})
+		case "ServiceAccount":
+			var o corev1.ServiceAccount
+			decode(&o)
+			_, err = c.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+		case "ClusterRole":
+			var o rbacv1.ClusterRole
+			decode(&o)
+			_, err = c.RbacV1().ClusterRoles().Create(ctx, &o, metav1.CreateOptions{})
+		case "ClusterRoleBinding":
+			var o rbacv1.ClusterRoleBinding
+			decode(&o)
+			_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, &o, metav1.CreateOptions{})
+		case "Role":
+			var o rbacv1.Role
+			decode(&o)
+			_, err = c.RbacV1().Roles(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+		case "RoleBinding":
+			var o rbacv1.RoleBinding
+			decode(&o)
+			_, err = c.RbacV1().RoleBindings(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+		default:
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: document %d (%s): %v", path, i, head.Kind, err)
+		}
+	}
 }
 
 // kubeProxy is a real sift-proxy process fetching its configuration from
@@ -221,7 +282,8 @@ func snapshotsSet(logs string) map[string]int {
 	return out
 }
 
-// sift-control watches a real kube-apiserver: Services, Pods (status
+// sift-control, with examples/kubernetes' read-only RBAC, watches a real
+// kube-apiserver: Services, Pods (status
 // written here, as a kubelet would), EndpointSlices, annotations and the
 // defaults ConfigMap become the xDS that real sift-proxy processes receive
 // and serve; a change reaches only the proxies it affects.
@@ -236,7 +298,7 @@ func TestKubernetesSource(t *testing.T) {
 		}
 	}
 	must(c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}))
-	must(c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "sift-system"}}, metav1.CreateOptions{}))
+	applyManifest(t, c, "../examples/kubernetes/sift-control.yaml")
 	must(c.CoreV1().ConfigMaps("sift-system").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "sift-config"},
 		Data: map[string]string{"opaque-ports": "6379", "detect-timeout": "2s"}}, metav1.CreateOptions{}))
 	web, err := c.CoreV1().Services("shop").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"},
