@@ -100,6 +100,9 @@ type Mesh struct {
 	// configuration (when the control plane runs a CA); off by default.
 	MTLS       bool
 	Namespaces []*Namespace
+
+	// workloadByKey indexes the workloads; Complete fills it.
+	workloadByKey map[string]*Workload
 }
 
 // Namespace groups services and workloads. Its opaque and skip ports apply to
@@ -302,6 +305,9 @@ func (m *Mesh) Service(key string) *Service {
 
 // Workload returns the workload "namespace/name", or nil.
 func (m *Mesh) Workload(key string) *Workload {
+	if m.workloadByKey != nil {
+		return m.workloadByKey[key]
+	}
 	nsName, name, _ := strings.Cut(key, "/")
 	if ns := m.Namespace(nsName); ns != nil {
 		for _, w := range ns.Workloads {
