@@ -1,17 +1,17 @@
 // Command sift-control is Sift's control plane: it reads the mesh file (or,
-// with --source kubernetes, watches a cluster: docs/kubernetes.md), turns it into per-proxy xDS snapshots and serves them over gRPC (ADS and
-// per-type LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta). With
-// --ca-dir it is also the mesh's certificate authority: every proxy gets its
+// with --source kubernetes, watches a cluster: docs/kubernetes.md), turns it
+// into per-proxy xDS snapshots and serves them over gRPC (ADS and per-type
+// LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta). With --ca-dir it is also the mesh's certificate authority: every proxy gets its
 // workload's certificate and the trust bundle over SDS, and must prove its
 // node id with a node token (docs/mesh-identity.md).
 //
 //	sift-control --mesh mesh.yaml [--xds-address :18000] [--admin-address :9902]
-//	sift-control --source kubernetes [--kubeconfig FILE] [--mesh-config NS/NAME] [--debounce 100ms] ...
 //	             [--node-id-fallback none|prefix|istio] [--http-connection-manager]
 //	             [--outbound-address 127.0.0.1:4140] [--inbound-address 0.0.0.0:4143]
 //	             [--ca-dir DIR [--ca-cert FILE --ca-key FILE [--ca-bundle FILE]]
 //	              [--cert-ttl 24h] [--ca-bundle-out FILE] [--xds-tls [--xds-tls-names sift-control,...]]]
 //	             [-l debug|info|warn|error]
+//	sift-control --source kubernetes [--kubeconfig FILE] [--mesh-config NS/NAME] [--debounce 100ms] ...
 //	sift-control bootstrap --ca-dir DIR --node ID [--xds-address HOST:PORT] [--trust-file FILE] [-o FILE] ...
 //	sift-control ca rotate --ca-dir DIR [--overlap 24h] [--ca-cert FILE --ca-key FILE]
 //
