@@ -1,9 +1,10 @@
 // Command sift-control is Sift's control plane: it reads the mesh file (or,
 // with --source kubernetes, watches a cluster: docs/kubernetes.md), turns it
 // into per-proxy xDS snapshots and serves them over gRPC (ADS and per-type
-// LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta). With --ca-dir it is also the mesh's certificate authority: every proxy gets its
-// workload's certificate and the trust bundle over SDS, and must prove its
-// node id with a node token (docs/mesh-identity.md).
+// LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta). With --ca-dir it is
+// also the mesh's certificate authority: every proxy gets its workload's
+// certificate and the trust bundle over SDS, and must prove its node id with
+// a node token (docs/mesh-identity.md).
 //
 //	sift-control --mesh mesh.yaml [--xds-address :18000] [--admin-address :9902]
 //	             [--node-id-fallback none|prefix|istio] [--http-connection-manager]
