@@ -100,6 +100,9 @@ type Mesh struct {
 	// configuration (when the control plane runs a CA); off by default.
 	MTLS       bool
 	Namespaces []*Namespace
+
+	// workloadByKey indexes the workloads; Complete fills it.
+	workloadByKey map[string]*Workload
 }
 
 // Namespace groups services and workloads. Its opaque and skip ports apply to
@@ -129,6 +132,13 @@ type Service struct {
 	// selects nothing (Kubernetes: endpoints are managed elsewhere).
 	Selector    map[string]string
 	OpaquePorts *PortSet // nil: not set
+	// Endpoints, when not nil, are the keys ("namespace/name") of the
+	// workloads that receive the service's traffic, as a Kubernetes
+	// EndpointSlice's ready endpoints name them; nil means every workload
+	// the selector picks. The selector still decides which ports a
+	// workload's proxy serves (Workload.Services), so a workload that is
+	// not ready yet already has its inbound listener.
+	Endpoints []string
 
 	// Identities lists the SPIFFE IDs of the workloads the service selects,
 	// sorted and without duplicates: the identities a client may accept
@@ -287,6 +297,22 @@ func (m *Mesh) Service(key string) *Service {
 		for _, s := range ns.Services {
 			if s.Name == name {
 				return s
+			}
+		}
+	}
+	return nil
+}
+
+// Workload returns the workload "namespace/name", or nil.
+func (m *Mesh) Workload(key string) *Workload {
+	if m.workloadByKey != nil {
+		return m.workloadByKey[key]
+	}
+	nsName, name, _ := strings.Cut(key, "/")
+	if ns := m.Namespace(nsName); ns != nil {
+		for _, w := range ns.Workloads {
+			if w.Name == name {
+				return w
 			}
 		}
 	}
@@ -463,9 +489,19 @@ func (m *Mesh) InboundPorts(w *Workload) []InboundPort {
 	return out
 }
 
-// Endpoints returns the workloads selected by s, sorted by key.
+// Endpoints returns the workloads that receive s's traffic, sorted by key:
+// those named by s.Endpoints when set, else those selected by s.
 func (m *Mesh) Endpoints(s *Service) []*Workload {
 	var out []*Workload
+	if s.Endpoints != nil {
+		for _, key := range s.Endpoints {
+			if w := m.Workload(key); w != nil {
+				out = append(out, w)
+			}
+		}
+		slices.SortFunc(out, func(a, b *Workload) int { return strings.Compare(a.Key(), b.Key()) })
+		return slices.CompactFunc(out, func(a, b *Workload) bool { return a == b })
+	}
 	for _, w := range m.Workloads() {
 		if slices.Contains(w.Services, s.Key()) {
 			out = append(out, w)

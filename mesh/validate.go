@@ -89,6 +89,12 @@ func (m *Mesh) Complete() error {
 			s.Identities = slices.Compact(s.Identities)
 		}
 	}
+	m.workloadByKey = map[string]*Workload{}
+	for _, ns := range m.Namespaces {
+		for _, w := range ns.Workloads {
+			m.workloadByKey[w.Key()] = w
+		}
+	}
 	return nil
 }
 

@@ -72,8 +72,14 @@ var serving = regexp.MustCompile(`msg="(xds|admin) serving" address=(\S+)`)
 // kernel, plus extra flags.
 func startControl(t *testing.T, meshPath string, extra ...string) *controlProcess {
 	t.Helper()
-	args := append([]string{"--mesh", meshPath, "--xds-address", "127.0.0.1:0",
-		"--admin-address", "127.0.0.1:0", "--mesh-poll-interval", "50ms", "-l", "debug"}, extra...)
+	return startControlArgs(t, append([]string{"--mesh", meshPath, "--mesh-poll-interval", "50ms"}, extra...)...)
+}
+
+// startControlArgs starts sift-control with args (the mesh source's among
+// them), ports chosen by the kernel and debug logs.
+func startControlArgs(t *testing.T, extra ...string) *controlProcess {
+	t.Helper()
+	args := append([]string{"--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "-l", "debug"}, extra...)
 	cmd := exec.Command(siftControlBinary(t), args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -101,7 +101,7 @@ static_resources:
 // addresses are read.
 type runningProxy struct {
 	cmd       *exec.Cmd
-	addrs     map[string]string // listener name → address; "admin" → admin address
+	addrs     map[string]string // listener name → address; "admin" → admin address (as of start: later listeners are not added)
 	pid       atomic.Int64      // sift-proxy's own pid (not a wrapper's, such as strace)
 	exited    chan struct{}
 	exitError error
@@ -131,8 +131,8 @@ func startProcess(t *testing.T, argv []string, listeners ...string) *runningProx
 			logs.WriteString(sc.Text() + "\n")
 			logsMu.Unlock()
 			var rec map[string]any
-			if json.Unmarshal(sc.Bytes(), &rec) != nil {
-				continue
+			if !waiting || json.Unmarshal(sc.Bytes(), &rec) != nil {
+				continue // addrs is the test's to read once ready is closed
 			}
 			switch rec["msg"] {
 			case "listening":

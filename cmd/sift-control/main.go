@@ -1,9 +1,10 @@
-// Command sift-control is Sift's control plane: it reads the mesh file,
-// turns it into per-proxy xDS snapshots and serves them over gRPC (ADS and
-// per-type LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta). With
-// --ca-dir it is also the mesh's certificate authority: every proxy gets its
-// workload's certificate and the trust bundle over SDS, and must prove its
-// node id with a node token (docs/mesh-identity.md).
+// Command sift-control is Sift's control plane: it reads the mesh file (or,
+// with --source kubernetes, watches a cluster: docs/kubernetes.md), turns it
+// into per-proxy xDS snapshots and serves them over gRPC (ADS and per-type
+// LDS/CDS/EDS/RDS/SDS, state-of-the-world and delta). With --ca-dir it is
+// also the mesh's certificate authority: every proxy gets its workload's
+// certificate and the trust bundle over SDS, and must prove its node id with
+// a node token (docs/mesh-identity.md).
 //
 //	sift-control --mesh mesh.yaml [--xds-address :18000] [--admin-address :9902]
 //	             [--node-id-fallback none|prefix|istio] [--http-connection-manager]
@@ -11,6 +12,7 @@
 //	             [--ca-dir DIR [--ca-cert FILE --ca-key FILE [--ca-bundle FILE]]
 //	              [--cert-ttl 24h] [--ca-bundle-out FILE] [--xds-tls [--xds-tls-names sift-control,...]]]
 //	             [-l debug|info|warn|error]
+//	sift-control --source kubernetes [--kubeconfig FILE] [--mesh-config NS/NAME] [--debounce 100ms] ...
 //	sift-control bootstrap --ca-dir DIR --node ID [--xds-address HOST:PORT] [--trust-file FILE] [-o FILE] ...
 //	sift-control ca rotate --ca-dir DIR [--overlap 24h] [--ca-cert FILE --ca-key FILE]
 //
@@ -46,6 +48,7 @@ import (
 	"github.com/siftmesh/sift/controlplane"
 	"github.com/siftmesh/sift/controlplane/ca"
 	"github.com/siftmesh/sift/mesh/file"
+	"github.com/siftmesh/sift/mesh/kube"
 )
 
 func main() {
@@ -68,7 +71,11 @@ func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sift-control", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		meshPath   = fs.String("mesh", "", "the mesh file (YAML; see mesh/file/README.md) (required)")
+		source     = fs.String("source", sourceFile, "where the mesh comes from: file (--mesh) or kubernetes (--kubeconfig)")
+		meshPath   = fs.String("mesh", "", "the mesh file (YAML; see mesh/file/README.md) (required with --source file)")
+		kubeconfig = fs.String("kubeconfig", "", "kubeconfig of the cluster (--source kubernetes); empty: the in-cluster service account")
+		meshConfig = fs.String("mesh-config", kube.DefaultConfigMap, "namespace/name of the ConfigMap of mesh-wide defaults (--source kubernetes)")
+		debounce   = fs.Duration("debounce", kube.DefaultDebounce, "quiet time after a cluster change before the mesh is rebuilt (--source kubernetes)")
 		xdsAddr    = fs.String("xds-address", ":18000", "gRPC address of the xDS server")
 		adminAddr  = fs.String("admin-address", ":9902", "HTTP address of /metrics and /ready; empty: off")
 		fallback   = fs.String("node-id-fallback", controlplane.FallbackNone, "how node ids that are no workload's node_id map to workloads: "+strings.Join(controlplane.Fallbacks, ", "))
@@ -95,8 +102,10 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	if err := serve(log, config{
-		meshPath: *meshPath, xdsAddr: *xdsAddr, adminAddr: *adminAddr, fallback: *fallback, hcm: *hcm,
-		outbound: *outbound, inbound: *inbound, connectTimeout: *connectTO, poll: *pollPeriod,
+		source: sourceConfig{kind: *source, meshPath: *meshPath, poll: *pollPeriod, kubeconfig: *kubeconfig,
+			meshConfig: *meshConfig, debounce: *debounce},
+		xdsAddr: *xdsAddr, adminAddr: *adminAddr, fallback: *fallback, hcm: *hcm,
+		outbound: *outbound, inbound: *inbound, connectTimeout: *connectTO,
 		ca: *caFlags, certTTL: *certTTL, caPoll: *caPoll, bundleOut: *bundleOut, xdsTLS: *xdsTLS, xdsNames: splitList(*xdsNames),
 	}); err != nil {
 		log.Error("sift-control: " + err.Error())
@@ -106,20 +115,18 @@ func run(args []string, stderr io.Writer) int {
 }
 
 type config struct {
-	meshPath, xdsAddr, adminAddr, fallback, outbound, inbound string
-	hcm                                                       bool
-	connectTimeout, poll                                      time.Duration
-	ca                                                        caConfig
-	certTTL, caPoll                                           time.Duration
-	bundleOut                                                 string
-	xdsTLS                                                    bool
-	xdsNames                                                  []string
+	source                                          sourceConfig
+	xdsAddr, adminAddr, fallback, outbound, inbound string
+	hcm                                             bool
+	connectTimeout                                  time.Duration
+	ca                                              caConfig
+	certTTL, caPoll                                 time.Duration
+	bundleOut                                       string
+	xdsTLS                                          bool
+	xdsNames                                        []string
 }
 
 func serve(log *slog.Logger, cfg config) error {
-	if cfg.meshPath == "" {
-		return errors.New("--mesh is required")
-	}
 	opts := controlplane.DefaultOptions()
 	var err error
 	if opts.OutboundAddress, err = netip.ParseAddrPort(cfg.outbound); err != nil {
@@ -141,11 +148,8 @@ func serve(log *slog.Logger, cfg config) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var ctl *controlplane.Controller
-	src, err := file.Open(cfg.meshPath, file.Options{
-		Interval: cfg.poll,
-		Logger:   log,
-		OnReload: func(err error) { ctl.MeshReloaded(err) }, // Run starts after ctl is set
-	})
+	// Run starts after ctl is set.
+	src, err := openSource(ctx, log, cfg.source, func(err error) { ctl.MeshReloaded(err) })
 	if err != nil {
 		return err
 	}
@@ -189,7 +193,7 @@ func serve(log *slog.Logger, cfg config) error {
 		authority.SetRotationGate(ctl.ProxiesWithout)
 	}
 	if authority == nil && src.Snapshot().MTLS {
-		log.Warn("the mesh file sets mtls: true but the CA is off (--ca-dir): proxies get plaintext configuration")
+		log.Warn("the mesh sets mtls but the CA is off (--ca-dir): proxies get plaintext configuration")
 	}
 
 	xdsLis, err := net.Listen("tcp", cfg.xdsAddr)
@@ -230,7 +234,7 @@ func serve(log *slog.Logger, cfg config) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(xdsLis) }()
-	log.Info("xds serving", "address", xdsLis.Addr().String(), "mesh", cfg.meshPath, "tls", cfg.xdsTLS, "ca", authority != nil)
+	log.Info("xds serving", "address", xdsLis.Addr().String(), "source", cfg.source.kind, "mesh", cfg.source.meshPath, "tls", cfg.xdsTLS, "ca", authority != nil)
 
 	select {
 	case <-ctx.Done():
