@@ -15,9 +15,9 @@ import (
 // certificates and trust bundle.
 type Client struct {
 	common
-	sni          string
-	renegotiate  tls.RenegotiationSupport
-	sessionCache tls.ClientSessionCache // nil: no resumption (max_session_keys 0)
+	sni         string
+	renegotiate tls.RenegotiationSupport
+	sessionKeys int // max_session_keys; 0: no resumption
 
 	built configCache
 }
@@ -43,9 +43,7 @@ func (s *Store) DecodeClient(ts *corev3.TransportSocket) (*Client, error) {
 	if m := pb.GetMaxSessionKeys(); m != nil {
 		keys = int(m.GetValue())
 	}
-	if keys > 0 {
-		cl.sessionCache = tls.NewLRUClientSessionCache(keys)
-	}
+	cl.sessionKeys = keys
 	return cl, nil
 }
 
@@ -71,7 +69,12 @@ func (t *Client) build(vals []*Value) (*tls.Config, error) {
 		ServerName:         t.sni,
 		InsecureSkipVerify: true,
 		Renegotiation:      t.renegotiate,
-		ClientSessionCache: t.sessionCache,
+	}
+	if t.sessionKeys > 0 {
+		// A cache of this build's own: sessions from before a certificate
+		// or trust change are not resumed (they would carry the server's
+		// old certificate past the current validation context).
+		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(t.sessionKeys)
 	}
 	t.apply(cfg)
 	if v != nil {

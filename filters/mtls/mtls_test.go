@@ -625,3 +625,55 @@ func TestFileWatcherForgetsUnusedSources(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestNoResumptionAcrossSecretChanges: a TLS session made before the
+// server's secrets changed is not resumed after (the session would carry
+// the client's certificate past a trust bundle that may no longer accept
+// it — a root rotation's dropped root); before the change it is.
+func TestNoResumptionAcrossSecretChanges(t *testing.T) {
+	t.Parallel()
+	ca := testcerts.NewCA("mesh")
+	store := NewStore(StoreOptions{CheckSDS: func(*corev3.ConfigSource) error { return nil }})
+	defer store.Close()
+	sds := &tlsv3.SdsSecretConfig{Name: "server-cert", SdsConfig: &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}
+	srv, err := store.DecodeServer(socket(t, &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sds}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(id string) {
+		if err := store.ApplySDS(map[string]*tlsv3.Secret{"server-cert": {Name: "server-cert",
+			Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: certOf(ca.Issue(id))}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("spiffe://mesh.local/one")
+	addr, results, _ := serve(t, srv)
+	cfg := &tls.Config{InsecureSkipVerify: true, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	dial := func() (resumed bool, id string) {
+		c, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := <-results; err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("x")) // TLS 1.3 tickets arrive after the handshake
+		io.ReadFull(c, make([]byte, 1))
+		cs := c.ConnectionState()
+		return cs.DidResume, PeerIdentity(cs.PeerCertificates[0])
+	}
+	if resumed, _ := dial(); resumed {
+		t.Fatal("the first connection resumed")
+	}
+	if resumed, _ := dial(); !resumed {
+		t.Fatal("no resumption while the secrets stayed the same")
+	}
+	set("spiffe://mesh.local/two")
+	resumed, id := dial()
+	if resumed || id != "spiffe://mesh.local/two" {
+		t.Fatalf("after the secrets changed: resumed %v with %s, want a full handshake with the new certificate", resumed, id)
+	}
+}

@@ -2,6 +2,7 @@ package mtls
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -148,6 +149,17 @@ func (t *Server) build(vals []*Value) (*tls.Config, error) {
 	}
 	if t.tickets != nil {
 		cfg.SetSessionTicketKeys(vals[len(vals)-1].TicketKeys)
+	} else if !t.ticketsDisabled {
+		// Keys of this build's own, as Envoy's context rebuilt on a secret
+		// update has: a session resumed across a certificate or trust
+		// change would carry the peer's old certificate, which the current
+		// validation context may refuse (a root rotation's dropped root).
+		// Sessions from before the change get a full handshake instead.
+		var key [32]byte
+		if _, err := rand.Read(key[:]); err != nil {
+			return nil, fmt.Errorf("mtls: session ticket key: %w", err)
+		}
+		cfg.SetSessionTicketKeys([][32]byte{key})
 	}
 	return cfg, nil
 }
