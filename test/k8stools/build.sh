@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver v1.37.1 and etcd 3.7.3 from the Go module proxy for the tests that run
-# sift-control against a real API server (controlplane/kubesource, test/kubernetes_test.go), into
+# sift-control against a real API server (mesh/kube, test/kubernetes_test.go), into
 # $SIFT_K8S_BIN (default ~/.cache/sift-k8s-bin), and only when a binary there is missing: a cold
 # build takes about four minutes on two cores, a warm Go cache well under one.
 #
