@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/siftmesh/sift/mesh"
@@ -48,10 +46,7 @@ type Source struct {
 	opts Options
 	log  *slog.Logger
 
-	cur atomic.Pointer[mesh.Mesh]
-
-	mu   sync.Mutex
-	subs map[chan struct{}]struct{}
+	mesh.Published // Snapshot, Watch
 
 	// Run's state, owned by its goroutine.
 	stat     fileStat
@@ -72,7 +67,7 @@ func Open(path string, opts Options) (*Source, error) {
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval
 	}
-	s := &Source{path: path, opts: opts, log: opts.Logger, subs: map[chan struct{}]struct{}{}}
+	s := &Source{path: path, opts: opts, log: opts.Logger}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -91,26 +86,8 @@ func Open(path string, opts Options) (*Source, error) {
 	}
 	s.stat = fileStat{size: fi.Size(), mtime: fi.ModTime()}
 	s.sum = sha256.Sum256(data)
-	s.cur.Store(m)
+	s.Set(m)
 	return s, nil
-}
-
-// Snapshot implements mesh.Source.
-func (s *Source) Snapshot() *mesh.Mesh { return s.cur.Load() }
-
-// Watch implements mesh.Source.
-func (s *Source) Watch(ctx context.Context) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	s.mu.Lock()
-	s.subs[ch] = struct{}{}
-	s.mu.Unlock()
-	context.AfterFunc(ctx, func() {
-		s.mu.Lock()
-		delete(s.subs, ch)
-		close(ch)
-		s.mu.Unlock()
-	})
-	return ch
 }
 
 // Run polls the file until ctx ends. Run at most once at a time.
@@ -166,14 +143,6 @@ func (s *Source) poll(hashAnyway bool) {
 		return
 	}
 	s.lastErr = ""
-	s.cur.Store(m)
 	s.log.Info("mesh file reloaded", "namespaces", len(m.Namespaces), "services", len(m.Services()), "workloads", len(m.Workloads()))
-	s.mu.Lock()
-	for ch := range s.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-	s.mu.Unlock()
+	s.Publish(m)
 }

@@ -21,8 +21,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -71,11 +69,8 @@ type Source struct {
 	synced             []cache.InformerSynced
 	cmNS, cmName       string
 
-	cur   atomic.Pointer[mesh.Mesh]
-	dirty chan struct{}
-
-	mu   sync.Mutex
-	subs map[chan struct{}]struct{}
+	mesh.Published // Snapshot, Watch
+	dirty          chan struct{}
 
 	// Run's state.
 	lastWarnings map[string]bool
@@ -101,7 +96,7 @@ func New(client kubernetes.Interface, opts Options) (*Source, error) {
 		return nil, fmt.Errorf("kubernetes source: config map %q: want namespace/name", opts.ConfigMap)
 	}
 	s := &Source{opts: opts, log: opts.Logger, client: client, cmNS: cmNS, cmName: cmName,
-		dirty: make(chan struct{}, 1), subs: map[chan struct{}]struct{}{}}
+		dirty: make(chan struct{}, 1)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -149,7 +144,7 @@ func (s *Source) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.cur.Store(m)
+	s.Set(m)
 	s.drain()
 	return nil
 }
@@ -160,24 +155,6 @@ func (s *Source) drain() {
 	case <-s.dirty:
 	default:
 	}
-}
-
-// Snapshot implements mesh.Source; nil before Start succeeds.
-func (s *Source) Snapshot() *mesh.Mesh { return s.cur.Load() }
-
-// Watch implements mesh.Source.
-func (s *Source) Watch(ctx context.Context) <-chan struct{} {
-	ch := make(chan struct{}, 1)
-	s.mu.Lock()
-	s.subs[ch] = struct{}{}
-	s.mu.Unlock()
-	context.AfterFunc(ctx, func() {
-		s.mu.Lock()
-		delete(s.subs, ch)
-		close(ch)
-		s.mu.Unlock()
-	})
-	return ch
 }
 
 // changed is the informers' event handler: it never blocks.
@@ -234,16 +211,8 @@ func (s *Source) rebuild() {
 		return
 	}
 	s.lastErr = ""
-	s.cur.Store(m)
 	s.log.Info("mesh rebuilt from the cluster", "namespaces", len(m.Namespaces), "services", len(m.Services()), "workloads", len(m.Workloads()))
-	s.mu.Lock()
-	for ch := range s.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-	s.mu.Unlock()
+	s.Publish(m)
 }
 
 // build translates the informers' caches into a complete mesh, logging each
