@@ -135,9 +135,12 @@ func (w debugWriter) Write(b []byte) (int, error) {
 
 // rewrite applies the route to the outbound request: path and host
 // rewrites, forwarding headers, request id, header edits.
-func (p *reverseProxy) rewrite(pr *httputil.ProxyRequest) {
-	st := stateOf(pr.In.Context())
-	in, out := pr.In, pr.Out
+func (p *reverseProxy) rewrite(pr *httputil.ProxyRequest) { p.rewriteRequest(pr.In, pr.Out) }
+
+// rewriteRequest is rewrite for the outbound request out of in, whose
+// client forwarding headers were removed (forward, ReverseProxy).
+func (p *reverseProxy) rewriteRequest(in, out *http.Request) {
+	st := stateOf(in.Context())
 	c := p.h.cfg
 	out.URL.Scheme = "http"
 	out.URL.Host = "upstream" // the router dials the endpoint it picks
@@ -472,7 +475,11 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		})
 		defer t.Stop()
 	}
-	h.proxy.rp.ServeHTTP(w, r.WithContext(ctx))
+	if upgrade != "" || r.Header["Expect"] != nil {
+		h.proxy.rp.ServeHTTP(w, r.WithContext(ctx))
+		return
+	}
+	h.proxy.forward(w, r.WithContext(ctx))
 }
 
 // routeTimeout is the route's timeout, or for gRPC with
@@ -626,7 +633,7 @@ func (w *recordingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-func (w *recordingWriter) Flush() { http.NewResponseController(w.ResponseWriter).Flush() }
+func (w *recordingWriter) Flush() { flush(w.ResponseWriter) }
 
 func (w *recordingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
