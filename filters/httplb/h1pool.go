@@ -6,14 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"net/textproto"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/siftmesh/sift/filters/httplb/h1"
 )
 
 // h1Pool is one endpoint's pool of plaintext HTTP/1.1 connections, the
@@ -55,13 +61,14 @@ func newH1Pool(dial func(ctx context.Context) (net.Conn, error), maxConns int, i
 	return p
 }
 
-// h1Conn is one upstream connection. The reader counts header bytes
-// against the pool's limit while a response head is being read.
+// h1Conn is one upstream connection: its input buffer, in which response
+// heads are parsed (h1.ParseResponseHead) and bodies read, and its output
+// buffer, into which request heads are written (writeRequest).
 type h1Conn struct {
 	pool      *h1Pool
 	nc        net.Conn
-	lr        headLimitReader
-	br        *bufio.Reader
+	in        *h1.Reader
+	head      h1.ResponseHead
 	bw        *bufio.Writer
 	idleSince time.Time
 
@@ -70,30 +77,7 @@ type h1Conn struct {
 	peekOK bool
 }
 
-// headLimitReader fails a read once more than n bytes were read while
-// limiting is on (a response head larger than max_response_headers_kb).
-type headLimitReader struct {
-	r        io.Reader
-	n        int64
-	limiting bool
-}
-
 var errHeadTooLarge = errors.New("httplb: upstream response headers exceed max_response_headers_kb")
-
-func (l *headLimitReader) Read(b []byte) (int, error) {
-	if !l.limiting {
-		return l.r.Read(b)
-	}
-	if l.n <= 0 {
-		return 0, errHeadTooLarge
-	}
-	if int64(len(b)) > l.n {
-		b = b[:l.n]
-	}
-	n, err := l.r.Read(b)
-	l.n -= int64(n)
-	return n, err
-}
 
 // RoundTrip sends req on an idle or new connection and returns the
 // response, whose body gives the connection back when read to its end and
@@ -182,8 +166,8 @@ func (p *h1Pool) connect(ctx context.Context) (*h1Conn, bool, error) {
 		p.freeSlot()
 		return nil, false, err
 	}
-	cc := &h1Conn{pool: p, nc: nc, lr: headLimitReader{r: nc}}
-	cc.br = bufio.NewReaderSize(&cc.lr, 4096)
+	cc := &h1Conn{pool: p, nc: nc}
+	cc.in = h1.NewReader(nc, 4096, int(min(p.maxHeaderBytes, math.MaxInt32)))
 	cc.bw = bufio.NewWriterSize(nc, 4096)
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
@@ -226,8 +210,8 @@ func (p *h1Pool) freeSlot() {
 // race the peek could lose as well, and a request without a body is sent
 // again on a new connection (RoundTrip).
 func (cc *h1Conn) alive(idleFor time.Duration) bool {
-	if cc.br.Buffered() > 0 {
-		return false
+	if len(cc.in.Buffered()) > 0 {
+		return false // bytes beyond the last response: not an HTTP/1.1 exchange any more
 	}
 	if cc.raw == nil || idleFor < peekAfter {
 		return true
@@ -261,7 +245,7 @@ func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, 
 	stop := context.AfterFunc(ctx, func() {
 		cc.nc.SetDeadline(time.Unix(1, 0)) // unblocks the read or write in progress
 	})
-	if err := req.Write(cc.bw); err != nil {
+	if err := writeRequest(cc.bw, req); err != nil {
 		stop()
 		return nil, fmt.Errorf("httplb: writing the request upstream: %w", err), true
 	}
@@ -269,46 +253,146 @@ func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, 
 		stop()
 		return nil, fmt.Errorf("httplb: writing the request upstream: %w", err), true
 	}
-	cc.lr.n, cc.lr.limiting = cc.pool.maxHeaderBytes, true
+	var body io.Reader
+	// Yield before reading, so that the response is more often there to
+	// read than not (see fastConn.readHead).
+	runtime.Gosched()
 	for {
-		resp, err = http.ReadResponse(cc.br, req)
+		resp, body, err = cc.readResponse(req)
 		if err != nil {
-			cc.lr.limiting = false
 			stop()
 			if ctx.Err() != nil {
 				err = ctx.Err()
 			}
-			// Nothing of a response arrived when the head limit is untouched.
-			return nil, err, cc.lr.n == cc.pool.maxHeaderBytes
+			// Nothing of a response arrived when nothing is buffered.
+			return nil, err, resp == nil && len(cc.in.Buffered()) == 0
 		}
 		// 1xx responses other than 101 are interim (100 Continue, 103
 		// Early Hints): the final one follows. Upgrades do not come here.
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-			resp.Body.Close()
-			cc.lr.n = cc.pool.maxHeaderBytes
 			continue
 		}
 		break
 	}
-	cc.lr.limiting = false
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		stop()
-		resp.Body.Close()
 		return nil, errors.New("httplb: upstream answered 101 to a request that asked no upgrade"), false
 	}
 	keep := !resp.Close && !req.Close
-	b := &h1Body{body: resp.Body, cc: cc, stop: stop, keep: keep}
-	if resp.Body == http.NoBody {
+	b := &h1Body{body: body, cc: cc, stop: stop, keep: keep}
+	if body == nil {
 		b.eof, b.stopped = true, stop()
 	}
 	resp.Body = b
 	return resp, nil, false
 }
 
+// readResponse reads a response head into an http.Response whose body
+// reads from the connection, and that body's reader (nil: none). The head's fields become one string, and
+// the header's keys and values substrings of it (keys that are already
+// canonical, as servers send them, cost nothing more). On an error after
+// the first bytes of a response, resp is non-nil (with no body).
+func (cc *h1Conn) readResponse(req *http.Request) (resp *http.Response, body io.Reader, err error) {
+	max := int(min(cc.pool.maxHeaderBytes, math.MaxInt32))
+	var n int
+	for {
+		var err error
+		n, err = h1.ParseResponseHead(cc.in.Buffered(), &cc.head, max)
+		if err == nil {
+			break
+		}
+		started := len(cc.in.Buffered()) > 0
+		if err == h1.ErrIncomplete {
+			if err = cc.in.Fill(); err == nil {
+				continue
+			}
+		}
+		if err == h1.ErrHeadTooLarge {
+			err = errHeadTooLarge
+		} else if err == io.EOF && started {
+			err = io.ErrUnexpectedEOF
+		}
+		if started {
+			return &http.Response{}, nil, fmt.Errorf("httplb: reading the upstream response: %w", err)
+		}
+		return nil, nil, err
+	}
+	hd := &cc.head
+	s := string(cc.in.Buffered()[:n])
+	cc.in.Discard(n)
+	resp = &http.Response{
+		Status: s[hd.StatusStart:hd.ReasonEnd], StatusCode: hd.Status,
+		Proto: s[:8], ProtoMajor: 1, ProtoMinor: hd.Minor,
+		ContentLength: -1, Request: req,
+	}
+	header := make(http.Header, len(hd.Fields))
+	values := make([]string, len(hd.Fields))
+	var trailerNames []string
+	for i, f := range hd.Fields {
+		key := textproto.CanonicalMIMEHeaderKey(s[f.NameStart:f.NameEnd])
+		v := s[f.ValueStart:f.ValueEnd]
+		if key == "Trailer" {
+			// As net/http: the announced names key Trailer, and the
+			// field itself is the transport's business.
+			trailerNames = append(trailerNames, v)
+			continue
+		}
+		if vs, ok := header[key]; ok {
+			header[key] = append(vs, v)
+			continue
+		}
+		values[i] = v
+		header[key] = values[i : i+1 : i+1]
+	}
+	resp.Header = header
+	resp.Close = hd.Close || (hd.Minor == 0 && !hd.KeepAlive)
+	noBody := req.Method == http.MethodHead || hd.Status < 200 || hd.Status == http.StatusNoContent || hd.Status == http.StatusNotModified
+	switch {
+	case noBody:
+		resp.Body = http.NoBody
+		if hd.Status >= 200 && hd.ContentLength >= 0 {
+			resp.ContentLength = hd.ContentLength
+		}
+	case hd.Chunked:
+		resp.TransferEncoding = chunkedEncoding
+		if len(trailerNames) > 0 {
+			resp.Trailer = make(http.Header)
+			for _, names := range trailerNames {
+				for name := range strings.SplitSeq(names, ",") {
+					if name = strings.TrimSpace(name); name != "" {
+						resp.Trailer[textproto.CanonicalMIMEHeaderKey(name)] = nil
+					}
+				}
+			}
+		}
+		cb := &h1.ChunkedBody{R: cc.in}
+		cb.OnTrailer = func(name, value []byte) {
+			if resp.Trailer == nil {
+				resp.Trailer = make(http.Header)
+			}
+			k := textproto.CanonicalMIMEHeaderKey(string(name))
+			resp.Trailer[k] = append(resp.Trailer[k], string(value))
+		}
+		body = cb
+	case hd.ContentLength == 0:
+		resp.Body, resp.ContentLength = http.NoBody, 0
+	case hd.ContentLength > 0:
+		body, resp.ContentLength = &h1.LengthBody{R: cc.in, N: hd.ContentLength}, hd.ContentLength
+	default:
+		// Neither length nor chunking: the body runs to the connection's
+		// end, which also ends the connection's use.
+		body, resp.Close = cc.in, true
+	}
+	if body == nil {
+		resp.Body = http.NoBody
+	}
+	return resp, body, nil
+}
+
 // h1Body is a response body that gives its connection back to the pool
 // when it was read to its end and closed, and closes it otherwise.
 type h1Body struct {
-	body    io.ReadCloser
+	body    io.Reader // nil: the response has none
 	cc      *h1Conn
 	stop    func() bool
 	keep    bool // the response allows keep-alive
@@ -320,6 +404,9 @@ type h1Body struct {
 func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, errors.New("httplb: read of a closed body")
+	}
+	if b.body == nil {
+		return 0, io.EOF
 	}
 	n, err := b.body.Read(p)
 	if err == io.EOF && !b.eof {
@@ -338,16 +425,15 @@ func (b *h1Body) Close() error {
 		return nil
 	}
 	b.done = true
-	err := b.body.Close()
 	if !b.eof {
 		b.stop()
 	}
-	if b.eof && b.keep && b.stopped && err == nil {
+	if b.eof && b.keep && b.stopped {
 		b.cc.release()
 	} else {
 		b.cc.close()
 	}
-	return err
+	return nil
 }
 
 // release puts the connection back in the pool.

@@ -77,7 +77,7 @@ func (b *Reader) Read(p []byte) (int, error) {
 // Errors of the body readers: a body that ends early, or a malformed
 // chunked body. Either means the connection cannot be reused.
 var (
-	ErrBodyTruncated = errors.New("h1: request body ended early")
+	ErrBodyTruncated = errors.New("h1: body ended early")
 	ErrChunk         = errors.New("h1: malformed chunked body")
 )
 
@@ -115,14 +115,18 @@ const (
 // ChunkedBody decodes a chunked body (RFC 9112 §7.1) strictly: chunk
 // sizes of 1 to 16 hex digits, extensions of visible characters only,
 // CRLF after every line and chunk, trailer fields well-formed (and
-// dropped). Any violation is ErrChunk, sticky.
+// handed to OnTrailer, or dropped). Any violation is ErrChunk, sticky.
 type ChunkedBody struct {
-	R     *Reader
-	left  int64 // bytes left in the current chunk
-	inCh  bool  // inside a chunk's data
-	done  bool
-	err   error
-	trail int
+	R *Reader
+	// OnTrailer, when set, is called with each trailer field's name and
+	// value (trimmed) before Read returns io.EOF; the slices are valid
+	// only during the call.
+	OnTrailer func(name, value []byte)
+	left      int64 // bytes left in the current chunk
+	inCh      bool  // inside a chunk's data
+	done      bool
+	err       error
+	trail     int
 }
 
 func (c *ChunkedBody) Read(p []byte) (int, error) {
@@ -237,6 +241,10 @@ func (c *ChunkedBody) chunkHeader() error {
 		c.trail += len(ln) + 2
 		if c.trail > maxTrailer || !validField(ln) {
 			return ErrChunk
+		}
+		if c.OnTrailer != nil {
+			colon := bytes.IndexByte(ln, ':')
+			c.OnTrailer(ln[:colon], bytes.Trim(ln[colon+1:], " \t"))
 		}
 	}
 }

@@ -1,4 +1,4 @@
-// Package h1 parses HTTP/1.1 request heads and chunked bodies strictly
+// Package h1 parses HTTP/1.1 request and response heads and chunked bodies strictly
 // (RFC 9112), for the HCM's HTTP/1 fast path (docs/performance.md).
 //
 // The parser works on bytes the caller has buffered and reports offsets
@@ -89,28 +89,14 @@ func init() {
 // not allocate unless h.Fields must grow.
 func ParseHead(buf []byte, h *Head, maxBytes int) (int, error) {
 	*h = Head{Fields: h.Fields[:0], ContentLength: -1, Host: -1}
-	limit := buf
-	if len(limit) > maxBytes {
-		limit = limit[:maxBytes]
-	}
 	i := 0
-	for i+1 < len(limit) && limit[i] == '\r' && limit[i+1] == '\n' {
+	for i+1 < len(buf) && i+1 < maxBytes && buf[i] == '\r' && buf[i+1] == '\n' {
 		i += 2
 	}
-	end := bytes.Index(limit[i:], []byte("\r\n\r\n"))
-	if end < 0 {
-		// A bare LF anywhere already decides the outcome.
-		for j := i; j < len(limit); j++ {
-			if limit[j] == '\n' && (j == 0 || limit[j-1] != '\r') {
-				return 0, ErrBareLF
-			}
-		}
-		if len(buf) >= maxBytes {
-			return 0, ErrHeadTooLarge
-		}
-		return 0, ErrIncomplete
+	headEnd, err := findHeadEnd(buf, i, maxBytes)
+	if err != nil {
+		return 0, err
 	}
-	headEnd := i + end + 4
 	line, next, err := nextLine(buf, i, headEnd)
 	if err != nil {
 		return 0, err
@@ -121,36 +107,11 @@ func ParseHead(buf []byte, h *Head, maxBytes int) (int, error) {
 	clSeen := false
 	teSeen := false
 	for next < headEnd-2 {
-		start := next
-		line, next, err = nextLine(buf, start, headEnd)
-		if err != nil {
+		var f Field
+		if f, next, err = parseField(buf, next, headEnd); err != nil {
 			return 0, err
 		}
-		if buf[start] == ' ' || buf[start] == '\t' {
-			return 0, ErrObsFold
-		}
-		colon := start
-		for colon < line && tchar[buf[colon]] {
-			colon++
-		}
-		if colon == start || colon == line || buf[colon] != ':' {
-			return 0, ErrFieldName
-		}
-		vs := colon + 1
-		for vs < line && (buf[vs] == ' ' || buf[vs] == '\t') {
-			vs++
-		}
-		ve := line
-		for ve > vs && (buf[ve-1] == ' ' || buf[ve-1] == '\t') {
-			ve--
-		}
-		for k := vs; k < ve; k++ {
-			if !vchar[buf[k]] {
-				return 0, ErrFieldValue
-			}
-		}
-		f := Field{NameStart: start, NameEnd: colon, ValueStart: vs, ValueEnd: ve}
-		name, value := buf[start:colon], buf[vs:ve]
+		name, value := buf[f.NameStart:f.NameEnd], buf[f.ValueStart:f.ValueEnd]
 		switch {
 		case equalFold(name, "content-length"):
 			n, ok := parseContentLength(value)
@@ -183,6 +144,62 @@ func ParseHead(buf []byte, h *Head, maxBytes int) (int, error) {
 		return 0, ErrHost
 	}
 	return headEnd, nil
+}
+
+// findHeadEnd returns the end of the head that starts at buf[start]: the
+// index after its empty line. Only the first maxBytes bytes of buf count.
+func findHeadEnd(buf []byte, start, maxBytes int) (int, error) {
+	limit := buf
+	if len(limit) > maxBytes {
+		limit = limit[:maxBytes]
+	}
+	end := bytes.Index(limit[start:], []byte("\r\n\r\n"))
+	if end < 0 {
+		// A bare LF anywhere already decides the outcome.
+		for j := start; j < len(limit); j++ {
+			if limit[j] == '\n' && (j == 0 || limit[j-1] != '\r') {
+				return 0, ErrBareLF
+			}
+		}
+		if len(buf) >= maxBytes {
+			return 0, ErrHeadTooLarge
+		}
+		return 0, ErrIncomplete
+	}
+	return start + end + 4, nil
+}
+
+// parseField parses the field line starting at start, within a head that
+// ends at headEnd; it returns the field and the start of the next line.
+func parseField(buf []byte, start, headEnd int) (Field, int, error) {
+	line, next, err := nextLine(buf, start, headEnd)
+	if err != nil {
+		return Field{}, 0, err
+	}
+	if buf[start] == ' ' || buf[start] == '\t' {
+		return Field{}, 0, ErrObsFold
+	}
+	colon := start
+	for colon < line && tchar[buf[colon]] {
+		colon++
+	}
+	if colon == start || colon == line || buf[colon] != ':' {
+		return Field{}, 0, ErrFieldName
+	}
+	vs := colon + 1
+	for vs < line && (buf[vs] == ' ' || buf[vs] == '\t') {
+		vs++
+	}
+	ve := line
+	for ve > vs && (buf[ve-1] == ' ' || buf[ve-1] == '\t') {
+		ve--
+	}
+	for k := vs; k < ve; k++ {
+		if !vchar[buf[k]] {
+			return Field{}, 0, ErrFieldValue
+		}
+	}
+	return Field{NameStart: start, NameEnd: colon, ValueStart: vs, ValueEnd: ve}, next, nil
 }
 
 // nextLine returns the end of the line starting at start (the CR's index)
