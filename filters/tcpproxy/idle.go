@@ -26,7 +26,12 @@ type idleWatch struct {
 func watchIdle(timeout time.Duration, onIdle func(), moved *atomic.Uint64, conns ...net.Conn) *idleWatch {
 	w := &idleWatch{}
 	tick := max(timeout/4, time.Millisecond)
-	last := activity(moved, conns)
+	// The first sample is taken at the first tick, not now: a connection
+	// that ends sooner (most do; Envoy's default timeout is an hour) never
+	// pays for reading the counters. Until then any count is news, so a
+	// silent connection still ends between 1 and 1.25 timeouts after its
+	// last byte.
+	last := notSampled
 	quietSince := time.Now()
 	var check func()
 	check = func() {
@@ -49,6 +54,9 @@ func watchIdle(timeout time.Duration, onIdle func(), moved *atomic.Uint64, conns
 	w.mu.Unlock()
 	return w
 }
+
+// notSampled is idleWatch's last count before its first sample.
+const notSampled = ^uint64(0)
 
 func (w *idleWatch) stop() {
 	w.mu.Lock()
