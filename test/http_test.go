@@ -246,6 +246,7 @@ func TestHTTPErrors(t *testing.T) {
 	routes := `{virtual_hosts: [{name: all, domains: ["*"], routes: [
 	  {match: {prefix: /down}, route: {cluster: down}},
 	  {match: {prefix: /slow}, route: {cluster: slow, timeout: 0.2s}},
+	  {match: {prefix: /idle}, route: {cluster: slow, timeout: 30s, idle_timeout: 0.2s}},
 	  {match: {prefix: /grpc.health.v1.Health/}, route: {cluster: down}},
 	  {match: {prefix: /sick}, route: {cluster: sick}},
 	  {match: {prefix: /nocluster}, route: {cluster: nope}}]}]}`
@@ -261,6 +262,7 @@ func TestHTTPErrors(t *testing.T) {
 	}{
 		{"/down", 502, "upstream_connect_failure", "upstream connect error or disconnect/reset before headers. reset reason: connection failure"},
 		{"/slow", 504, "upstream_request_timeout", "upstream request timeout"},
+		{"/idle", 408, "stream_idle_timeout", "stream timeout"},
 		{"/sick", 503, "no_healthy_upstream", "no healthy upstream"},
 		{"/nocluster", 503, "cluster_not_found", ""},
 	} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log"
 	"math"
@@ -64,6 +65,7 @@ type reqState struct {
 	span       *tracing.Span // nil when the request is not traced
 	idleFired  atomic.Bool
 	reqTOFired atomic.Bool
+	timer      streamTimer // the route and stream idle timeouts
 }
 
 // origProtoHeader is Linkerd's l5d-orig-proto header (canonical form): on a
@@ -447,24 +449,26 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// One context carries the route timeout (a deadline) and the idle and
-	// request timeouts (cancel): a timer context is a cancel context too.
-	var ctx context.Context
-	var cancel context.CancelFunc
-	if d := h.routeTimeout(rt, r); d > 0 && upgrade == "" {
-		ctx, cancel = context.WithTimeout(context.WithValue(r.Context(), stateKey{}, st), d)
-	} else {
-		ctx, cancel = context.WithCancel(context.WithValue(r.Context(), stateKey{}, st))
-	}
+	// One context carries the route timeout and the idle and request
+	// timeouts, and one timer (st.timer) the first two: the route timeout
+	// cancels with cause context.DeadlineExceeded (classify reads it).
+	ctx, cancelCause := context.WithCancelCause(context.WithValue(r.Context(), stateKey{}, st))
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
+	route := time.Duration(0)
+	if upgrade == "" {
+		route = h.routeTimeout(rt, r)
+	}
 	idle := h.cfg.streamIdleTimeout
 	if rt.HasIdleTimeout {
 		idle = rt.IdleTimeout
 	}
-	if idle > 0 {
-		it := newIdleTimer(idle, func() { st.idleFired.Store(true); cancel() })
-		defer it.stop()
-		rw.activity, body.activity = it, it
+	if route > 0 || idle > 0 {
+		st.timer.start(st, cancelCause, route, idle)
+		defer st.timer.stop()
+		if idle > 0 {
+			rw.activity, body.activity = &st.timer, &st.timer
+		}
 	}
 	if d := h.cfg.requestTimeout; d > 0 && body.ReadCloser != nil && r.Body == body {
 		t := time.AfterFunc(d, func() {
@@ -574,37 +578,73 @@ func newUUID() string {
 // activity is told of stream activity (idle timers).
 type activity interface{ touch() }
 
-// idleTimer calls fire once the stream has been idle for d. Touch is cheap
-// (an atomic store); the timer re-arms itself for the remainder.
-type idleTimer struct {
-	d    time.Duration
-	last atomic.Int64
-	t    *time.Timer
-	fire func()
-	done atomic.Bool
+// streamTimer is a request's one timer for the route timeout (a deadline)
+// and the stream idle timeout (restarted by activity): whichever comes
+// first cancels the request's context — the route timeout with cause
+// context.DeadlineExceeded (classify), the idle timeout with idleFired
+// set. Touch is cheap (an atomic store); the timer re-arms itself for
+// what is left. It lives in the request's reqState (no allocation of its
+// own) and costs one runtime timer per request where a timeout context and
+// an idle timer cost two.
+type streamTimer struct {
+	deadline time.Time     // zero: no route timeout
+	idle     time.Duration // 0: no idle timeout
+	last     atomic.Int64  // last activity, Unix ns
+	t        *time.Timer
+	st       *reqState
+	cancel   context.CancelCauseFunc
+	done     atomic.Bool
 }
 
-func newIdleTimer(d time.Duration, fire func()) *idleTimer {
-	it := &idleTimer{d: d, fire: fire}
-	it.touch()
-	it.t = time.AfterFunc(d, it.check)
-	return it
+// start arms the timer; route and idle are the timeouts (0: none), at
+// least one set.
+func (s *streamTimer) start(st *reqState, cancel context.CancelCauseFunc, route, idle time.Duration) {
+	s.st, s.cancel, s.idle = st, cancel, idle
+	now := time.Now()
+	s.last.Store(now.UnixNano())
+	first := idle
+	if route > 0 {
+		s.deadline = now.Add(route)
+		if idle == 0 || route < idle {
+			first = route
+		}
+	}
+	s.t = time.AfterFunc(first, s.check)
 }
 
-func (it *idleTimer) touch() { it.last.Store(time.Now().UnixNano()) }
+func (s *streamTimer) touch() { s.last.Store(time.Now().UnixNano()) }
 
-func (it *idleTimer) check() {
-	if it.done.Load() {
+func (s *streamTimer) check() {
+	if s.done.Load() {
 		return
 	}
-	if left := it.d - time.Since(time.Unix(0, it.last.Load())); left > 0 {
-		it.t.Reset(left)
-		return
+	now := time.Now()
+	var next time.Duration
+	if !s.deadline.IsZero() {
+		if next = s.deadline.Sub(now); next <= 0 {
+			s.cancel(context.DeadlineExceeded)
+			return
+		}
 	}
-	it.fire()
+	if s.idle > 0 {
+		left := s.idle - now.Sub(time.Unix(0, s.last.Load()))
+		if left <= 0 {
+			s.st.idleFired.Store(true)
+			s.cancel(errStreamIdle)
+			return
+		}
+		if next == 0 || left < next {
+			next = left
+		}
+	}
+	s.t.Reset(next)
 }
 
-func (it *idleTimer) stop() { it.done.Store(true); it.t.Stop() }
+func (s *streamTimer) stop() { s.done.Store(true); s.t.Stop() }
+
+// errStreamIdle is the cause of a request cancelled by its stream idle
+// timeout.
+var errStreamIdle = errors.New("httplb: stream idle timeout")
 
 // recordingWriter records the status and bytes of a response and reports
 // activity. Unwrap lets http.ResponseController reach flushing and

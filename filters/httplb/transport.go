@@ -193,7 +193,7 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 func classify(err error, perTry bool, ctx context.Context) *upstreamError {
 	var de *upstream.DialError
 	switch {
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+	case errors.Is(context.Cause(ctx), context.DeadlineExceeded): // the route timeout (streamTimer)
 		return &upstreamError{failRouteTimeout, err}
 	case ctx.Err() != nil:
 		return &upstreamError{failCancelled, err}
