@@ -17,9 +17,9 @@ import (
 // inbound listener, so that no peer sends it traffic before its proxy
 // listens (docs/kubernetes.md, "Endpoints wait for their proxy"). In short:
 //
-//   - Gated: meshed workloads (not mesh.Workload.Unmeshed) with an inbound
-//     listener, from the moment an incarnation (the workload's key with its
-//     addresses) first appears in a mesh after the first one. Workloads of
+//   - Gated: meshed workloads (not mesh.Workload.Unmeshed), from the moment
+//     an incarnation (the workload's key with its addresses) first appears
+//     in a mesh after the first one with an inbound listener. Workloads of
 //     the first mesh are published at once: after a restart the control
 //     plane cannot know which proxies ACKed its predecessor, and emptying
 //     the mesh until every proxy reconnects would be worse. Nothing is
@@ -41,7 +41,7 @@ import (
 type endpointGate struct {
 	timeout time.Duration // 0: the gate is off
 	started bool          // the first mesh has been applied
-	// seen maps each gated-kind workload of the current mesh to its
+	// seen maps each meshed workload of the current mesh to its
 	// incarnation (its addresses).
 	seen map[string]string
 	// waiting are the withheld workloads, by key.
@@ -87,8 +87,8 @@ func (c *Controller) updateGateLocked(m *mesh.Mesh, now time.Time, gen uint64) m
 	}
 	next := map[string]string{}
 	for _, w := range m.Workloads() {
-		if w.Unmeshed || len(m.InboundPorts(w)) == 0 {
-			continue // no proxy, or nothing it listens for: nothing to wait for
+		if w.Unmeshed {
+			continue // no proxy to wait for
 		}
 		key, inc := w.Key(), incarnation(w)
 		next[key] = inc
@@ -96,8 +96,8 @@ func (c *Controller) updateGateLocked(m *mesh.Mesh, now time.Time, gen uint64) m
 			continue
 		}
 		delete(g.waiting, key)
-		if !g.started {
-			continue // present at startup: published (see above)
+		if !g.started || len(m.InboundPorts(w)) == 0 {
+			continue // present at startup (see above), or nothing its proxy listens for
 		}
 		g.waiting[key] = &waitingWorkload{node: w.NodeID, since: now, gen: gen}
 		c.log.Info("endpoints wait for their proxy to acknowledge its inbound listener", "workload", key, "node", w.NodeID,
