@@ -55,9 +55,8 @@ type waitingWorkload struct {
 	since time.Time
 	// gen is the controller generation from which responses count: those
 	// sent after the incarnation appeared.
-	gen   uint64
-	nack  string // the proxy's last NACK of its inbound listener; "" none
-	trace string // why it waits, for logs
+	gen  uint64
+	nack string // the proxy's last NACK of its inbound listener; "" none
 }
 
 func newEndpointGate(timeout time.Duration) endpointGate {
@@ -196,9 +195,9 @@ func (c *Controller) gateAnswerLocked(st *nodeState, typeURL string, sent sentRe
 	}
 }
 
-// EndpointsWaiting returns the workloads (keys, sorted) whose endpoints are
-// withheld until their proxy acknowledges its inbound listener, with the
-// proxy's NACK when it rejected it ("" otherwise). It takes the
+// EndpointsWaiting returns the workloads (by key) whose endpoints are
+// withheld until their proxy acknowledges its inbound listener, each with
+// its proxy's NACK when it rejected it ("" otherwise). It takes the
 // controller's lock.
 func (c *Controller) EndpointsWaiting() map[string]string {
 	c.mu.Lock()
