@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -42,8 +43,8 @@ type endpointGate struct {
 	timeout time.Duration // 0: the gate is off
 	started bool          // the first mesh has been applied
 	// seen maps each meshed workload of the current mesh to its
-	// incarnation (its addresses).
-	seen map[string]string
+	// incarnation: its addresses (the mesh is immutable, so its slice).
+	seen map[workloadID][]netip.Addr
 	// waiting are the withheld workloads, by key.
 	waiting map[string]*waitingWorkload
 	// wake tells Run to regenerate (a workload was published); capacity 1.
@@ -60,20 +61,15 @@ type waitingWorkload struct {
 }
 
 func newEndpointGate(timeout time.Duration) endpointGate {
-	return endpointGate{timeout: timeout, seen: map[string]string{}, waiting: map[string]*waitingWorkload{},
+	return endpointGate{timeout: timeout, seen: map[workloadID][]netip.Addr{}, waiting: map[string]*waitingWorkload{},
 		wake: make(chan struct{}, 1)}
 }
 
-// incarnation identifies one life of a workload: a pod recreated under the
-// same name has new addresses.
-func incarnation(w *mesh.Workload) string {
-	var b strings.Builder
-	for _, a := range w.Addresses {
-		b.WriteString(a.String())
-		b.WriteByte(' ')
-	}
-	return b.String()
-}
+// workloadID is a workload's key without building the string.
+type workloadID struct{ namespace, name string }
+
+// An incarnation is one life of a workload: its key with its addresses (a
+// pod recreated under the same name has new ones).
 
 // updateGateLocked brings the gate to mesh m at now: new incarnations of
 // meshed workloads start waiting (from generation gen on), workloads that
@@ -84,26 +80,28 @@ func (c *Controller) updateGateLocked(m *mesh.Mesh, now time.Time, gen uint64) m
 	if g.timeout <= 0 {
 		return nil
 	}
-	next := map[string]string{}
-	for _, w := range m.Workloads() {
+	next := make(map[workloadID][]netip.Addr, len(g.seen))
+	for _, w := range allWorkloads(m) {
 		if w.Unmeshed {
 			continue // no proxy to wait for
 		}
-		key, inc := w.Key(), incarnation(w)
-		next[key] = inc
-		if prev, ok := g.seen[key]; ok && prev == inc {
+		id := workloadID{w.Namespace, w.Name}
+		next[id] = w.Addresses
+		if prev, ok := g.seen[id]; ok && slices.Equal(prev, w.Addresses) {
 			continue
 		}
+		key := w.Key()
 		delete(g.waiting, key)
 		if !g.started || len(m.InboundPorts(w)) == 0 {
 			continue // present at startup (see above), or nothing its proxy listens for
 		}
 		g.waiting[key] = &waitingWorkload{node: w.NodeID, since: now, gen: gen}
 		c.log.Info("endpoints wait for their proxy to acknowledge its inbound listener", "workload", key, "node", w.NodeID,
-			"addresses", strings.TrimSpace(inc), "timeout", g.timeout)
+			"addresses", w.Addresses, "timeout", g.timeout)
 	}
 	for key := range g.waiting {
-		if _, ok := next[key]; !ok {
+		ns, name, _ := strings.Cut(key, "/")
+		if _, ok := next[workloadID{ns, name}]; !ok {
 			delete(g.waiting, key) // left the mesh, or no longer meshed
 		}
 	}
@@ -125,6 +123,16 @@ func (c *Controller) updateGateLocked(m *mesh.Mesh, now time.Time, gen uint64) m
 		withheld[key] = true
 	}
 	return withheld
+}
+
+// allWorkloads lists m's workloads in no particular order (mesh.Workloads
+// sorts, which costs more than the gate's whole pass).
+func allWorkloads(m *mesh.Mesh) []*mesh.Workload {
+	var out []*mesh.Workload
+	for _, ns := range m.Namespaces {
+		out = append(out, ns.Workloads...)
+	}
+	return out
 }
 
 // gateDeadline is when the next waiting workload times out; zero if none.
