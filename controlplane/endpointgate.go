@@ -65,11 +65,10 @@ func newEndpointGate(timeout time.Duration) endpointGate {
 		wake: make(chan struct{}, 1)}
 }
 
-// workloadID is a workload's key without building the string.
+// workloadID is a workload's key without building the string. With the
+// workload's addresses it names an incarnation, one life of the workload (a
+// pod recreated under the same name has new addresses).
 type workloadID struct{ namespace, name string }
-
-// An incarnation is one life of a workload: its key with its addresses (a
-// pod recreated under the same name has new ones).
 
 // updateGateLocked brings the gate to mesh m at now: new incarnations of
 // meshed workloads start waiting (from generation gen on), workloads that
