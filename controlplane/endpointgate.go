@@ -34,7 +34,9 @@ import (
 //   - Otherwise the timeout (Config.EndpointACKTimeout) publishes it anyway
 //     with a warning: the escape hatch for a proxy that never connects.
 //   - A published workload stays published whatever its proxy does later
-//     (disconnects, reconnects): only a new incarnation is gated again.
+//     (disconnects, reconnects): only a new incarnation is gated again,
+//     unless its node's proxy is connected and has ACKed its inbound
+//     listener already (the same workload at new addresses).
 //
 // All of it is guarded by Controller.mu.
 
@@ -93,6 +95,12 @@ func (c *Controller) updateGateLocked(m *mesh.Mesh, now time.Time, gen uint64) m
 		delete(g.waiting, key)
 		if !g.started || len(m.InboundPorts(w)) == 0 {
 			continue // present at startup (see above), or nothing its proxy listens for
+		}
+		if st := c.nodes[w.NodeID]; st != nil && st.workload == key && st.inboundACKed {
+			// The same workload at new addresses (a mesh-file edit) whose
+			// proxy is connected and serves its inbound listener: nothing
+			// would be pushed to it to ACK, and it already listens.
+			continue
 		}
 		g.waiting[key] = &waitingWorkload{node: w.NodeID, since: now, gen: gen}
 		c.log.Info("endpoints wait for their proxy to acknowledge its inbound listener", "workload", key, "node", w.NodeID,

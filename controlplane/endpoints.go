@@ -14,14 +14,15 @@ type endpoint struct {
 }
 
 // published leaves out of eps the workloads Options.WithheldEndpoints
-// withholds, except the proxy's own workload (its proxy is up: it is the one
-// asking).
+// withholds. It depends on the service's endpoints only, never on the
+// workload being generated, so a service's clusters stay the same for
+// every proxy.
 func (g *generator) published(eps []*mesh.Workload) []*mesh.Workload {
 	if len(g.opts.WithheldEndpoints) == 0 {
 		return eps
 	}
 	return slices.DeleteFunc(slices.Clone(eps), func(w *mesh.Workload) bool {
-		return w != g.w && g.opts.WithheldEndpoints[w.Key()]
+		return g.opts.WithheldEndpoints[w.Key()]
 	})
 }
 

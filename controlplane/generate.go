@@ -69,10 +69,9 @@ type Options struct {
 	// Security, when set, supplies mutual TLS; nil means plaintext.
 	Security Security
 	// WithheldEndpoints are the workloads (keys) left out of every
-	// service's endpoints in other proxies' configuration — a workload's
-	// own proxy still sees itself. The Controller fills it with the
-	// meshed workloads whose proxy has not acknowledged its inbound
-	// listener yet (endpointgate.go); nil: none.
+	// service's endpoints. The Controller fills it with the meshed
+	// workloads whose proxy has not acknowledged its inbound listener yet
+	// (endpointgate.go); nil: none.
 	WithheldEndpoints map[string]bool
 }
 
