@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -32,6 +33,10 @@ type Config struct {
 	// before the stream gets anything (see auth.go); nil: any node id is
 	// believed (plaintext development setups without a CA).
 	Authenticator Authenticator
+	// EndpointACKTimeout is how long a new meshed workload's endpoints
+	// wait for its proxy to acknowledge its inbound listener before they
+	// are published anyway (endpointgate.go); 0 turns the gate off.
+	EndpointACKTimeout time.Duration
 }
 
 // Controller keeps a snapshot cache in step with a mesh source: one snapshot
@@ -62,6 +67,10 @@ type Controller struct {
 	// generation to the security state their secrets carry
 	// (SecurityStater), for ProxiesWithout.
 	secretStates, prevSecretStates map[string]string
+	// gen counts applied meshes; responses remember the generation they
+	// were sent in (sentResponse).
+	gen  uint64
+	gate endpointGate
 }
 
 type nodeState struct {
@@ -71,6 +80,9 @@ type nodeState struct {
 	// acknowledged ("" none or unknown); subscribed: it asks for Secrets.
 	secrets    string
 	subscribed bool
+	// inboundACKed: the Listener state the node last acknowledged holds
+	// its inbound listener (endpointgate.go).
+	inboundACKed bool
 }
 
 type streamKey struct {
@@ -81,9 +93,9 @@ type streamKey struct {
 type streamState struct {
 	flavor string // sotw_ads, sotw, delta_ads, delta
 	node   string
-	// secretNonces maps the nonces of delta Secret responses not yet
-	// answered to their snapshot version (a delta ACK names no version).
-	secretNonces map[string]string
+	// sent are the responses not yet answered, by type (a delta ACK names
+	// only the response's nonce).
+	sent sentLog
 }
 
 var _ serverv3.Callbacks = (*Controller)(nil)
@@ -98,6 +110,7 @@ func New(cfg Config) (*Controller, error) {
 		log:     cfg.Logger,
 		nodes:   map[string]*nodeState{},
 		streams: map[streamKey]*streamState{},
+		gate:    newEndpointGate(cfg.EndpointACKTimeout),
 	}
 	if c.log == nil {
 		c.log = slog.Default()
@@ -117,15 +130,28 @@ func (c *Controller) Cache() cache.SnapshotCache { return c.cache }
 
 // Run applies each new mesh of the source, and regenerates the snapshots
 // when the Security's output changes (SecurityWatcher: certificates renewed,
-// trust bundle rotated), until ctx ends.
+// trust bundle rotated) and when the endpoint gate publishes a workload
+// (its proxy's ACK, or the timeout), until ctx ends.
 func (c *Controller) Run(ctx context.Context) {
 	updates := c.cfg.Source.Watch(ctx)
 	var changed <-chan struct{}
 	if w, ok := c.cfg.Options.Security.(SecurityWatcher); ok {
 		changed = w.Changed()
 	}
+	timeout := time.NewTimer(time.Hour)
+	defer timeout.Stop()
 	for {
+		timeout.Stop()
+		var timeouts <-chan time.Time
+		if d := c.gateDeadline(); !d.IsZero() {
+			timeout.Reset(time.Until(d))
+			timeouts = timeout.C
+		}
 		select {
+		case <-c.gate.wake:
+			c.apply(c.cfg.Source.Snapshot())
+		case <-timeouts:
+			c.apply(c.cfg.Source.Snapshot())
 		case _, ok := <-updates:
 			if !ok {
 				return
@@ -151,6 +177,10 @@ func (c *Controller) MeshReloaded(err error) {
 // apply makes m current: it generates every workload's snapshot and sets
 // the changed ones.
 func (c *Controller) apply(m *mesh.Mesh) {
+	c.mu.Lock()
+	opts := c.cfg.Options
+	opts.WithheldEndpoints = c.updateGateLocked(m, time.Now(), c.gen+1)
+	c.mu.Unlock()
 	snaps := map[string]*cache.Snapshot{}
 	stater, _ := c.cfg.Options.Security.(SecurityStater)
 	var state string
@@ -158,7 +188,7 @@ func (c *Controller) apply(m *mesh.Mesh) {
 		state = stater.SecurityState()
 	}
 	for _, w := range m.Workloads() {
-		snap, err := Generate(m, w, c.cfg.Options).Snapshot()
+		snap, err := Generate(m, w, opts).Snapshot()
 		if err == nil {
 			err = snap.Consistent()
 		}
@@ -192,6 +222,7 @@ func (c *Controller) apply(m *mesh.Mesh) {
 			c.sync(id)
 		}
 	}
+	c.gen++ // responses from here on carry this mesh's snapshots
 }
 
 // sync sets node id's snapshot from the current mesh if it changed. c.mu held.
@@ -264,7 +295,7 @@ func (c *Controller) open(k streamKey, typeURL string) {
 		flavor += "_ads"
 	}
 	c.mu.Lock()
-	c.streams[k] = &streamState{flavor: flavor}
+	c.streams[k] = &streamState{flavor: flavor, sent: sentLog{}}
 	c.mu.Unlock()
 	c.metrics.streams.WithLabelValues(flavor).Inc()
 }
@@ -309,9 +340,7 @@ func (c *Controller) flavor(k streamKey) string {
 // request counts a request and logs NACKs with the proxy's reason.
 func (c *Controller) request(k streamKey, node *corev3.Node, typeURL, nonce, version string, nack *statusDetail) {
 	c.attach(k, node)
-	if typeURL == resource.SecretType {
-		c.secretsRequest(k, nonce, version, nack != nil)
-	}
+	c.answer(k, typeURL, nonce, version, nack)
 	result := "ack"
 	switch {
 	case nack != nil:
@@ -334,10 +363,11 @@ func (c *Controller) nodeOf(k streamKey) string {
 	return ""
 }
 
-// secretsRequest records what a node's Secret request acknowledges: the
-// security state of the snapshot version it ACKs (a delta ACK names its
-// response's nonce instead of a version).
-func (c *Controller) secretsRequest(k streamKey, nonce, version string, nack bool) {
+// answer records what a node's request acknowledges (or rejects): the
+// response it answers, by nonce (a delta ACK names no version), feeds the
+// endpoint gate (endpointgate.go) and, for Secrets, the security state of
+// the snapshot version it ACKs (ProxiesWithout).
+func (c *Controller) answer(k streamKey, typeURL, nonce, version string, nack *statusDetail) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.streams[k]
@@ -348,12 +378,29 @@ func (c *Controller) secretsRequest(k streamKey, nonce, version string, nack boo
 	if st == nil {
 		return
 	}
+	var sent sentResponse
+	answered := false
+	if nonce != "" {
+		sent, answered = s.sent.take(typeURL, nonce)
+	}
+	if answered {
+		reason := ""
+		if nack != nil {
+			reason = nack.msg
+			if reason == "" {
+				reason = "(no reason given)"
+			}
+		}
+		c.gateAnswerLocked(st, typeURL, sent, reason)
+	}
+	if typeURL != resource.SecretType {
+		return
+	}
 	st.subscribed = true
 	if k.delta && nonce != "" {
-		version = s.secretNonces[nonce]
-		delete(s.secretNonces, nonce)
+		version = sent.version
 	}
-	if nack || nonce == "" || version == "" {
+	if nack != nil || nonce == "" || version == "" {
 		return
 	}
 	if state, ok := c.secretStates[version]; ok {
@@ -415,6 +462,11 @@ func (c *Controller) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest
 // OnStreamResponse implements serverv3.Callbacks.
 func (c *Controller) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
 	k := streamKey{id: id}
+	c.mu.Lock()
+	if s := c.streams[k]; s != nil {
+		s.sent.add(resp.GetTypeUrl(), sotwSent(resp, c.gen))
+	}
+	c.mu.Unlock()
 	c.metrics.responses.WithLabelValues(c.flavor(k), shortType(resp.GetTypeUrl())).Inc()
 	c.log.Debug("pushed", "node", c.nodeOf(k), "type", resp.GetTypeUrl(), "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))
 }
@@ -432,16 +484,11 @@ func (c *Controller) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscov
 // OnStreamDeltaResponse implements serverv3.Callbacks.
 func (c *Controller) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
 	k := streamKey{delta: true, id: id}
-	if resp.GetTypeUrl() == resource.SecretType {
-		c.mu.Lock()
-		if s := c.streams[k]; s != nil {
-			if s.secretNonces == nil || len(s.secretNonces) >= 16 {
-				s.secretNonces = map[string]string{} // unanswered ones are stale
-			}
-			s.secretNonces[resp.GetNonce()] = resp.GetSystemVersionInfo()
-		}
-		c.mu.Unlock()
+	c.mu.Lock()
+	if s := c.streams[k]; s != nil {
+		s.sent.add(resp.GetTypeUrl(), deltaSent(resp, c.gen))
 	}
+	c.mu.Unlock()
 	c.metrics.responses.WithLabelValues(c.flavor(k), shortType(resp.GetTypeUrl())).Inc()
 	c.log.Debug("pushed", "node", c.nodeOf(k), "type", resp.GetTypeUrl(), "system_version", resp.GetSystemVersionInfo(),
 		"resources", len(resp.GetResources()), "removed", len(resp.GetRemovedResources()))

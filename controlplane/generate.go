@@ -68,6 +68,11 @@ type Options struct {
 	HTTPConnectionManager bool
 	// Security, when set, supplies mutual TLS; nil means plaintext.
 	Security Security
+	// WithheldEndpoints are the workloads (keys) left out of every
+	// service's endpoints. The Controller fills it with the meshed
+	// workloads whose proxy has not acknowledged its inbound listener yet
+	// (endpointgate.go); nil: none.
+	WithheldEndpoints map[string]bool
 }
 
 // Security is the seam for mutual TLS between proxies (its own issue: the
@@ -157,7 +162,7 @@ type generator struct {
 // port, for every service (the proxy may be asked for any of them).
 func (g *generator) outboundClusters() {
 	for _, s := range g.m.Services() {
-		eps := g.m.Endpoints(s)
+		eps := g.published(g.m.Endpoints(s))
 		for _, p := range s.Ports {
 			name := OutboundClusterName(s.Hostname, p.Port)
 			c := &clusterv3.Cluster{
@@ -187,7 +192,7 @@ func (g *generator) outboundClusters() {
 				}
 			}
 			g.r.Clusters = append(g.r.Clusters, c)
-			g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, eps, p.Target()))
+			g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, targets(eps, p)))
 			if g.mtls() {
 				g.opaqueCluster(s, p, eps)
 			}
@@ -199,15 +204,16 @@ func (g *generator) outboundClusters() {
 // Security supplies it).
 func (g *generator) mtls() bool { return g.opts.Security != nil && g.m.MTLS }
 
-// loadAssignment lists the addresses of eps at port.
-func loadAssignment(cluster string, eps []*mesh.Workload, port uint16) *endpointv3.ClusterLoadAssignment {
+// loadAssignment lists the addresses of each endpoint at its port.
+func loadAssignment(cluster string, eps []endpoint) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
 	var lbs []*endpointv3.LbEndpoint
-	for _, w := range eps {
+	for _, e := range eps {
+		w := e.w
 		for _, a := range w.Addresses {
 			lbs = append(lbs, &endpointv3.LbEndpoint{
 				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-					Address:  socketAddress(a, port),
+					Address:  socketAddress(a, e.port),
 					Hostname: w.Name + "." + w.Namespace,
 				}},
 			})
@@ -233,6 +239,7 @@ func OpaqueClusterName(host string, port uint16) string {
 // connect times, as Linkerd balances opaque connections.
 func (g *generator) opaqueCluster(s *mesh.Service, p mesh.ServicePort, eps []*mesh.Workload) {
 	name := OpaqueClusterName(s.Hostname, p.Port)
+	target, eps := opaqueTargets(eps, p)
 	g.r.Clusters = append(g.r.Clusters, &clusterv3.Cluster{
 		Name:                 name,
 		AltStatName:          name,
@@ -243,10 +250,10 @@ func (g *generator) opaqueCluster(s *mesh.Service, p mesh.ServicePort, eps []*me
 		LoadBalancingPolicy:  peakEWMAPolicy(),
 		TransportSocket:      g.opts.Security.ClusterTransportSocket(s, OpaqueTransportALPN),
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
-			opaqueTransportOptionsName: mustAny(&opaqueupstreamv1.OpaqueTransport{Port: uint32(p.Target())}),
+			opaqueTransportOptionsName: mustAny(&opaqueupstreamv1.OpaqueTransport{Port: uint32(target)}),
 		},
 	})
-	g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, eps, g.opts.InboundAddress.Port()))
+	g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, atPort(eps, g.opts.InboundAddress.Port())))
 }
 
 // OpaqueTransportALPN announces the opaque transport on mTLS between proxies

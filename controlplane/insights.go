@@ -153,11 +153,8 @@ func (c *Controller) servesAt(s *mesh.Service, p mesh.ServicePort, d netip.AddrP
 	if d.Port() == p.Port && slices.Contains(s.ClusterIPs, d.Addr()) {
 		return true
 	}
-	if d.Port() != p.Target() {
-		return false
-	}
 	for _, w := range c.mesh.Endpoints(s) {
-		if slices.Contains(w.Addresses, d.Addr()) {
+		if port, ok := p.TargetFor(w); ok && port == d.Port() && slices.Contains(w.Addresses, d.Addr()) {
 			return true
 		}
 	}

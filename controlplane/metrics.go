@@ -22,6 +22,9 @@ type metrics struct {
 	securityUpdates prometheus.Counter
 	authFailures    *prometheus.CounterVec // reason
 	serverFirst     *prometheus.GaugeVec   // service, port: proxies reporting it server-first
+	// The endpoint gate (endpointgate.go).
+	endpointsWaiting   *prometheus.GaugeVec   // state: waiting|nacked
+	endpointsPublished *prometheus.CounterVec // reason: ack|timeout
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -50,10 +53,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "xDS streams refused because their node failed authentication, by reason (no_node_id, no_token, invalid_token, other)."}, []string{"reason"}),
 		serverFirst: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sift_control_server_first_ports",
 			Help: "Service ports not marked opaque that proxies learned to be server-speaks-first, by how many proxies report each (mark them opaque)."}, []string{"service", "port"}),
+		endpointsWaiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sift_control_endpoints_waiting_for_ack",
+			Help: "Meshed workloads whose endpoints are withheld until their proxy acknowledges its inbound listener, by state (waiting; nacked: the proxy rejected it)."}, []string{"state"}),
+		endpointsPublished: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sift_control_endpoints_published_total",
+			Help: "Withheld workloads whose endpoints were published, by reason (ack: their proxy acknowledged its inbound listener; timeout: published without it)."}, []string{"reason"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.meshUpdates, m.reloads, m.snapshotsSet, m.snapshotVersion,
-			m.streams, m.proxies, m.unmatched, m.requests, m.responses, m.securityUpdates, m.authFailures, m.serverFirst} {
+			m.streams, m.proxies, m.unmatched, m.requests, m.responses, m.securityUpdates, m.authFailures, m.serverFirst,
+			m.endpointsWaiting, m.endpointsPublished} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

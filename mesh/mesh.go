@@ -150,17 +150,43 @@ type Service struct {
 type ServicePort struct {
 	Name string
 	Port uint16
-	// TargetPort is the workloads' port; 0 means Port.
+	// TargetPort is the workloads' port; 0 means Port (unless
+	// TargetPortName is set).
 	TargetPort uint16
-	Protocol   Protocol
+	// TargetPortName, when set, names the workloads' port instead
+	// (Kubernetes' named targetPort): each workload's port of that name
+	// (WorkloadPort.Name), resolved per workload as kube-proxy and the
+	// EndpointSlice controller do; a workload without one is no endpoint of
+	// this port. TargetPort is then ignored.
+	TargetPortName string
+	Protocol       Protocol
 }
 
-// Target returns the workload port the service port forwards to.
+// Target returns the workload port the service port forwards to when it is
+// a number; 0 for a named target port (see TargetFor).
 func (p ServicePort) Target() uint16 {
+	if p.TargetPortName != "" {
+		return 0
+	}
 	if p.TargetPort == 0 {
 		return p.Port
 	}
 	return p.TargetPort
+}
+
+// TargetFor returns the port of w that p forwards to: the numeric target
+// port, or w's port named TargetPortName; false when w has no port of that
+// name.
+func (p ServicePort) TargetFor(w *Workload) (uint16, bool) {
+	if p.TargetPortName == "" {
+		return p.Target(), true
+	}
+	for _, wp := range w.Ports {
+		if wp.Name == p.TargetPortName {
+			return wp.Port, true
+		}
+	}
+	return 0, false
 }
 
 // Workload is one instance (a pod, a VM) and, when meshed, its proxy.
@@ -176,7 +202,13 @@ type Workload struct {
 	Labels         map[string]string
 	// NodeID is the xDS node id of the workload's proxy; "" means
 	// name.namespace.
-	NodeID            string
+	NodeID string
+	// Unmeshed: the workload runs without a Sift proxy (a plain backend,
+	// a Kubernetes pod that was not injected). Its endpoints are served
+	// as soon as the source lists them; a meshed workload's wait until its
+	// own proxy has acknowledged its inbound listener (the control
+	// plane's endpoint gate, docs/kubernetes.md).
+	Unmeshed          bool
 	OpaquePorts       *PortSet // nil: not set
 	SkipInboundPorts  *PortSet // nil: not set
 	SkipOutboundPorts *PortSet // nil: not set
@@ -469,8 +501,12 @@ func (m *Mesh) InboundPorts(w *Workload) []InboundPort {
 			continue
 		}
 		for _, sp := range s.Ports {
-			if cur, ok := protos[sp.Target()]; !ok || cur == ProtocolUnknown {
-				protos[sp.Target()] = sp.Protocol
+			target, ok := sp.TargetFor(w)
+			if !ok {
+				continue // a named target port w does not have
+			}
+			if cur, ok := protos[target]; !ok || cur == ProtocolUnknown {
+				protos[target] = sp.Protocol
 			}
 		}
 	}

@@ -21,6 +21,26 @@ type FieldError struct {
 func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
 
 // dnsLabel is RFC 1123's label, as Kubernetes requires of names.
+// ValidPortName reports whether name is an IANA service name, as
+// Kubernetes' port names are (IANA_SVC_NAME): 1-15 lower-case letters,
+// digits and '-', at least one letter, no leading, trailing or double '-'.
+func ValidPortName(name string) bool {
+	if len(name) == 0 || len(name) > 15 || name[0] == '-' || name[len(name)-1] == '-' || strings.Contains(name, "--") {
+		return false
+	}
+	letter := false
+	for _, c := range name {
+		switch {
+		case c >= 'a' && c <= 'z':
+			letter = true
+		case c >= '0' && c <= '9', c == '-':
+		default:
+			return false
+		}
+	}
+	return letter
+}
+
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
 // dnsSubdomain is RFC 1123's subdomain (workload names may contain dots).
@@ -162,6 +182,9 @@ func (v *validator) services(m *Mesh, ns *Namespace, nsPath string) {
 					v.add(pPath+".name", "port name %q is used twice (also ports[%d])", p.Name, k)
 				}
 				names[p.Name] = j
+			}
+			if p.TargetPortName != "" && !ValidPortName(p.TargetPortName) {
+				v.add(pPath+".target_port", "%q is neither a port number nor a port name (at most 15 lower-case letters, digits and '-', with a letter)", p.TargetPortName)
 			}
 			if pr, ok := ParseProtocol(string(p.Protocol)); ok {
 				s.Ports[j].Protocol = pr

@@ -339,9 +339,12 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 
 	// A valid edit: a new web endpoint and a new detection timeout. The first
 	// responses after it carry the edit (so the broken one was never served).
+	// web-1 runs no proxy (meshed: false), so its endpoint is not withheld
+	// until a proxy of its acknowledges its inbound listener.
 	edited := strings.Replace(controlMesh, "detect_timeout: 2s", "detect_timeout: 3s", 1) + `  - name: web-1
     addresses: [10.0.0.11]
     labels: {app: web}
+    meshed: false
 `
 	if err := os.WriteFile(meshPath, []byte(edited), 0o600); err != nil {
 		t.Fatal(err)

@@ -59,6 +59,13 @@ func main() {
 // own, so after this they are cut.
 const stopGrace = 2 * time.Second
 
+// DefaultEndpointACKTimeout bounds how long a new meshed workload's
+// endpoints wait for its proxy's ACK (docs/kubernetes.md): far longer than
+// a proxy takes to start, fetch its certificate and configuration on a busy
+// node (seconds), short enough that a workload wrongly marked meshed is not
+// dark for long.
+const DefaultEndpointACKTimeout = time.Minute
+
 func run(args []string, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
@@ -83,6 +90,7 @@ func run(args []string, stderr io.Writer) int {
 		outbound   = fs.String("outbound-address", "127.0.0.1:4140", "address of the proxies' outbound listener")
 		inbound    = fs.String("inbound-address", "0.0.0.0:4143", "address of the proxies' inbound listener")
 		connectTO  = fs.Duration("connect-timeout", time.Second, "connect_timeout of generated clusters")
+		ackTimeout = fs.Duration("endpoint-ack-timeout", DefaultEndpointACKTimeout, "how long a new meshed workload's endpoints wait for its proxy to acknowledge its inbound listener before they are published anyway (0: publish at once)")
 		level      = fs.String("l", "info", "log level: debug, info, warn, error")
 		pollPeriod = fs.Duration("mesh-poll-interval", file.DefaultInterval, "how often the mesh file is checked for edits")
 		caFlags    = addCAFlags(fs)
@@ -105,7 +113,7 @@ func run(args []string, stderr io.Writer) int {
 		source: sourceConfig{kind: *source, meshPath: *meshPath, poll: *pollPeriod, kubeconfig: *kubeconfig,
 			meshConfig: *meshConfig, debounce: *debounce},
 		xdsAddr: *xdsAddr, adminAddr: *adminAddr, fallback: *fallback, hcm: *hcm,
-		outbound: *outbound, inbound: *inbound, connectTimeout: *connectTO,
+		outbound: *outbound, inbound: *inbound, connectTimeout: *connectTO, ackTimeout: *ackTimeout,
 		ca: *caFlags, certTTL: *certTTL, caPoll: *caPoll, bundleOut: *bundleOut, xdsTLS: *xdsTLS, xdsNames: splitList(*xdsNames),
 	}); err != nil {
 		log.Error("sift-control: " + err.Error())
@@ -118,7 +126,7 @@ type config struct {
 	source                                          sourceConfig
 	xdsAddr, adminAddr, fallback, outbound, inbound string
 	hcm                                             bool
-	connectTimeout                                  time.Duration
+	connectTimeout, ackTimeout                      time.Duration
 	ca                                              caConfig
 	certTTL, caPoll                                 time.Duration
 	bundleOut                                       string
@@ -153,7 +161,11 @@ func serve(log *slog.Logger, cfg config) error {
 	if err != nil {
 		return err
 	}
-	ctlCfg := controlplane.Config{Source: src, Options: opts, Fallback: matcher, Logger: log, Registerer: reg}
+	if cfg.ackTimeout < 0 {
+		return fmt.Errorf("--endpoint-ack-timeout: %v is negative", cfg.ackTimeout)
+	}
+	ctlCfg := controlplane.Config{Source: src, Options: opts, Fallback: matcher, Logger: log, Registerer: reg,
+		EndpointACKTimeout: cfg.ackTimeout}
 	serverOpts := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(1000000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),

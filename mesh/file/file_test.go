@@ -91,6 +91,13 @@ func TestParseErrors(t *testing.T) {
     ports:
     - port: 70000
 `, want: []string{"m.yaml:6:13: namespaces[0].services[0].ports[0].port: port 70000 is out of range (1-65535)"}},
+		{name: "target port neither number nor name", yaml: `namespaces:
+- name: a
+  services:
+  - name: s
+    ports:
+    - {port: 80, target_port: Web_Port}
+`, want: []string{`m.yaml:6:31: namespaces[0].services[0].ports[0].target_port: "Web_Port" is neither a port number nor a port name (at most 15 lower-case letters, digits and '-', with a letter)`}},
 		{name: "bad opaque range and protocol", yaml: `namespaces:
 - name: a
   opaque_ports: "4100-4000"

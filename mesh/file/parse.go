@@ -347,10 +347,17 @@ func (p *parser) service(n *yaml.Node, path string) *mesh.Service {
 			p.seq(v, path, func(item *yaml.Node, path string) {
 				var sp mesh.ServicePort
 				p.fields(item, path, map[string]func(*yaml.Node, string){
-					"name":        func(v *yaml.Node, path string) { sp.Name = p.str(v, path) },
-					"port":        func(v *yaml.Node, path string) { sp.Port = p.port(v, path) },
-					"target_port": func(v *yaml.Node, path string) { sp.TargetPort = p.port(v, path) },
-					"protocol":    func(v *yaml.Node, path string) { sp.Protocol = p.protocol(v, path) },
+					"name": func(v *yaml.Node, path string) { sp.Name = p.str(v, path) },
+					"port": func(v *yaml.Node, path string) { sp.Port = p.port(v, path) },
+					"target_port": func(v *yaml.Node, path string) {
+						// A number, or the name of the workloads' port (Kubernetes' named targetPort).
+						if v.Kind == yaml.ScalarNode && v.Tag == "!!str" {
+							sp.TargetPortName = v.Value
+						} else {
+							sp.TargetPort = p.port(v, path)
+						}
+					},
+					"protocol": func(v *yaml.Node, path string) { sp.Protocol = p.protocol(v, path) },
 				})
 				s.Ports = append(s.Ports, sp)
 			})
@@ -367,6 +374,7 @@ func (p *parser) workload(n *yaml.Node, path string) *mesh.Workload {
 		"service_account":     func(v *yaml.Node, path string) { w.ServiceAccount = p.str(v, path) },
 		"labels":              func(v *yaml.Node, path string) { w.Labels = p.labels(v, path) },
 		"node_id":             func(v *yaml.Node, path string) { w.NodeID = p.str(v, path) },
+		"meshed":              func(v *yaml.Node, path string) { w.Unmeshed = !p.boolean(v, path) },
 		"opaque_ports":        func(v *yaml.Node, path string) { w.OpaquePorts = p.portSet(v, path) },
 		"skip_inbound_ports":  func(v *yaml.Node, path string) { w.SkipInboundPorts = p.portSet(v, path) },
 		"skip_outbound_ports": func(v *yaml.Node, path string) { w.SkipOutboundPorts = p.portSet(v, path) },

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/siftmesh/sift/mesh"
 )
@@ -182,6 +183,7 @@ func (t *translator) workload(p *corev1.Pod, seen map[netip.Addr]string) *mesh.W
 	w := &mesh.Workload{
 		Name: p.Name, Namespace: p.Namespace, Labels: p.Labels,
 		ServiceAccount: p.Spec.ServiceAccountName,
+		Unmeshed:       !meshed(p),
 	}
 	ips := p.Status.PodIPs
 	if len(ips) == 0 && p.Status.PodIP != "" {
@@ -227,6 +229,30 @@ func (t *translator) workload(p *corev1.Pod, seen map[netip.Addr]string) *mesh.W
 	return w
 }
 
+// Markers of a pod that runs Sift's proxy, as `sift inject` writes them
+// (package inject: ProxyContainer, AnnotationInjected).
+const (
+	proxyContainer     = "sift-proxy"
+	annotationInjected = "sift.io/injected"
+)
+
+// meshed reports whether p runs Sift's proxy: a container (or a native
+// sidecar init container) named sift-proxy, or the sift.io/injected
+// annotation.
+func meshed(p *corev1.Pod) bool {
+	if p.Annotations[annotationInjected] == "true" {
+		return true
+	}
+	for _, cs := range [][]corev1.Container{p.Spec.Containers, p.Spec.InitContainers} {
+		for _, c := range cs {
+			if c.Name == proxyContainer {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // service translates a Service; nil for ExternalName services.
 func (t *translator) service(o *corev1.Service) *mesh.Service {
 	if o.Spec.Type == corev1.ServiceTypeExternalName {
@@ -254,13 +280,17 @@ func (t *translator) service(o *corev1.Service) *mesh.Service {
 			continue
 		}
 		sp := mesh.ServicePort{Name: p.Name, Port: uint16(p.Port), Protocol: appProtocol(p.AppProtocol)}
-		if p.TargetPort.IntValue() > 0 && p.TargetPort.IntValue() <= 65535 {
+		switch {
+		case p.TargetPort.Type == intstr.String && p.TargetPort.StrVal != "":
+			// A named target port: resolved per pod from its container
+			// ports' names (mesh.ServicePort.TargetFor), as kube-proxy does.
+			if !mesh.ValidPortName(p.TargetPort.StrVal) {
+				t.warn("%s: spec.ports[%d].targetPort: %q is not a port name; port left out", where, i, p.TargetPort.StrVal)
+				continue
+			}
+			sp.TargetPortName = p.TargetPort.StrVal
+		case p.TargetPort.IntValue() > 0 && p.TargetPort.IntValue() <= 65535:
 			sp.TargetPort = uint16(p.TargetPort.IntValue())
-		} else if p.TargetPort.StrVal != "" {
-			// A named target port: Sift's model has one target port per
-			// service port, so the port must be a number.
-			t.warn("%s: spec.ports[%d].targetPort: named target port %q is not supported; port left out", where, i, p.TargetPort.StrVal)
-			continue
 		}
 		s.Ports = append(s.Ports, sp)
 	}

@@ -52,6 +52,7 @@ func TestTranslate(t *testing.T) {
 					Ports: []corev1.ServicePort{
 						{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), AppProtocol: ptr("kubernetes.io/h2c")},
 						{Name: "named", Port: 81, TargetPort: intstr.FromString("http")},
+						{Name: "bad", Port: 82, TargetPort: intstr.FromString("Not_A_Name")},
 					}}},
 			{ObjectMeta: metav1.ObjectMeta{Namespace: "plain", Name: "db", Annotations: map[string]string{AnnotationOpaquePorts: "5432"}},
 				Spec: corev1.ServiceSpec{ClusterIP: "10.96.1.20", Selector: map[string]string{"app": "db"},
@@ -69,7 +70,7 @@ func TestTranslate(t *testing.T) {
 		`configmap sift-system/sift-config: mtls: "maybe" is not true or false`,
 		`pod plain/db-0: annotation config.linkerd.io/skip-outbound-ports: "bad": not a port number`,
 		`pod shop/web-1: status.podIPs: 10.0.0.11 is also the address of pod shop/twin; pod left out`,
-		`service shop/web: spec.ports[1].targetPort: named target port "http" is not supported; port left out`,
+		`service shop/web: spec.ports[2].targetPort: "Not_A_Name" is not a port name; port left out`,
 	}
 	if diff := cmp.Diff(wantWarnings, warnings); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
@@ -90,7 +91,7 @@ func TestTranslate(t *testing.T) {
 	}
 
 	web, db := m.Service("shop/web"), m.Service("plain/db")
-	if len(web.Ports) != 1 || web.Ports[0].Protocol != mesh.ProtocolHTTP2 || db.Ports[0].Protocol != mesh.ProtocolGRPC {
+	if len(web.Ports) != 2 || web.Ports[0].Protocol != mesh.ProtocolHTTP2 || db.Ports[0].Protocol != mesh.ProtocolGRPC {
 		t.Errorf("ports: web %+v, db %+v", web.Ports, db.Ports)
 	}
 	// Opaque ports: the service's own list replaces the namespace's and the
@@ -102,6 +103,10 @@ func TestTranslate(t *testing.T) {
 		t.Errorf("web opaque = %q (the namespace's)", got)
 	}
 	web0, db0 := m.Workload("shop/web-0"), m.Workload("plain/db-0")
+	// A named targetPort resolves per pod from its container ports' names.
+	if got, ok := web.Ports[1].TargetFor(web0); web.Ports[1].TargetPortName != "http" || !ok || got != 8080 {
+		t.Errorf("named target port %q for web-0 = %d, %v; want 8080", web.Ports[1].TargetPortName, got, ok)
+	}
 	if got := m.WorkloadOpaquePorts(db0).String(); got != "3306,6000-6010" {
 		t.Errorf("db-0 opaque = %q (the default)", got)
 	}
@@ -144,5 +149,33 @@ func TestTranslateWorkloadListReplacesNamespace(t *testing.T) {
 	a := m.Workload("shop/a")
 	if !m.SkipInbound(a).Empty() || m.WorkloadOpaquePorts(a).String() != "1-100" {
 		t.Errorf("skip inbound %q, opaque %q", m.SkipInbound(a), m.WorkloadOpaquePorts(a))
+	}
+}
+
+// A pod is meshed when it runs sift-proxy (a container or a native sidecar
+// named so, or sift inject's annotation); its endpoints then wait for its
+// proxy's ACK. Other pods are published as soon as they are ready.
+func TestTranslateMeshedPods(t *testing.T) {
+	sidecar := pod("shop", "sidecar", "10.0.0.1", true, nil, nil)
+	sidecar.Spec.Containers = append(sidecar.Spec.Containers, corev1.Container{Name: "sift-proxy"})
+	native := pod("shop", "native", "10.0.0.2", true, nil, nil)
+	native.Spec.InitContainers = []corev1.Container{{Name: "sift-proxy", RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)}}
+	annotated := pod("shop", "annotated", "10.0.0.3", true, nil, map[string]string{"sift.io/injected": "true"})
+	linkerd := pod("shop", "linkerd", "10.0.0.4", true, nil, nil)
+	linkerd.Spec.Containers = append(linkerd.Spec.Containers, corev1.Container{Name: "linkerd-proxy"})
+	m, warnings := translate(objects{pods: []*corev1.Pod{sidecar, native, annotated, linkerd, pod("shop", "plain", "10.0.0.5", true, nil, nil)}})
+	if len(warnings) != 0 {
+		t.Fatal(warnings)
+	}
+	if err := m.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, w := range m.Workloads() {
+		got[w.Name] = !w.Unmeshed
+	}
+	want := map[string]bool{"sidecar": true, "native": true, "annotated": true, "linkerd": false, "plain": false}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("meshed (-want +got):\n%s", diff)
 	}
 }
