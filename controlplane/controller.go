@@ -32,6 +32,11 @@ type Config struct {
 	// before the stream gets anything (see auth.go); nil: any node id is
 	// believed (plaintext development setups without a CA).
 	Authenticator Authenticator
+	// FullPush regenerates every snapshot from scratch on every mesh change
+	// and gives each a new version, so that every connected proxy is sent
+	// its whole configuration again: the baseline of the scale benchmark
+	// (bench/cmd/controlscale), not for production.
+	FullPush bool
 }
 
 // Controller keeps a snapshot cache in step with a mesh source: one snapshot
@@ -48,6 +53,8 @@ type Controller struct {
 	log     *slog.Logger
 	cache   cache.SnapshotCache
 	metrics *metrics
+	// builder is used by apply only (one at a time: New, then Run's goroutine).
+	builder *builder
 
 	mu        sync.Mutex
 	mesh      *mesh.Mesh
@@ -103,6 +110,7 @@ func New(cfg Config) (*Controller, error) {
 		c.log = slog.Default()
 	}
 	c.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{c.log})
+	c.builder = newBuilder(cfg.Options, cfg.FullPush)
 	var err error
 	if c.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -133,6 +141,7 @@ func (c *Controller) Run(ctx context.Context) {
 			c.apply(c.cfg.Source.Snapshot())
 			c.metrics.meshUpdates.Inc()
 		case <-changed:
+			c.builder.securityChanged()
 			c.apply(c.cfg.Source.Snapshot())
 			c.metrics.securityUpdates.Inc()
 		}
@@ -148,27 +157,22 @@ func (c *Controller) MeshReloaded(err error) {
 	c.metrics.reloads.WithLabelValues(result).Inc()
 }
 
-// apply makes m current: it generates every workload's snapshot and sets
-// the changed ones.
+// apply makes m current: it builds every workload's snapshot (regenerating
+// only what changed, see builder) and sets the changed ones.
 func (c *Controller) apply(m *mesh.Mesh) {
-	snaps := map[string]*cache.Snapshot{}
 	stater, _ := c.cfg.Options.Security.(SecurityStater)
 	var state string
 	if stater != nil {
 		state = stater.SecurityState()
 	}
-	for _, w := range m.Workloads() {
-		snap, err := Generate(m, w, c.cfg.Options).Snapshot()
-		if err == nil {
-			err = snap.Consistent()
-		}
-		if err != nil {
-			// Generate's output is consistent by construction; this is a bug.
-			c.log.Error("controlplane: generated an invalid snapshot; workload skipped", "workload", w.Key(), "error", err)
-			continue
-		}
-		snaps[w.Key()] = snap
+	snaps, invalid := c.builder.build(m)
+	for key, err := range invalid {
+		// Generate's output is consistent by construction; this is a bug.
+		c.log.Error("controlplane: generated an invalid snapshot; workload skipped", "workload", key, "error", err)
 	}
+	st := c.builder.stats
+	c.log.Debug("snapshots built", "services", st.Services, "services_generated", st.ServicesGenerated,
+		"workloads", st.Workloads, "workloads_generated", st.WorkloadsGenerated, "snapshots", st.Snapshots, "snapshots_new", st.SnapshotsNew)
 	states := map[string]string{}
 	if stater != nil && stater.SecurityState() == state {
 		// Unchanged while generating: every snapshot's secrets are of state.
@@ -216,10 +220,10 @@ func (c *Controller) sync(id string) {
 	if snap == nil {
 		return
 	}
-	version := snap.GetVersion(resource.ListenerType)
-	if cur, err := c.cache.GetSnapshot(id); err == nil && cur.GetVersion(resource.ListenerType) == version {
+	if cur, err := c.cache.GetSnapshot(id); err == nil && sameVersions(cur, snap) {
 		return // unchanged: nothing to push
 	}
+	version := snapshotVersion(snap)
 	if err := c.cache.SetSnapshot(context.Background(), id, snap); err != nil {
 		c.log.Error("controlplane: set snapshot", "node", id, "error", err)
 		return
@@ -228,6 +232,29 @@ func (c *Controller) sync(id string) {
 	c.metrics.snapshotVersion.DeletePartialMatch(prometheus.Labels{"node": id})
 	c.metrics.snapshotVersion.WithLabelValues(id, w.Key(), version).Set(1)
 	c.log.Info("snapshot set", "node", id, "workload", w.Key(), "version", version)
+}
+
+// snapshotTypes are the types a generated snapshot has.
+var snapshotTypes = []resource.Type{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType}
+
+// sameVersions reports whether a and b have the same version of every type.
+func sameVersions(a cache.ResourceSnapshot, b *cache.Snapshot) bool {
+	for _, t := range snapshotTypes {
+		if a.GetVersion(t) != b.GetVersion(t) {
+			return false
+		}
+	}
+	return true
+}
+
+// snapshotVersion names a snapshot's content (its types' versions) in logs
+// and metrics.
+func snapshotVersion(s *cache.Snapshot) string {
+	vs := make([]string, len(snapshotTypes))
+	for i, t := range snapshotTypes {
+		vs[i] = s.GetVersion(t)
+	}
+	return hashStrings("snapshot", vs...)
 }
 
 // attach records the node of a stream on its first request naming one.
