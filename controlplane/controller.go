@@ -171,7 +171,7 @@ func (c *Controller) apply(m *mesh.Mesh) {
 		c.log.Error("controlplane: generated an invalid snapshot; workload skipped", "workload", key, "error", err)
 	}
 	st := c.builder.stats
-	c.log.Debug("snapshots built", "services", st.Services, "services_generated", st.ServicesGenerated,
+	c.log.Info("snapshots built", "services", st.Services, "services_generated", st.ServicesGenerated,
 		"workloads", st.Workloads, "workloads_generated", st.WorkloadsGenerated, "snapshots", st.Snapshots, "snapshots_new", st.SnapshotsNew)
 	states := map[string]string{}
 	if stater != nil && stater.SecurityState() == state {
