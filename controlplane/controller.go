@@ -35,7 +35,7 @@ type Config struct {
 	// FullPush regenerates every snapshot from scratch on every mesh change
 	// and gives each a new version, so that every connected proxy is sent
 	// its whole configuration again: the baseline of the scale benchmark
-	// (bench/cmd/controlscale), not for production.
+	// (test/control_scale_test.go, make bench-control), not for production.
 	FullPush bool
 }
 
@@ -170,9 +170,6 @@ func (c *Controller) apply(m *mesh.Mesh) {
 		// Generate's output is consistent by construction; this is a bug.
 		c.log.Error("controlplane: generated an invalid snapshot; workload skipped", "workload", key, "error", err)
 	}
-	st := c.builder.stats
-	c.log.Info("snapshots built", "services", st.Services, "services_generated", st.ServicesGenerated,
-		"workloads", st.Workloads, "workloads_generated", st.WorkloadsGenerated, "snapshots", st.Snapshots, "snapshots_new", st.SnapshotsNew)
 	states := map[string]string{}
 	if stater != nil && stater.SecurityState() == state {
 		// Unchanged while generating: every snapshot's secrets are of state.
@@ -188,18 +185,26 @@ func (c *Controller) apply(m *mesh.Mesh) {
 	if len(c.learned) > 0 {
 		c.adviseLocked()
 	}
+	set := 0
 	for _, w := range m.Workloads() {
-		c.sync(w.NodeID)
-	}
-	for id := range c.nodes {
-		if m.WorkloadByNodeID(id) == nil {
-			c.sync(id)
+		if c.sync(w.NodeID) {
+			set++
 		}
 	}
+	for id := range c.nodes {
+		if m.WorkloadByNodeID(id) == nil && c.sync(id) {
+			set++
+		}
+	}
+	st := c.builder.stats
+	c.log.Info("snapshots built", "services", st.Services, "services_generated", st.ServicesGenerated,
+		"workloads", st.Workloads, "workloads_generated", st.WorkloadsGenerated, "snapshots", st.Snapshots, "snapshots_new", st.SnapshotsNew,
+		"nodes_set", set)
 }
 
-// sync sets node id's snapshot from the current mesh if it changed. c.mu held.
-func (c *Controller) sync(id string) {
+// sync sets node id's snapshot from the current mesh if it changed, and
+// reports whether it did. c.mu held.
+func (c *Controller) sync(id string) bool {
 	w := Resolve(c.mesh, c.cfg.Fallback, id)
 	st := c.nodes[id]
 	if w == nil {
@@ -210,7 +215,7 @@ func (c *Controller) sync(id string) {
 			c.log.Warn("connected node matches no workload; it gets no configuration until one does", "node", id)
 		}
 		c.metrics.setUnmatched(c.nodes)
-		return
+		return false
 	}
 	if st != nil {
 		st.workload = w.Key()
@@ -218,20 +223,22 @@ func (c *Controller) sync(id string) {
 	c.metrics.setUnmatched(c.nodes)
 	snap := c.snapshots[w.Key()]
 	if snap == nil {
-		return
+		return false
 	}
 	if cur, err := c.cache.GetSnapshot(id); err == nil && sameVersions(cur, snap) {
-		return // unchanged: nothing to push
+		return false // unchanged: nothing to push
 	}
 	version := snapshotVersion(snap)
 	if err := c.cache.SetSnapshot(context.Background(), id, snap); err != nil {
 		c.log.Error("controlplane: set snapshot", "node", id, "error", err)
-		return
+		return false
 	}
 	c.metrics.snapshotsSet.Inc()
 	c.metrics.snapshotVersion.DeletePartialMatch(prometheus.Labels{"node": id})
 	c.metrics.snapshotVersion.WithLabelValues(id, w.Key(), version).Set(1)
-	c.log.Info("snapshot set", "node", id, "workload", w.Key(), "version", version)
+	// Debug: at 10 000 workloads a change may set every node's snapshot.
+	c.log.Debug("snapshot set", "node", id, "workload", w.Key(), "version", version)
+	return true
 }
 
 // snapshotTypes are the types a generated snapshot has.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -25,6 +24,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -111,6 +111,8 @@ const (
 func startKubeQuick(t *testing.T) (*kubernetes.Clientset, string) {
 	t.Helper()
 	env := &envtest.Environment{BinaryAssetsDirectory: kubeAssets(t)}
+	// envtest's default range, a /24, holds 254 services.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.0.0.0/16")
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("envtest: %v", err)
@@ -354,7 +356,7 @@ func (cl *scaleCluster) measure(t *testing.T, kubeconfig string, full bool) mode
 		}
 		return true
 	}, 10*time.Minute)
-	fleet.quiet(begin, cl.size.quiet)
+	fleet.settle(t, cp.admin, 0, cl.size.quiet)
 	for _, c := range fleet.clients {
 		s := c.take()
 		res.initialBytes += s.bytes
@@ -369,6 +371,7 @@ func (cl *scaleCluster) measure(t *testing.T, kubeconfig string, full bool) mode
 		for _, c := range fleet.clients {
 			c.take() // forget what came before
 		}
+		pushed := metricSum(t, cp.admin, "sift_control_xds_pushes_total")
 		cpu0 := procCPU(t, pid)
 		applied := followBuilds(cp)
 		t0 := time.Now()
@@ -377,7 +380,7 @@ func (cl *scaleCluster) measure(t *testing.T, kubeconfig string, full bool) mode
 		// first build logged from now on has every write.
 		applied.offset = len(cp.logs())
 		applied.next(t, 5*time.Minute)
-		fleet.quiet(time.Now(), cl.size.quiet)
+		fleet.settle(t, cp.admin, pushed, cl.size.quiet)
 		ch := changeResult{name: name, controlCPU: procCPU(t, pid) - cpu0}
 		var acks []time.Duration
 		types := map[string]bool{}
@@ -433,15 +436,30 @@ func (f *scaleFleet) wait(t *testing.T, cond func() bool, limit time.Duration) {
 	}
 }
 
-// quiet returns once no response has arrived for d, and at least d after
-// since.
-func (f *scaleFleet) quiet(since time.Time, d time.Duration) {
+// settle returns once the clients have received every response
+// sift-control counts as sent since its counter was pushed (its pushes
+// metric), and neither count has moved for d.
+func (f *scaleFleet) settle(t *testing.T, admin string, pushed int64, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Minute)
+	var last string
+	stable := time.Now()
 	for {
-		last := time.Unix(0, f.activity.Load())
-		if time.Since(since) > d && time.Since(last) > d {
+		sent := metricSum(t, admin, "sift_control_xds_pushes_total") - pushed
+		var received int64
+		for _, c := range f.clients {
+			received += c.received()
+		}
+		now := fmt.Sprint(sent, received)
+		if now != last {
+			last, stable = now, time.Now()
+		} else if sent == received && time.Since(stable) >= d {
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("sift-control sent %d responses, the clients received %d", sent, received)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -487,6 +505,7 @@ type scaleClient struct {
 	names          map[string][]string
 	version, nonce map[string]string
 	seen           map[string]bool // types received at least once
+	chains         string          // the names of the listeners' chains, as last decoded
 	stats          clientStats
 	failure        error
 
@@ -562,7 +581,12 @@ func (c *scaleClient) receive() {
 		case resource.ClusterType:
 			sub, subNames = resource.EndpointType, edsNames(resp)
 		case resource.ListenerType:
-			sub, subNames = resource.RouteType, rdsNames(resp)
+			// Decoding a listener of thousands of chains is most of a
+			// client's work: done again only when its chains' names change.
+			if key := chainNames(resp); key != c.chains {
+				c.chains = key
+				sub, subNames = resource.RouteType, rdsNames(resp)
+			}
 		}
 		c.mu.Lock()
 		if sub != "" && (!slices.Equal(subNames, c.names[sub]) || c.names[sub] == nil) {
@@ -599,6 +623,13 @@ func (c *scaleClient) complete() bool {
 	return c.seen[resource.ClusterType] && c.seen[resource.ListenerType] &&
 		(c.names[resource.EndpointType] == nil || c.seen[resource.EndpointType]) &&
 		(c.names[resource.RouteType] == nil || c.seen[resource.RouteType])
+}
+
+// received is the number of responses since the last take.
+func (c *scaleClient) received() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(c.stats.responses)
 }
 
 // take returns the statistics since the last take and resets them.
@@ -657,6 +688,47 @@ func rdsNames(resp *discoveryv3.DiscoveryResponse) []string {
 	return slices.Compact(names)
 }
 
+// chainNames lists the names of the filter chains of resp's listeners
+// (Listener field 3, FilterChain field 7), reading only those fields.
+func chainNames(resp *discoveryv3.DiscoveryResponse) string {
+	var b strings.Builder
+	for _, a := range resp.GetResources() {
+		fields(a.GetValue(), 3, func(chain []byte) {
+			fields(chain, 7, func(name []byte) {
+				b.Write(name)
+				b.WriteByte('\n')
+			})
+		})
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// fields calls f with the bytes of every length-delimited field num of msg.
+func fields(msg []byte, num protowire.Number, f func([]byte)) {
+	for len(msg) > 0 {
+		n, typ, l := protowire.ConsumeTag(msg)
+		if l < 0 {
+			return
+		}
+		msg = msg[l:]
+		if n == num && typ == protowire.BytesType {
+			v, l := protowire.ConsumeBytes(msg)
+			if l < 0 {
+				return
+			}
+			f(v)
+			msg = msg[l:]
+			continue
+		}
+		l = protowire.ConsumeFieldValue(n, typ, msg)
+		if l < 0 {
+			return
+		}
+		msg = msg[l:]
+	}
+}
+
 // procMemory returns a process's resident set size and its peak, in bytes.
 func procMemory(t *testing.T, pid int) (rss, peak int64) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
@@ -696,26 +768,45 @@ func procCPU(t *testing.T, pid int) time.Duration {
 
 // metricValue reads one unlabelled metric from sift-control's /metrics.
 func metricValue(t *testing.T, admin, name string) int64 {
+	v, n := scrapeSum(t, admin, name+" ")
+	if n == 0 {
+		t.Fatalf("no metric %s", name)
+	}
+	return v
+}
+
+// metricSum is the sum of a metric's series (0 when it has none yet).
+func metricSum(t *testing.T, admin, name string) int64 {
+	v, _ := scrapeSum(t, admin, name+"{")
+	return v
+}
+
+// scrapeSum sums the values of sift-control's /metrics lines starting with prefix.
+func scrapeSum(t *testing.T, admin, prefix string) (sum int64, lines int) {
+	t.Helper()
 	resp, err := http.Get("http://" + admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		f, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		sum += int64(f)
+		lines++
+	}
+	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.SplitSeq(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("%s: %v", line, err)
-			}
-			return int64(f)
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
+	return sum, lines
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
