@@ -24,6 +24,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
@@ -529,7 +530,11 @@ var shortTypes = map[string]string{resource.ClusterType: "CDS", resource.Listene
 func startScaleClient(t *testing.T, addr, node string, fleet *scaleFleet) *scaleClient {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)),
+		// As proxies' bootstraps do (connection_keepalive, 10 s): then
+		// sift-control never pings, and a client too busy to answer in
+		// time on this loaded machine is not cut off.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 10 * time.Minute}))
 	if err != nil {
 		t.Fatal(err)
 	}
