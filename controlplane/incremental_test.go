@@ -298,9 +298,9 @@ func TestIncrementalRebuildEqualsFullRebuild(t *testing.T) {
 		seeds int
 		steps int
 	}{
-		{"http connection manager", DefaultOptions(), 6, 40},
-		{"tcp proxy", tcpOnly, 3, 30},
-		{"security", secured, 3, 30},
+		{"http connection manager", DefaultOptions(), 4, 30},
+		{"tcp proxy", tcpOnly, 2, 25},
+		{"security", secured, 2, 25},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for seed := range tc.seeds {

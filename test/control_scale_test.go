@@ -111,7 +111,8 @@ const (
 // cluster is thousands of objects).
 func startKubeQuick(t *testing.T) (*kubernetes.Clientset, string) {
 	t.Helper()
-	env := &envtest.Environment{BinaryAssetsDirectory: kubeAssets(t)}
+	// A loaded machine starts kube-apiserver slowly (envtest's default: 20 s).
+	env := &envtest.Environment{BinaryAssetsDirectory: kubeAssets(t), ControlPlaneStartTimeout: 3 * time.Minute}
 	// envtest's default range, a /24, holds 254 services.
 	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.0.0.0/16")
 	cfg, err := env.Start()
