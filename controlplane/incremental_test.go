@@ -62,26 +62,26 @@ var (
 	portLists  = []string{"", "80", "5432", "8080,9090", "1-1000", "6379,443"}
 )
 
-func ptr[T any](v T) *T { return &v }
+func ptrOf[T any](v T) *T { return &v }
 
-func (r *walk) maybeList() *string {
+func (r *meshWalk) maybeList() *string {
 	if r.rng.IntN(3) == 0 {
 		return nil
 	}
-	return ptr(portLists[r.rng.IntN(len(portLists))])
+	return ptrOf(portLists[r.rng.IntN(len(portLists))])
 }
 
-type walk struct {
+type meshWalk struct {
 	rng *rand.Rand
 	m   *meshModel
 }
 
-func (r *walk) ip() netip.Addr {
+func (r *meshWalk) ip() netip.Addr {
 	r.m.nextIP++
 	return netip.AddrFrom4([4]byte{10, 1, byte(r.m.nextIP >> 8), byte(r.m.nextIP)})
 }
 
-func (r *walk) addWorkload() {
+func (r *meshWalk) addWorkload() {
 	ns := r.m.namespaces[r.rng.IntN(len(r.m.namespaces))].name
 	w := &wlModel{name: fmt.Sprintf("w%d", r.m.nextIP), ns: ns, app: apps[r.rng.IntN(len(apps))],
 		sa: apps[r.rng.IntN(2)], addr: r.ip()}
@@ -91,7 +91,7 @@ func (r *walk) addWorkload() {
 	r.m.workloads = append(r.m.workloads, w)
 }
 
-func (r *walk) addService() {
+func (r *meshWalk) addService() {
 	ns := r.m.namespaces[r.rng.IntN(len(r.m.namespaces))].name
 	s := &svcModel{name: fmt.Sprintf("s%d", r.m.nextIP), ns: ns, ip: r.ip(), app: apps[r.rng.IntN(len(apps))]}
 	for range 1 + r.rng.IntN(2) {
@@ -105,7 +105,7 @@ func (r *walk) addService() {
 }
 
 // step applies one random change and describes it.
-func (r *walk) step() string {
+func (r *meshWalk) step() string {
 	m := r.m
 	pickW := func() *wlModel { return m.workloads[r.rng.IntN(len(m.workloads))] }
 	pickS := func() *svcModel { return m.services[r.rng.IntN(len(m.services))] }
@@ -136,7 +136,7 @@ func (r *walk) step() string {
 		if r.rng.IntN(2) == 0 {
 			m.grace = nil
 		} else {
-			m.grace = ptr(time.Duration(r.rng.IntN(3)) * 50 * time.Millisecond)
+			m.grace = ptrOf(time.Duration(r.rng.IntN(3)) * 50 * time.Millisecond)
 		}
 		return "detection settings"
 	case 6:
@@ -197,7 +197,7 @@ func (r *walk) step() string {
 	return "workload ports " + w.name
 }
 
-func portSet(t *testing.T, s *string) *mesh.PortSet {
+func modelPortSet(t *testing.T, s *string) *mesh.PortSet {
 	if s == nil {
 		return nil
 	}
@@ -209,16 +209,16 @@ func portSet(t *testing.T, s *string) *mesh.PortSet {
 }
 
 func (m *meshModel) mesh(t *testing.T) *mesh.Mesh {
-	out := &mesh.Mesh{DefaultOpaquePorts: portSet(t, m.defaultOpaque), DetectTimeout: m.detect, MTLS: m.mtls}
+	out := &mesh.Mesh{DefaultOpaquePorts: modelPortSet(t, m.defaultOpaque), DetectTimeout: m.detect, MTLS: m.mtls}
 	if m.grace != nil {
-		out.DetectGracePeriod = ptr(*m.grace)
+		out.DetectGracePeriod = ptrOf(*m.grace)
 	}
 	for _, n := range m.namespaces {
-		ns := &mesh.Namespace{Name: n.name, OpaquePorts: portSet(t, n.opaque), SkipInboundPorts: portSet(t, n.skipIn), SkipOutboundPorts: portSet(t, n.skipOut)}
+		ns := &mesh.Namespace{Name: n.name, OpaquePorts: modelPortSet(t, n.opaque), SkipInboundPorts: modelPortSet(t, n.skipIn), SkipOutboundPorts: modelPortSet(t, n.skipOut)}
 		for _, s := range m.services {
 			if s.ns == n.name {
 				ns.Services = append(ns.Services, &mesh.Service{Name: s.name, Namespace: s.ns, ClusterIPs: []netip.Addr{s.ip},
-					Ports: slices.Clone(s.ports), Selector: map[string]string{"app": s.app}, OpaquePorts: portSet(t, s.opaque),
+					Ports: slices.Clone(s.ports), Selector: map[string]string{"app": s.app}, OpaquePorts: modelPortSet(t, s.opaque),
 					Endpoints: slices.Clone(s.endpoints)})
 			}
 		}
@@ -226,7 +226,7 @@ func (m *meshModel) mesh(t *testing.T) *mesh.Mesh {
 			if w.ns == n.name {
 				ns.Workloads = append(ns.Workloads, &mesh.Workload{Name: w.name, Namespace: w.ns, Addresses: []netip.Addr{w.addr},
 					Ports: slices.Clone(w.ports), ServiceAccount: w.sa, Labels: map[string]string{"app": w.app},
-					OpaquePorts: portSet(t, w.opaque), SkipInboundPorts: portSet(t, w.skipIn), SkipOutboundPorts: portSet(t, w.skipOut)})
+					OpaquePorts: modelPortSet(t, w.opaque), SkipInboundPorts: modelPortSet(t, w.skipIn), SkipOutboundPorts: modelPortSet(t, w.skipOut)})
 			}
 		}
 		out.Namespaces = append(out.Namespaces, ns)
@@ -304,7 +304,7 @@ func TestIncrementalRebuildEqualsFullRebuild(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for seed := range tc.seeds {
-				r := &walk{rng: rand.New(rand.NewPCG(uint64(seed), 15)), m: &meshModel{}}
+				r := &meshWalk{rng: rand.New(rand.NewPCG(uint64(seed), 15)), m: &meshModel{}}
 				for i := range 3 {
 					r.m.namespaces = append(r.m.namespaces, &nsModel{name: fmt.Sprintf("ns%d", i)})
 				}
@@ -359,7 +359,7 @@ func TestIncrementalRebuildEqualsFullRebuild(t *testing.T) {
 // regenerates one service's fragment and no workload's own resources, and
 // changes only the load assignments' version.
 func TestIncrementalRebuildRegeneratesOnlyAffected(t *testing.T) {
-	r := &walk{rng: rand.New(rand.NewPCG(1, 2)), m: &meshModel{namespaces: []*nsModel{{name: "ns0"}}}}
+	r := &meshWalk{rng: rand.New(rand.NewPCG(1, 2)), m: &meshModel{namespaces: []*nsModel{{name: "ns0"}}}}
 	for range 5 {
 		r.addService()
 	}
@@ -409,7 +409,7 @@ func TestIncrementalRebuildRegeneratesOnlyAffected(t *testing.T) {
 // TestFullPushChangesEveryVersion: the benchmark's baseline pushes every
 // type to every proxy on every build, with the same resources.
 func TestFullPushChangesEveryVersion(t *testing.T) {
-	r := &walk{rng: rand.New(rand.NewPCG(3, 4)), m: &meshModel{namespaces: []*nsModel{{name: "ns0"}}}}
+	r := &meshWalk{rng: rand.New(rand.NewPCG(3, 4)), m: &meshModel{namespaces: []*nsModel{{name: "ns0"}}}}
 	for range 3 {
 		r.addService()
 	}

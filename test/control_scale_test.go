@@ -158,8 +158,8 @@ func scalePodIP(i, j, per int) string {
 	return fmt.Sprintf("10.%d.%d.%d", 100+k/62500, k/250%250, k%250+1)
 }
 
-// parallel runs f(0..n-1) on 32 workers, failing the test on the first error.
-func parallel(t *testing.T, n int, f func(i int) error) {
+// scaleParallel runs f(0..n-1) on 32 workers, failing the test on the first error.
+func scaleParallel(t *testing.T, n int, f func(i int) error) {
 	t.Helper()
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -232,11 +232,11 @@ func (cl *scaleCluster) create(t *testing.T) {
 		Data: map[string]string{"detect-timeout": "10s"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	parallel(t, 10, func(n int) error {
+	scaleParallel(t, 10, func(n int) error {
 		_, err := cl.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scaleNS(n)}}, metav1.CreateOptions{})
 		return err
 	})
-	parallel(t, cl.size.services, func(i int) error {
+	scaleParallel(t, cl.size.services, func(i int) error {
 		_, err := cl.c.CoreV1().Services(scaleNS(i)).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: scaleService(i)},
 			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": scaleService(i)},
 				Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}}}, metav1.CreateOptions{})
@@ -246,7 +246,7 @@ func (cl *scaleCluster) create(t *testing.T) {
 		_, err = cl.c.DiscoveryV1().EndpointSlices(scaleNS(i)).Create(ctx, cl.slice(i, cl.size.podsPer), metav1.CreateOptions{})
 		return err
 	})
-	parallel(t, cl.size.services*cl.size.podsPer, func(k int) error {
+	scaleParallel(t, cl.size.services*cl.size.podsPer, func(k int) error {
 		return cl.createPod(ctx, k/cl.size.podsPer, k%cl.size.podsPer)
 	})
 }
@@ -699,8 +699,8 @@ func rdsNames(resp *discoveryv3.DiscoveryResponse) []string {
 func chainNames(resp *discoveryv3.DiscoveryResponse) string {
 	var b strings.Builder
 	for _, a := range resp.GetResources() {
-		fields(a.GetValue(), 3, func(chain []byte) {
-			fields(chain, 7, func(name []byte) {
+		protoFields(a.GetValue(), 3, func(chain []byte) {
+			protoFields(chain, 7, func(name []byte) {
 				b.Write(name)
 				b.WriteByte('\n')
 			})
@@ -710,8 +710,8 @@ func chainNames(resp *discoveryv3.DiscoveryResponse) string {
 	return b.String()
 }
 
-// fields calls f with the bytes of every length-delimited field num of msg.
-func fields(msg []byte, num protowire.Number, f func([]byte)) {
+// protoFields calls f with the bytes of every length-delimited field num of msg.
+func protoFields(msg []byte, num protowire.Number, f func([]byte)) {
 	for len(msg) > 0 {
 		n, typ, l := protowire.ConsumeTag(msg)
 		if l < 0 {
@@ -815,9 +815,9 @@ func scrapeSum(t *testing.T, admin, prefix string) (sum int64, lines int) {
 	return sum, lines
 }
 
-func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+func mebibytes(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
-func round(d time.Duration) string {
+func roundDuration(d time.Duration) string {
 	if d >= 10*time.Second {
 		return d.Round(100 * time.Millisecond).String()
 	}
@@ -833,14 +833,14 @@ func writeScaleReport(t *testing.T, path string, size scaleSize, createTime time
 		"created in %s; the real sift-control (`--source kubernetes --debounce %s`) watching it; %d ADS clients over gRPC (node ids of pods, one per service), "+
 		"each subscribing as Envoy does (CDS and LDS, then EDS and RDS), ACKing every response and counting `proto.Size` of each. "+
 		"Each change is measured from the API write to the last ACK of every client that was sent anything.\n\n",
-		size.services, size.services*size.podsPer, size.podsPer, round(createTime), size.debounce, size.clients)
+		size.services, size.services*size.podsPer, size.podsPer, roundDuration(createTime), size.debounce, size.clients)
 	fmt.Fprintf(&b, "| | incremental | full push |\n|---|---|---|\n")
 	inc, full := results[0], results[1]
-	fmt.Fprintf(&b, "| initial configuration, all clients | %s | %s |\n", mib(inc.initialBytes), mib(full.initialBytes))
-	fmt.Fprintf(&b, "| initial: first connect → all ACKed | %s | %s |\n", round(inc.initialTime), round(full.initialTime))
-	fmt.Fprintf(&b, "| sift-control RSS after the initial push | %s | %s |\n", mib(inc.rss), mib(full.rss))
-	fmt.Fprintf(&b, "| sift-control heap in use after it | %s | %s |\n", mib(inc.heap), mib(full.heap))
-	fmt.Fprintf(&b, "| sift-control peak RSS (whole run) | %s | %s |\n\n", mib(inc.peakRSS), mib(full.peakRSS))
+	fmt.Fprintf(&b, "| initial configuration, all clients | %s | %s |\n", mebibytes(inc.initialBytes), mebibytes(full.initialBytes))
+	fmt.Fprintf(&b, "| initial: first connect → all ACKed | %s | %s |\n", roundDuration(inc.initialTime), roundDuration(full.initialTime))
+	fmt.Fprintf(&b, "| sift-control RSS after the initial push | %s | %s |\n", mebibytes(inc.rss), mebibytes(full.rss))
+	fmt.Fprintf(&b, "| sift-control heap in use after it | %s | %s |\n", mebibytes(inc.heap), mebibytes(full.heap))
+	fmt.Fprintf(&b, "| sift-control peak RSS (whole run) | %s | %s |\n\n", mebibytes(inc.peakRSS), mebibytes(full.peakRSS))
 	fmt.Fprintf(&b, "| change | mode | nodes pushed | types | bytes pushed | responses | all ACKed p50 | max | sift-control CPU |\n|---|---|---|---|---|---|---|---|---|\n")
 	for i := range inc.changes {
 		for _, r := range results {
@@ -850,7 +850,7 @@ func writeScaleReport(t *testing.T, path string, size scaleSize, createTime time
 				mode = "full push"
 			}
 			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %d | %s | %s | %s |\n", ch.name, mode, ch.nodes, strings.Join(ch.types, " "),
-				mib(ch.bytes), ch.responses, round(ch.p50), round(ch.max), round(ch.controlCPU))
+				mebibytes(ch.bytes), ch.responses, roundDuration(ch.p50), roundDuration(ch.max), roundDuration(ch.controlCPU))
 		}
 	}
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
