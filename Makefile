@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin
 FUZZTIME ?= 30s
 
-.PHONY: all build test run fuzz fuzz-long bench chaos soak lint proto clean
+.PHONY: all build test run fuzz fuzz-long bench bench-control chaos soak lint proto clean
 
 all: build
 
@@ -40,6 +40,14 @@ fuzz-long:
 
 bench:
 	bash bench/run.sh
+
+# sift-control at scale (test/control_scale_test.go; make test runs it small): 1 000 services and
+# 10 000 pods in a real kube-apiserver, 1 000 ADS clients, incremental vs full-snapshot pushes
+# (memory, time to every ACK, bytes and nodes per change) in bench/results/control-scale.md.
+bench-control:
+	@mkdir -p bench/results
+	SIFT_CONTROL_SCALE_REPORT=$(CURDIR)/bench/results/control-scale.md $(GO) test -count=1 -timeout 60m -run '^TestControlScale$$' ./test/
+	@cat bench/results/control-scale.md
 
 # The chaos suite at full size (test/chaos_test.go; make test runs it small):
 # what was tried and what was lost, as a table (bench/results/chaos.md).

@@ -37,6 +37,11 @@ type Config struct {
 	// wait for its proxy to acknowledge its inbound listener before they
 	// are published anyway (endpointgate.go); 0 turns the gate off.
 	EndpointACKTimeout time.Duration
+	// FullPush regenerates every snapshot from scratch on every mesh change
+	// and gives each a new version, so that every connected proxy is sent
+	// its whole configuration again: the baseline of the scale benchmark
+	// (test/control_scale_test.go, make bench-control), not for production.
+	FullPush bool
 }
 
 // Controller keeps a snapshot cache in step with a mesh source: one snapshot
@@ -53,6 +58,8 @@ type Controller struct {
 	log     *slog.Logger
 	cache   cache.SnapshotCache
 	metrics *metrics
+	// builder is used by apply only (one at a time: New, then Run's goroutine).
+	builder *builder
 
 	mu        sync.Mutex
 	mesh      *mesh.Mesh
@@ -116,6 +123,7 @@ func New(cfg Config) (*Controller, error) {
 		c.log = slog.Default()
 	}
 	c.cache = cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger{c.log})
+	c.builder = newBuilder(cfg.Options, cfg.FullPush)
 	var err error
 	if c.metrics, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, err
@@ -159,6 +167,7 @@ func (c *Controller) Run(ctx context.Context) {
 			c.apply(c.cfg.Source.Snapshot())
 			c.metrics.meshUpdates.Inc()
 		case <-changed:
+			c.builder.securityChanged()
 			c.apply(c.cfg.Source.Snapshot())
 			c.metrics.securityUpdates.Inc()
 		}
@@ -174,30 +183,21 @@ func (c *Controller) MeshReloaded(err error) {
 	c.metrics.reloads.WithLabelValues(result).Inc()
 }
 
-// apply makes m current: it generates every workload's snapshot and sets
-// the changed ones.
+// apply makes m current: it builds every workload's snapshot (regenerating
+// only what changed, see builder) and sets the changed ones.
 func (c *Controller) apply(m *mesh.Mesh) {
 	c.mu.Lock()
-	opts := c.cfg.Options
-	opts.WithheldEndpoints = c.updateGateLocked(m, time.Now(), c.gen+1)
+	withheld := c.updateGateLocked(m, time.Now(), c.gen+1)
 	c.mu.Unlock()
-	snaps := map[string]*cache.Snapshot{}
 	stater, _ := c.cfg.Options.Security.(SecurityStater)
 	var state string
 	if stater != nil {
 		state = stater.SecurityState()
 	}
-	for _, w := range m.Workloads() {
-		snap, err := Generate(m, w, opts).Snapshot()
-		if err == nil {
-			err = snap.Consistent()
-		}
-		if err != nil {
-			// Generate's output is consistent by construction; this is a bug.
-			c.log.Error("controlplane: generated an invalid snapshot; workload skipped", "workload", w.Key(), "error", err)
-			continue
-		}
-		snaps[w.Key()] = snap
+	snaps, invalid := c.builder.build(m, withheld)
+	for key, err := range invalid {
+		// Generate's output is consistent by construction; this is a bug.
+		c.log.Error("controlplane: generated an invalid snapshot; workload skipped", "workload", key, "error", err)
 	}
 	states := map[string]string{}
 	if stater != nil && stater.SecurityState() == state {
@@ -214,19 +214,27 @@ func (c *Controller) apply(m *mesh.Mesh) {
 	if len(c.learned) > 0 {
 		c.adviseLocked()
 	}
+	set := 0
 	for _, w := range m.Workloads() {
-		c.sync(w.NodeID)
+		if c.sync(w.NodeID) {
+			set++
+		}
 	}
 	for id := range c.nodes {
-		if m.WorkloadByNodeID(id) == nil {
-			c.sync(id)
+		if m.WorkloadByNodeID(id) == nil && c.sync(id) {
+			set++
 		}
 	}
 	c.gen++ // responses from here on carry this mesh's snapshots
+	st := c.builder.stats
+	c.log.Info("snapshots built", "services", st.Services, "services_generated", st.ServicesGenerated,
+		"workloads", st.Workloads, "workloads_generated", st.WorkloadsGenerated, "snapshots", st.Snapshots, "snapshots_new", st.SnapshotsNew,
+		"nodes_set", set)
 }
 
-// sync sets node id's snapshot from the current mesh if it changed. c.mu held.
-func (c *Controller) sync(id string) {
+// sync sets node id's snapshot from the current mesh if it changed, and
+// reports whether it did. c.mu held.
+func (c *Controller) sync(id string) bool {
 	w := Resolve(c.mesh, c.cfg.Fallback, id)
 	st := c.nodes[id]
 	if w == nil {
@@ -237,7 +245,7 @@ func (c *Controller) sync(id string) {
 			c.log.Warn("connected node matches no workload; it gets no configuration until one does", "node", id)
 		}
 		c.metrics.setUnmatched(c.nodes)
-		return
+		return false
 	}
 	if st != nil {
 		st.workload = w.Key()
@@ -245,20 +253,45 @@ func (c *Controller) sync(id string) {
 	c.metrics.setUnmatched(c.nodes)
 	snap := c.snapshots[w.Key()]
 	if snap == nil {
-		return
+		return false
 	}
-	version := snap.GetVersion(resource.ListenerType)
-	if cur, err := c.cache.GetSnapshot(id); err == nil && cur.GetVersion(resource.ListenerType) == version {
-		return // unchanged: nothing to push
+	if cur, err := c.cache.GetSnapshot(id); err == nil && sameVersions(cur, snap) {
+		return false // unchanged: nothing to push
 	}
+	version := snapshotVersion(snap)
 	if err := c.cache.SetSnapshot(context.Background(), id, snap); err != nil {
 		c.log.Error("controlplane: set snapshot", "node", id, "error", err)
-		return
+		return false
 	}
 	c.metrics.snapshotsSet.Inc()
 	c.metrics.snapshotVersion.DeletePartialMatch(prometheus.Labels{"node": id})
 	c.metrics.snapshotVersion.WithLabelValues(id, w.Key(), version).Set(1)
-	c.log.Info("snapshot set", "node", id, "workload", w.Key(), "version", version)
+	// Debug: at 10 000 workloads a change may set every node's snapshot.
+	c.log.Debug("snapshot set", "node", id, "workload", w.Key(), "version", version)
+	return true
+}
+
+// snapshotTypes are the types a generated snapshot has.
+var snapshotTypes = []resource.Type{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType}
+
+// sameVersions reports whether a and b have the same version of every type.
+func sameVersions(a cache.ResourceSnapshot, b *cache.Snapshot) bool {
+	for _, t := range snapshotTypes {
+		if a.GetVersion(t) != b.GetVersion(t) {
+			return false
+		}
+	}
+	return true
+}
+
+// snapshotVersion names a snapshot's content (its types' versions) in logs
+// and metrics.
+func snapshotVersion(s *cache.Snapshot) string {
+	vs := make([]string, len(snapshotTypes))
+	for i, t := range snapshotTypes {
+		vs[i] = s.GetVersion(t)
+	}
+	return hashStrings("snapshot", vs...)
 }
 
 // attach records the node of a stream on its first request naming one.

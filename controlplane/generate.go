@@ -162,40 +162,46 @@ type generator struct {
 // port, for every service (the proxy may be asked for any of them).
 func (g *generator) outboundClusters() {
 	for _, s := range g.m.Services() {
-		eps := g.published(g.m.Endpoints(s))
-		for _, p := range s.Ports {
-			name := OutboundClusterName(s.Hostname, p.Port)
-			c := &clusterv3.Cluster{
-				Name:                 name,
-				AltStatName:          name,
-				ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-				EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
-					EdsConfig:   adsConfigSource(),
-					ServiceName: name,
-				},
-				ConnectTimeout: durationpb.New(g.opts.ConnectTimeout),
-				// Least-request with two choices for opaque traffic: the
-				// standard policy closest to Linkerd's.
-				LbPolicy: clusterv3.Cluster_LEAST_REQUEST,
+		g.serviceClusters(s, g.published(g.m.Endpoints(s)))
+	}
+}
+
+// serviceClusters adds the outbound clusters and load assignments of s,
+// whose published endpoints are eps (Mesh.Endpoints less the withheld). They depend on s, eps, the
+// mesh's treatment of s's ports and mTLS, never on the workload.
+func (g *generator) serviceClusters(s *mesh.Service, eps []*mesh.Workload) {
+	for _, p := range s.Ports {
+		name := OutboundClusterName(s.Hostname, p.Port)
+		c := &clusterv3.Cluster{
+			Name:                 name,
+			AltStatName:          name,
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+			EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
+				EdsConfig:   adsConfigSource(),
+				ServiceName: name,
+			},
+			ConnectTimeout: durationpb.New(g.opts.ConnectTimeout),
+			// Least-request with two choices for opaque traffic: the
+			// standard policy closest to Linkerd's.
+			LbPolicy: clusterv3.Cluster_LEAST_REQUEST,
+		}
+		if g.opts.HTTPConnectionManager && g.m.ServicePortTreatment(s, p) != mesh.Opaque && g.m.ServicePortTreatment(s, p) != mesh.TLS {
+			c.TypedExtensionProtocolOptions = upstreamHTTPOptions()
+			// The mesh default for HTTP: peak-EWMA with two choices.
+			c.LbPolicy, c.LoadBalancingPolicy = clusterv3.Cluster_ROUND_ROBIN, peakEWMAPolicy()
+		}
+		if g.mtls() {
+			c.TransportSocket = g.opts.Security.ClusterTransportSocket(s)
+			if c.TypedExtensionProtocolOptions != nil {
+				// Between proxies HTTP/1 rides HTTP/2: the endpoints
+				// are peer proxies' inbound ports, which restore it.
+				c.TypedExtensionProtocolOptions[httpUpgradeOptionsName] = mustAny(&httpupgradev1.HttpUpgrade{})
 			}
-			if g.opts.HTTPConnectionManager && g.m.ServicePortTreatment(s, p) != mesh.Opaque && g.m.ServicePortTreatment(s, p) != mesh.TLS {
-				c.TypedExtensionProtocolOptions = upstreamHTTPOptions()
-				// The mesh default for HTTP: peak-EWMA with two choices.
-				c.LbPolicy, c.LoadBalancingPolicy = clusterv3.Cluster_ROUND_ROBIN, peakEWMAPolicy()
-			}
-			if g.mtls() {
-				c.TransportSocket = g.opts.Security.ClusterTransportSocket(s)
-				if c.TypedExtensionProtocolOptions != nil {
-					// Between proxies HTTP/1 rides HTTP/2: the endpoints
-					// are peer proxies' inbound ports, which restore it.
-					c.TypedExtensionProtocolOptions[httpUpgradeOptionsName] = mustAny(&httpupgradev1.HttpUpgrade{})
-				}
-			}
-			g.r.Clusters = append(g.r.Clusters, c)
-			g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, targets(eps, p)))
-			if g.mtls() {
-				g.opaqueCluster(s, p, eps)
-			}
+		}
+		g.r.Clusters = append(g.r.Clusters, c)
+		g.r.Endpoints = append(g.r.Endpoints, loadAssignment(name, targets(eps, p)))
+		if g.mtls() {
+			g.opaqueCluster(s, p, eps)
 		}
 	}
 }
@@ -308,32 +314,46 @@ func (g *generator) outboundListener() {
 			if skip.Contains(p.Port) {
 				continue
 			}
-			cluster := OutboundClusterName(s.Hostname, p.Port)
-			opaque := cluster // where opaque bytes go: the same endpoints, or their inbound port over mTLS
-			if g.mtls() {
-				opaque = OpaqueClusterName(s.Hostname, p.Port)
-			}
-			t := g.m.ServicePortTreatment(s, p)
-			for _, ip := range s.ClusterIPs {
-				base := fmt.Sprintf("%s:%d|%s", s.Hostname, p.Port, ip)
-				switch t {
-				case mesh.Opaque, mesh.TLS:
-					chains = append(chains, chain(t.String()+"|"+base, chainMatch(ip, p.Port, ""), tcpProxy(t.String(), opaque)))
-				case mesh.HTTP:
-					chains = append(chains, g.httpChain("http|"+base, chainMatch(ip, p.Port, ""), cluster, p.Protocol))
-				default:
-					chains = append(chains,
-						g.httpChain("http|"+base, chainMatch(ip, p.Port, "", httpProtocols...), cluster, mesh.ProtocolUnknown),
-						chain("tls|"+base, chainMatch(ip, p.Port, envoynames.TransportTLS), tcpProxy("tls", opaque)),
-						chain("opaque|"+base, chainMatch(ip, p.Port, ""), tcpProxy("opaque", opaque)))
-				}
-			}
+			chains = append(chains, g.portChains(s, p)...)
 		}
 	}
 	if len(chains) == 0 {
 		return // a listener needs a chain; no service is reachable through the proxy
 	}
-	g.r.Listeners = append(g.r.Listeners, g.listener(OutboundListenerName, g.opts.OutboundAddress, corev3.TrafficDirection_OUTBOUND, chains))
+	g.r.Listeners = append(g.r.Listeners, g.outboundListenerOf(chains))
+}
+
+// outboundListenerOf is the outbound listener with chains.
+func (g *generator) outboundListenerOf(chains []*listenerv3.FilterChain) *listenerv3.Listener {
+	return g.listener(OutboundListenerName, g.opts.OutboundAddress, corev3.TrafficDirection_OUTBOUND, chains)
+}
+
+// portChains returns the outbound chains of port p of s (adding their
+// routes to g.r): they depend on s, p, the mesh's treatment of the port
+// and mTLS, never on the workload.
+func (g *generator) portChains(s *mesh.Service, p mesh.ServicePort) []*listenerv3.FilterChain {
+	var chains []*listenerv3.FilterChain
+	cluster := OutboundClusterName(s.Hostname, p.Port)
+	opaque := cluster // where opaque bytes go: the same endpoints, or their inbound port over mTLS
+	if g.mtls() {
+		opaque = OpaqueClusterName(s.Hostname, p.Port)
+	}
+	t := g.m.ServicePortTreatment(s, p)
+	for _, ip := range s.ClusterIPs {
+		base := fmt.Sprintf("%s:%d|%s", s.Hostname, p.Port, ip)
+		switch t {
+		case mesh.Opaque, mesh.TLS:
+			chains = append(chains, chain(t.String()+"|"+base, chainMatch(ip, p.Port, ""), tcpProxy(t.String(), opaque)))
+		case mesh.HTTP:
+			chains = append(chains, g.httpChain("http|"+base, chainMatch(ip, p.Port, ""), cluster, p.Protocol))
+		default:
+			chains = append(chains,
+				g.httpChain("http|"+base, chainMatch(ip, p.Port, "", httpProtocols...), cluster, mesh.ProtocolUnknown),
+				chain("tls|"+base, chainMatch(ip, p.Port, envoynames.TransportTLS), tcpProxy("tls", opaque)),
+				chain("opaque|"+base, chainMatch(ip, p.Port, ""), tcpProxy("opaque", opaque)))
+		}
+	}
+	return chains
 }
 
 // inbound: the listener for connections from other proxies (redirected to

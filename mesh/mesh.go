@@ -101,8 +101,9 @@ type Mesh struct {
 	MTLS       bool
 	Namespaces []*Namespace
 
-	// workloadByKey indexes the workloads; Complete fills it.
-	workloadByKey map[string]*Workload
+	// workloadByKey and workloadByNodeID index the workloads; Complete
+	// fills them.
+	workloadByKey, workloadByNodeID map[string]*Workload
 }
 
 // Namespace groups services and workloads. Its opaque and skip ports apply to
@@ -353,6 +354,9 @@ func (m *Mesh) Workload(key string) *Workload {
 
 // WorkloadByNodeID returns the workload whose proxy has node id id, or nil.
 func (m *Mesh) WorkloadByNodeID(id string) *Workload {
+	if m.workloadByNodeID != nil {
+		return m.workloadByNodeID[id]
+	}
 	for _, ns := range m.Namespaces {
 		for _, w := range ns.Workloads {
 			if w.NodeID == id {

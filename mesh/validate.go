@@ -110,9 +110,11 @@ func (m *Mesh) Complete() error {
 		}
 	}
 	m.workloadByKey = map[string]*Workload{}
+	m.workloadByNodeID = map[string]*Workload{}
 	for _, ns := range m.Namespaces {
 		for _, w := range ns.Workloads {
 			m.workloadByKey[w.Key()] = w
+			m.workloadByNodeID[w.NodeID] = w
 		}
 	}
 	return nil

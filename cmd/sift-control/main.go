@@ -99,6 +99,7 @@ func run(args []string, stderr io.Writer) int {
 		xdsNames   = fs.String("xds-tls-names", "sift-control,localhost,127.0.0.1", "DNS names and IPs of the xDS server certificate, comma-separated")
 		caPoll     = fs.Duration("ca-poll-interval", ca.DefaultPollInterval, "how often --ca-dir is checked for a rotation started by `sift-control ca rotate`")
 		bundleOut  = fs.String("ca-bundle-out", "", "keep this file holding the current trust bundle (PEM, 0644), for proxies' trusted_ca.filename")
+		fullPush   = fs.Bool("full-push", false, "benchmark baseline only: rebuild every snapshot from scratch on every change and send every proxy its whole configuration (docs/kubernetes.md)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -115,6 +116,7 @@ func run(args []string, stderr io.Writer) int {
 		xdsAddr: *xdsAddr, adminAddr: *adminAddr, fallback: *fallback, hcm: *hcm,
 		outbound: *outbound, inbound: *inbound, connectTimeout: *connectTO, ackTimeout: *ackTimeout,
 		ca: *caFlags, certTTL: *certTTL, caPoll: *caPoll, bundleOut: *bundleOut, xdsTLS: *xdsTLS, xdsNames: splitList(*xdsNames),
+		fullPush: *fullPush,
 	}); err != nil {
 		log.Error("sift-control: " + err.Error())
 		return 1
@@ -132,6 +134,7 @@ type config struct {
 	bundleOut                                       string
 	xdsTLS                                          bool
 	xdsNames                                        []string
+	fullPush                                        bool
 }
 
 func serve(log *slog.Logger, cfg config) error {
@@ -165,7 +168,7 @@ func serve(log *slog.Logger, cfg config) error {
 		return fmt.Errorf("--endpoint-ack-timeout: %v is negative", cfg.ackTimeout)
 	}
 	ctlCfg := controlplane.Config{Source: src, Options: opts, Fallback: matcher, Logger: log, Registerer: reg,
-		EndpointACKTimeout: cfg.ackTimeout}
+		EndpointACKTimeout: cfg.ackTimeout, FullPush: cfg.fullPush}
 	serverOpts := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(1000000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
