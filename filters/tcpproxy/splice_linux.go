@@ -160,8 +160,9 @@ func (d *direction) resume() {
 }
 
 // unpark takes a parked direction back from the reactor; true means it was
-// parked and its caller now ends it.
-func (d *direction) unpark() bool { return d.parking && d.watch.Disarm() }
+// parked and its caller now ends it. Safe to call from any goroutine (it
+// reads only the watch, bound before the directions started).
+func (d *direction) unpark() bool { return d.watch.Disarm() }
 
 // splicer is one direction's splice state, shared with the callbacks that
 // RawConn.Read and Write call on the socket descriptors.

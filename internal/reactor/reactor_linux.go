@@ -137,14 +137,17 @@ func (w *Watch) Init(r *Reactor, wake func()) {
 // nothing is armed and the caller still owns it.
 func (w *Watch) Arm(rc syscall.RawConn) error {
 	r := w.r
-	r.mu.Lock()
-	r.armed[w.token] = w
-	r.mu.Unlock()
-	w.state.Store(true)
 	op := unix.EPOLL_CTL_ADD
 	if w.added {
 		op = unix.EPOLL_CTL_MOD
 	}
+	// Everything the owner writes comes before the registration is
+	// published: the wake may run as soon as epoll_ctl has been called.
+	w.added = true
+	w.state.Store(true)
+	r.mu.Lock()
+	r.armed[w.token] = w
+	r.mu.Unlock()
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT}
 	setToken(&ev, w.token)
 	var cerr error
@@ -153,7 +156,6 @@ func (w *Watch) Arm(rc syscall.RawConn) error {
 		err = cerr
 	}
 	if err == nil {
-		w.added = true
 		return nil
 	}
 	if !w.state.CompareAndSwap(true, false) {
@@ -162,6 +164,7 @@ func (w *Watch) Arm(rc syscall.RawConn) error {
 	r.mu.Lock()
 	delete(r.armed, w.token)
 	r.mu.Unlock()
+	w.added = op == unix.EPOLL_CTL_MOD
 	return fmt.Errorf("reactor: epoll_ctl: %w", err)
 }
 
