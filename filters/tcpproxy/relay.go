@@ -67,6 +67,7 @@ func startRelay(ctx context.Context, down, up net.Conn, lim Limits, park bool, o
 	r.pending.Store(2)
 	r.dirs[toUp] = direction{r: r, src: down, dst: up}
 	r.dirs[toDown] = direction{r: r, src: up, dst: down}
+	r.initRaw()
 	if park {
 		r.initPark()
 	}
@@ -75,7 +76,7 @@ func startRelay(ctx context.Context, down, up net.Conn, lim Limits, park bool, o
 		r.maxTimer = time.AfterFunc(lim.MaxDuration, r.abort)
 	}
 	if lim.Idle > 0 {
-		r.idle = watchIdle(lim.Idle, r.abort, &r.moved, down, up)
+		r.watchIdle(lim.Idle)
 	}
 	go r.dirs[toUp].run()
 	r.dirs[toDown].run()
@@ -98,7 +99,8 @@ type relay struct {
 	// Set before the directions start; stopped by finish.
 	stopCtx  func() bool
 	maxTimer *time.Timer
-	idle     *idleWatch
+	idle     idleWatch
+	relayRaw // splice_linux.go
 }
 
 // direction is one way of a relay. Its fields belong to the goroutine
@@ -164,9 +166,7 @@ func (r *relay) finish() {
 	if r.maxTimer != nil {
 		r.maxTimer.Stop()
 	}
-	if r.idle != nil {
-		r.idle.stop()
-	}
+	r.idle.stop()
 	up, down := &r.dirs[toUp], &r.dirs[toDown]
 	err := errors.Join(up.err, down.err)
 	if err != nil {

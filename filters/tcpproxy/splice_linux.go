@@ -40,17 +40,13 @@ import (
 // call, while it waits for data as well: a proxy whose connections are mostly
 // idle would pin two descriptors and a pipe per direction per connection.
 func (d *direction) copy() (parked bool, err error) {
+	rsrc, rdst := d.rawConns()
 	if d.sp.in == nil {
-		tdst, ok1 := d.dst.(*net.TCPConn)
-		tsrc, ok2 := d.src.(*net.TCPConn)
-		if !ok1 || !ok2 {
+		if rsrc == nil {
+			if err := d.r.rawErr; err != nil {
+				return false, err
+			}
 			d.n, err = io.Copy(d.dst, countingReader{d.src, &d.r.moved})
-			return false, err
-		}
-		if d.rsrc, err = tsrc.SyscallConn(); err != nil {
-			return false, err
-		}
-		if d.rdst, err = tdst.SyscallConn(); err != nil {
 			return false, err
 		}
 		// Bound once: a func literal per round would be an allocation per round.
@@ -61,7 +57,7 @@ func (d *direction) copy() (parked bool, err error) {
 	}
 	sp := &d.sp
 	for {
-		n, err := sp.fill(d.rsrc)
+		n, err := sp.fill(rsrc)
 		if err != nil {
 			if d.parking && errors.Is(err, os.ErrDeadlineExceeded) {
 				if d.rounds != d.seen {
@@ -78,7 +74,7 @@ func (d *direction) copy() (parked bool, err error) {
 		if n == 0 {
 			return false, nil // end of stream
 		}
-		m, err := sp.drain(d.rdst, n)
+		m, err := sp.drain(rdst, n)
 		d.n += int64(m)
 		if err != nil {
 			sp.p.close() // it may still hold bytes
@@ -101,10 +97,44 @@ const parkQuiet = 150 * time.Millisecond
 // parker is a direction's park-mode state.
 type parker struct {
 	sp           splicer
-	rsrc, rdst   syscall.RawConn
 	parking      bool   // park mode (initPark)
-	rounds, seen uint64 // rounds run; rounds when the deadline was last set
+	rounds, seen uint32 // rounds run; rounds when the deadline was last set
 	watch        reactor.Watch
+}
+
+// relayRaw is the relay's view of its sockets' descriptors, for splice.
+type relayRaw struct {
+	raw    [2]syscall.RawConn // down's, up's; nil unless both are *net.TCPConn
+	rawErr error              // SyscallConn failed
+}
+
+// initRaw gets both sockets' descriptors when both are TCP.
+func (r *relay) initRaw() {
+	tdown, ok1 := r.down.(*net.TCPConn)
+	tup, ok2 := r.up.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return
+	}
+	rd, err := tdown.SyscallConn()
+	if err != nil {
+		r.rawErr = err
+		return
+	}
+	ru, err := tup.SyscallConn()
+	if err != nil {
+		r.rawErr = err
+		return
+	}
+	r.raw = [2]syscall.RawConn{rd, ru}
+}
+
+// rawConns returns d's source and destination descriptors (nil when not
+// both TCP).
+func (d *direction) rawConns() (src, dst syscall.RawConn) {
+	if d == &d.r.dirs[toUp] {
+		return d.r.raw[0], d.r.raw[1]
+	}
+	return d.r.raw[1], d.r.raw[0]
 }
 
 // canPark reports whether a relay between down and up can park its
@@ -143,7 +173,8 @@ func (d *direction) quietFrom() {
 // reactor refused (the direction then stops parking and keeps waiting on
 // its goroutine).
 func (d *direction) park() bool {
-	if err := d.watch.Arm(d.rsrc); err != nil {
+	rsrc, _ := d.rawConns()
+	if err := d.watch.Arm(rsrc); err != nil {
 		d.parking = false
 		d.src.SetReadDeadline(time.Time{})
 		return false

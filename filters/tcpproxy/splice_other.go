@@ -23,4 +23,9 @@ func canPark(down, up net.Conn) bool { return false }
 
 func (r *relay) initPark() {}
 
+// relayRaw is empty off Linux: there is no splice.
+type relayRaw struct{}
+
+func (r *relay) initRaw() {}
+
 func (d *direction) unpark() bool { return false }
