@@ -17,6 +17,7 @@ import (
 
 	"github.com/siftmesh/sift/bootstrap"
 	"github.com/siftmesh/sift/filters"
+	_ "github.com/siftmesh/sift/filters/connlimit"
 	"github.com/siftmesh/sift/internal/reactor"
 	"github.com/siftmesh/sift/internal/testnet"
 	"github.com/siftmesh/sift/listener"
@@ -53,19 +54,20 @@ func (r *recordCounter) get(prefix string) []streaminfo.Conn {
 }
 
 // parkedProxy is a real listener on 127.0.0.1:0 with one tcp_proxy chain
-// to backend, stat prefix prefix, and tcp_proxy config extra (YAML fields).
+// to backend, stat prefix prefix, and tcp_proxy config extra (YAML fields),
+// after the connection filters before (YAML filters).
 type parkedProxy struct {
 	addr string
 	mgr  *listener.Manager
 	l    *listener.Listener
 }
 
-func newParkedProxy(t *testing.T, prefix, backend, extra string) *parkedProxy {
+func newParkedProxy(t *testing.T, prefix, backend, extra string, before ...string) *parkedProxy {
 	t.Helper()
 	tp := `{name: tcp, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: ` +
 		prefix + `, cluster: b` + extra + `}}`
 	b, err := bootstrap.Parse([]byte(`static_resources: {listeners: [{name: ` + prefix + `, address: {socket_address: {address: 127.0.0.1, port_value: 0}}, ` +
-		`filter_chains: [{filters: [` + tp + `]}]}]}`))
+		`filter_chains: [{filters: [` + strings.Join(append(before, tp), ", ") + `]}]}]}`))
 	if err != nil {
 		t.Fatalf("test YAML: %v", err)
 	}
@@ -387,4 +389,39 @@ func TestParkedConnectionsDrained(t *testing.T) {
 	if parked() != 0 {
 		t.Errorf("%d directions still parked", parked())
 	}
+}
+
+func TestParkedMaxDuration(t *testing.T) {
+	p := newParkedProxy(t, "park_maxdur", lineEcho(t), `, max_downstream_connection_duration: 1s`)
+	c := testnet.Dial(t, p.addr)
+	r := bufio.NewReader(c)
+	exchange(t, c, r, "x")
+	waitForParked(t, p)
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+		t.Fatalf("parked connection after max_downstream_connection_duration: %q, %v; want EOF", rest, err)
+	}
+	waitFor(t, "the connection to end", func() bool { return p.l.Stats().Active.Load() == 0 })
+	waitFor(t, "the record", func() bool { return len(records.get("park_maxdur")) == 1 })
+}
+
+func TestParkedConnectionLimit(t *testing.T) {
+	// connection_limit's count is released when a parked connection ends,
+	// not when ServeConn returns.
+	p := newParkedProxy(t, "park_limit", lineEcho(t), "", `{name: limit, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit, stat_prefix: park_limit, max_connections: 1}}`)
+	first := testnet.Dial(t, p.addr)
+	r := bufio.NewReader(first)
+	exchange(t, first, r, "first")
+	waitForParked(t, p)
+	refused := testnet.Dial(t, p.addr)
+	refused.SetDeadline(time.Now().Add(testnet.Limit))
+	if b, err := io.ReadAll(refused); err != nil || len(b) != 0 {
+		t.Fatalf("second connection while the first is parked: %q, %v; want it closed", b, err)
+	}
+	first.CloseWrite()
+	if rest, err := io.ReadAll(r); err != nil || string(rest) != "bye\n" {
+		t.Fatalf("first connection's end: %q, %v", rest, err)
+	}
+	waitFor(t, "the first connection to end", func() bool { return p.l.Stats().Active.Load() == 0 })
+	third := testnet.Dial(t, p.addr)
+	exchange(t, third, bufio.NewReader(third), "third")
 }
