@@ -162,11 +162,13 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 
 // ServeConn implements filters.NetworkFilter. When both sides are raw TCP
 // sockets (splice serves them) and the caller allows it
-// (filters.Downstream.Detach), it detaches the connection: it returns as
-// soon as the connection goes quiet and parks it without a goroutine
-// (Relay's park mode); the record, the access logs, the closes and the
-// caller's end function then come from whichever goroutine ends the
-// connection. Otherwise it returns when the connection has ended.
+// (filters.Downstream.Detach), it detaches the connection: it returns once
+// the direction it copies itself (upstream to client) has parked after a
+// quiet period, or ended, and the connection lives on with no goroutine
+// while idle (startRelay's park mode); the record, the access logs, the
+// closes and the caller's end function then come from whichever goroutine
+// ends the connection. Otherwise (TLS on either side, or a caller that
+// needs ServeConn to block) it returns when the connection has ended.
 func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	s := &session{p: p, ctx: ctx, info: d.Info, down: d.Raw(),
 		rec: streaminfo.Conn{Start: d.Info.AcceptedAt, Filter: "tcp_proxy", StatPrefix: p.statPrefix, Info: d.Info}}
