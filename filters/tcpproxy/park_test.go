@@ -47,6 +47,12 @@ func (r *recordCounter) OnConn(c *streaminfo.Conn) {
 	r.byPrefix[c.StatPrefix] = append(r.byPrefix[c.StatPrefix], *c)
 }
 
+func (r *recordCounter) reset(prefix string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.byPrefix, prefix)
+}
+
 func (r *recordCounter) get(prefix string) []streaminfo.Conn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -64,6 +70,7 @@ type parkedProxy struct {
 
 func newParkedProxy(t *testing.T, prefix, backend, extra string, before ...string) *parkedProxy {
 	t.Helper()
+	records.reset(prefix) // a test's earlier run (-count) left its records
 	tp := `{name: tcp, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: ` +
 		prefix + `, cluster: b` + extra + `}}`
 	b, err := bootstrap.Parse([]byte(`static_resources: {listeners: [{name: ` + prefix + `, address: {socket_address: {address: 127.0.0.1, port_value: 0}}, ` +
