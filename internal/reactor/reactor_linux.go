@@ -20,7 +20,7 @@ type Reactor struct {
 	// Watch is armed; an event whose token is absent is stale (its Watch was
 	// disarmed) and is ignored.
 	armed map[uint64]*Watch
-	next  uint64 // last token handed out
+	next  atomic.Uint64 // last token handed out
 }
 
 var (
@@ -118,10 +118,7 @@ type Watch struct {
 // Init binds w to r and to the function run, on a new goroutine, each time
 // the armed socket becomes readable, hangs up or fails.
 func (w *Watch) Init(r *Reactor, wake func()) {
-	r.mu.Lock()
-	r.next++
-	w.token = r.next
-	r.mu.Unlock()
+	w.token = r.next.Add(1)
 	w.r, w.wake = r, wake
 }
 
