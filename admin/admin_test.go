@@ -18,10 +18,13 @@ import (
 
 	"github.com/siftmesh/sift/admin"
 	"github.com/siftmesh/sift/bootstrap"
+	"github.com/siftmesh/sift/internal/reactor"
 	"github.com/siftmesh/sift/server"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 var quiet = slog.New(slog.DiscardHandler)
 

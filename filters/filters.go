@@ -320,6 +320,13 @@ type NetworkFilter interface {
 	// (drain time over, process exiting); d.Draining is closed earlier, when
 	// the listener generation starts draining, so protocols that can end
 	// gracefully (HTTP's Connection: close, HTTP/2 GOAWAY) do so.
+	//
+	// The one exception is a detached connection (Downstream.Detach): then
+	// ServeConn may return while the connection lives on (tcp_proxy parks
+	// an idle connection without a goroutine), and the filter calls the
+	// end function Detach returned once it has closed the connection; the
+	// caller's end-of-connection work (gauges, drain waits, connection
+	// filters' done) happens in that call, not at ServeConn's return.
 	ServeConn(ctx context.Context, d *Downstream)
 }
 
@@ -341,8 +348,9 @@ type ConnectionFilter interface {
 // Peeked + Raw (write the peeked bytes yourself, then use the raw connection,
 // which keeps zero-copy paths such as splice available) — never both.
 type Downstream struct {
-	raw    net.Conn
-	peeked []byte
+	raw      net.Conn
+	peeked   []byte
+	detacher Detacher // nil: ServeConn must block until the connection ends
 	// Info is what is known about the connection; read-only here.
 	Info *ConnInfo
 	// Draining is closed when the connection's listener generation drains.
@@ -352,6 +360,38 @@ type Downstream struct {
 // NewDownstream wraps raw, whose first bytes are peeked (not yet delivered).
 func NewDownstream(raw net.Conn, peeked []byte, info *ConnInfo, draining <-chan struct{}) *Downstream {
 	return &Downstream{raw: raw, peeked: peeked, Info: info, Draining: draining}
+}
+
+// Detacher is implemented by a caller of NetworkFilter.ServeConn that lets
+// the filter return before the connection has ended (the listener; see
+// Downstream.Detach).
+type Detacher interface {
+	// Detach is called on ServeConn's goroutine, before ServeConn returns,
+	// when the filter detaches. It returns the function the filter calls,
+	// exactly once and from any goroutine, when the connection has ended
+	// and the filter has closed it: the caller's end-of-connection work
+	// runs then instead of when ServeConn returns.
+	Detach() (end func())
+}
+
+// AllowDetach lets the network filter serving d detach it (Detach), with dt
+// doing the caller's end-of-connection work. Call it before ServeConn.
+func (d *Downstream) AllowDetach(dt Detacher) { d.detacher = dt }
+
+// Detach asks to return from ServeConn while the connection lives on. ok is
+// false when ServeConn's caller does not allow it (AllowDetach was not
+// called): ServeConn must then block until the connection ends, as usual.
+// When ok, ServeConn may return at any time from then on, and the filter
+// must call end exactly once, from any goroutine, after it has closed the
+// connection and released everything it held for it (before or after
+// ServeConn returns). Call it at most once, on ServeConn's goroutine.
+func (d *Downstream) Detach() (end func(), ok bool) {
+	if d.detacher == nil {
+		return nil, false
+	}
+	dt := d.detacher
+	d.detacher = nil
+	return dt.Detach(), true
 }
 
 // TakeEarly returns the early upstream connection handed to this network

@@ -147,13 +147,65 @@ func (l *Listener) acceptLoop() {
 	}
 }
 
+// connEnd is the bookkeeping a connection owes its listeners when it ends:
+// the Active gauge and the generation's drain wait of the listener that
+// accepted it (and of the one it was handed off to), and the done functions
+// of the chain's connection filters (connection_limit). It runs once: when
+// serve returns, or — when the network filter detached the connection
+// (filters.Downstream.Detach) — when the filter calls the end function.
+type connEnd struct {
+	held       [2]heldGen // accepting listener, then the hand-off target
+	nHeld      int
+	filterDone []func() // in admission order; called in reverse
+	detached   bool     // the end function belongs to the network filter
+}
+
+type heldGen struct {
+	l *Listener
+	g *generation
+}
+
+// hold counts the connection as accepted and active on l and g (g.conns has
+// been incremented for it).
+func (e *connEnd) hold(l *Listener, g *generation) {
+	l.stats.Accepted.Add(1)
+	l.stats.Active.Add(1)
+	e.held[e.nHeld] = heldGen{l, g}
+	e.nHeld++
+}
+
+// Detach implements filters.Detacher.
+func (e *connEnd) Detach() func() {
+	e.detached = true
+	return e.end
+}
+
+// endUnlessDetached ends the connection's bookkeeping when serve returns,
+// unless the network filter took it over.
+func (e *connEnd) endUnlessDetached() {
+	if !e.detached {
+		e.end()
+	}
+}
+
+// end releases what the connection held, once.
+func (e *connEnd) end() {
+	for i := len(e.filterDone) - 1; i >= 0; i-- {
+		e.filterDone[i]()
+	}
+	for i := e.nHeld - 1; i >= 0; i-- {
+		h := e.held[i]
+		h.l.stats.Active.Add(-1)
+		h.g.conns.Done()
+	}
+}
+
 // serve carries one connection through the pipeline on generation g.
 // g.conns has been incremented for it.
 func (l *Listener) serve(c net.Conn, g *generation, accepted time.Time) {
-	defer g.conns.Done()
-	l.stats.Accepted.Add(1)
-	l.stats.Active.Add(1)
-	defer l.stats.Active.Add(-1)
+	ce := &connEnd{}
+	ce.hold(l, g)
+	defer ce.endUnlessDetached()
 
 	info := &filters.ConnInfo{LocalAddr: addrPort(c.LocalAddr()), RemoteAddr: addrPort(c.RemoteAddr()), AcceptedAt: accepted,
 		Listener: l.name, Direction: g.cfg.Direction, Fallback: g}
@@ -171,20 +223,19 @@ func (l *Listener) serve(c net.Conn, g *generation, accepted time.Time) {
 			tg := target.acquire()
 			// Envoy runs the receiving listener's filters again from the start;
 			// bytes peeked so far are not lost: the target re-reads them.
-			target.serveHandedOff(c, tg, info, peeked, accepted)
+			target.serveHandedOff(c, tg, info, peeked, accepted, ce)
 			return
 		}
 	}
-	l.dispatch(c, g, info, peeked)
+	l.dispatch(c, g, info, peeked, ce)
 }
 
 // serveHandedOff serves a connection another listener accepted and handed to
 // this one because its original destination is this listener's address.
-func (l *Listener) serveHandedOff(c net.Conn, g *generation, prev *filters.ConnInfo, peeked []byte, accepted time.Time) {
-	defer g.conns.Done()
-	l.stats.Accepted.Add(1)
-	l.stats.Active.Add(1)
-	defer l.stats.Active.Add(-1)
+// g.conns has been incremented for it; ce (the accepting listener's) holds
+// it from then on.
+func (l *Listener) serveHandedOff(c net.Conn, g *generation, prev *filters.ConnInfo, peeked []byte, accepted time.Time, ce *connEnd) {
+	ce.hold(l, g)
 	info := &filters.ConnInfo{LocalAddr: prev.LocalAddr, RemoteAddr: prev.RemoteAddr, LocalAddrRestored: true, AcceptedAt: accepted,
 		Listener: l.name, Direction: g.cfg.Direction, Fallback: g}
 	conn := net.Conn(c)
@@ -204,11 +255,12 @@ func (l *Listener) serveHandedOff(c net.Conn, g *generation, prev *filters.ConnI
 	if len(more) < len(peeked) {
 		more = peeked
 	}
-	l.dispatch(c, g, info, more)
+	l.dispatch(c, g, info, more, ce)
 }
 
-// dispatch picks the filter chain and hands the connection to its network filter.
-func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, peeked []byte) {
+// dispatch picks the filter chain and hands the connection to its network
+// filter, which may detach it (ce then ends when the filter says so).
+func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, peeked []byte, ce *connEnd) {
 	if info.TransportProtocol == "" {
 		info.TransportProtocol = filters.TransportRawBuffer
 	}
@@ -243,14 +295,18 @@ func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, p
 	}
 	d := filters.NewDownstream(c, peeked, info, g.draining)
 	defer closeEarly(info) // a filter that can adopt it took it at once
+	if len(chain.Connection) > 0 {
+		ce.filterDone = make([]func(), 0, len(chain.Connection))
+	}
 	for _, cf := range chain.Connection {
 		done, ok := cf.Admit(g.ctx, d)
 		if !ok {
 			c.Close()
 			return
 		}
-		defer done()
+		ce.filterDone = append(ce.filterDone, done)
 	}
+	d.AllowDetach(ce)
 	chain.Network.ServeConn(g.ctx, d)
 }
 

@@ -28,12 +28,15 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/siftmesh/sift/bootstrap"
+	"github.com/siftmesh/sift/internal/reactor"
 	"github.com/siftmesh/sift/internal/testnet"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/xds"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 // subscriptions is a real go-control-plane ADS server that records the
 // resource names the proxy asks for and never answers (it has no snapshot):

@@ -14,10 +14,13 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/internal/reactor"
 	"github.com/siftmesh/sift/internal/testnet"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 // build decodes a ConnectionLimit written as protojson and builds it through
 // the filter registry, as a listener does.

@@ -17,9 +17,12 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/siftmesh/sift/filters/detect"
+	"github.com/siftmesh/sift/internal/reactor"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 // recordConn is a net.Conn that records what is written to it and reports
 // end of stream on every read: enough for a crypto/tls client to send its

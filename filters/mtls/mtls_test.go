@@ -24,10 +24,13 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/siftmesh/sift/internal/reactor"
 	"github.com/siftmesh/sift/internal/testcerts"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 func inline(b []byte) *corev3.DataSource {
 	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}

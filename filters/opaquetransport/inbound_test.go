@@ -15,9 +15,12 @@ import (
 	"github.com/siftmesh/sift/filters/opaquetransport"
 	"github.com/siftmesh/sift/filters/opaquetransport/header"
 	"github.com/siftmesh/sift/filters/rbac"
+	"github.com/siftmesh/sift/internal/reactor"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 // echoServer echoes each connection on 127.0.0.1 and half-closes at EOF.
 func echoServer(t *testing.T) uint16 {

@@ -18,11 +18,14 @@ import (
 
 	"github.com/siftmesh/sift/filters"
 	"github.com/siftmesh/sift/internal/netns"
+	"github.com/siftmesh/sift/internal/reactor"
 	"github.com/siftmesh/sift/internal/testnet"
 	"github.com/siftmesh/sift/listener"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 // TestBuild: the filter is built from its typed config (which has no
 // fields) through the registry, and establishes the destination only.

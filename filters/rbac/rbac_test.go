@@ -10,9 +10,12 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/internal/reactor"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 func parse(t *testing.T, js string) *netrbacv3.RBAC {
 	t.Helper()

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/internal/reactor"
 	"github.com/siftmesh/sift/internal/testnet"
 	"github.com/siftmesh/sift/listener"
 	"github.com/siftmesh/sift/upstream"
@@ -27,7 +28,9 @@ import (
 
 // Every connection, backend and proxy goroutine a test starts must have
 // ended when the tests are done.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The reactor (internal/reactor) that parks idle tcp_proxy connections
+// runs for the life of the process once started.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(reactor.LoopFunction)) }
 
 var quiet = slog.New(slog.DiscardHandler)
 

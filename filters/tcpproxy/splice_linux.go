@@ -1,20 +1,25 @@
 package tcpproxy
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/siftmesh/sift/internal/reactor"
 )
 
-// copyStream copies src to dst until src's EOF, by splice(2) through a
-// kernel pipe when both are TCP sockets, and returns how many bytes it
-// moved. Bytes copied in user space (not both TCP) are also added to moved
-// as they go, for idle_timeout.
+// copy copies d.src to d.dst until src's EOF, by splice(2) through a
+// kernel pipe when both are TCP sockets, adding the bytes it moves to d.n.
+// It returns parked == true when it gave up its goroutine to the reactor
+// (park mode: see startRelay) instead of ending. Bytes copied in user space
+// (not both TCP) are also added to r.moved as they go, for idle_timeout.
 //
 // The copy runs in rounds, each one the way HAProxy splices: splice from src
 // into a pipe as much as is queued (up to the pipe's 1 MiB), then from the
@@ -26,42 +31,169 @@ import (
 // per pipe-full, and one splice that finds nothing before waiting — no
 // FIONREAD, no peek.
 //
+// In park mode the wait has a read deadline: when it passes and no round
+// ran since the deadline was set, the direction is quiet and parks; when
+// rounds ran, the deadline moves on by parkQuiet. A busy direction pays one
+// deadline reset per parkQuiet, nothing per round or byte.
+//
 // Go's own TCPConn.ReadFrom splices too, but it holds its pipe for the whole
 // call, while it waits for data as well: a proxy whose connections are mostly
 // idle would pin two descriptors and a pipe per direction per connection.
-func copyStream(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
-	tdst, ok1 := dst.(*net.TCPConn)
-	tsrc, ok2 := src.(*net.TCPConn)
-	if !ok1 || !ok2 {
-		return io.Copy(dst, countingReader{src, moved})
+func (d *direction) copy() (parked bool, err error) {
+	rsrc, rdst := d.rawConns()
+	if d.sp.in == nil {
+		if rsrc == nil {
+			if err := d.r.rawErr; err != nil {
+				return false, err
+			}
+			d.n, err = io.Copy(d.dst, countingReader{d.src, &d.r.moved})
+			return false, err
+		}
+		// Bound once: a func literal per round would be an allocation per round.
+		d.sp.in, d.sp.out = d.sp.spliceIn, d.sp.spliceOut
+		if d.parking {
+			d.quietFrom()
+		}
 	}
-	rsrc, err := tsrc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	rdst, err := tdst.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	sp := &splicer{}
-	// Bound once: a func literal per round would be an allocation per round.
-	sp.in, sp.out = sp.spliceIn, sp.spliceOut
-	var total int64
+	sp := &d.sp
 	for {
 		n, err := sp.fill(rsrc)
-		if err != nil || n == 0 {
-			return total, err // n == 0: end of stream
+		if err != nil {
+			if d.parking && errors.Is(err, os.ErrDeadlineExceeded) {
+				if d.rounds != d.seen {
+					d.quietFrom() // busy since the deadline was set
+					continue
+				}
+				if d.park() {
+					return true, nil
+				}
+				continue // could not park: waits without a deadline from now on
+			}
+			return false, err
+		}
+		if n == 0 {
+			return false, nil // end of stream
 		}
 		m, err := sp.drain(rdst, n)
-		total += int64(m)
+		d.n += int64(m)
 		if err != nil {
 			sp.p.close() // it may still hold bytes
-			return total, err
+			sp.p = nil
+			return false, err
 		}
 		putPipe(sp.p)
 		sp.p = nil
+		d.rounds++
 	}
 }
+
+// parkQuiet is how long a direction waits without a round before it
+// parks; it parks between parkQuiet and twice that after its last bytes.
+// Long enough that a request/response exchange keeps its goroutines (a
+// park and wake cost an epoll_ctl and a goroutine start), short next to an
+// idle connection's life.
+const parkQuiet = 150 * time.Millisecond
+
+// parker is a direction's park-mode state.
+type parker struct {
+	sp           splicer
+	parking      bool   // park mode (initPark)
+	rounds, seen uint32 // rounds run; rounds when the deadline was last set
+	watch        reactor.Watch
+}
+
+// relayRaw is the relay's view of its sockets' descriptors, for splice.
+type relayRaw struct {
+	raw    [2]syscall.RawConn // down's, up's; nil unless both are *net.TCPConn
+	rawErr error              // SyscallConn failed
+}
+
+// initRaw gets both sockets' descriptors when both are TCP.
+func (r *relay) initRaw() {
+	tdown, ok1 := r.down.(*net.TCPConn)
+	tup, ok2 := r.up.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return
+	}
+	rd, err := tdown.SyscallConn()
+	if err != nil {
+		r.rawErr = err
+		return
+	}
+	ru, err := tup.SyscallConn()
+	if err != nil {
+		r.rawErr = err
+		return
+	}
+	r.raw = [2]syscall.RawConn{rd, ru}
+}
+
+// rawConns returns d's source and destination descriptors (nil when not
+// both TCP).
+func (d *direction) rawConns() (src, dst syscall.RawConn) {
+	if d == &d.r.dirs[toUp] {
+		return d.r.raw[0], d.r.raw[1]
+	}
+	return d.r.raw[1], d.r.raw[0]
+}
+
+// canPark reports whether a relay between down and up can park its
+// directions: both are TCP sockets (splice serves them) and the reactor
+// runs.
+func canPark(down, up net.Conn) bool {
+	_, ok1 := down.(*net.TCPConn)
+	_, ok2 := up.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return false
+	}
+	_, err := reactor.Default()
+	return err == nil
+}
+
+// initPark puts r's directions in park mode (canPark was true).
+func (r *relay) initPark() {
+	re, err := reactor.Default()
+	if err != nil {
+		return
+	}
+	for i := range r.dirs {
+		d := &r.dirs[i]
+		d.parking = true
+		d.watch.Init(re, d.resume)
+	}
+}
+
+// quietFrom starts a quiet period now.
+func (d *direction) quietFrom() {
+	d.seen = d.rounds
+	d.src.SetReadDeadline(time.Now().Add(parkQuiet)) // an error (closed) shows in the next read
+}
+
+// park arms d's source socket in the reactor. It returns false when the
+// reactor refused (the direction then stops parking and keeps waiting on
+// its goroutine).
+func (d *direction) park() bool {
+	rsrc, _ := d.rawConns()
+	if err := d.watch.Arm(rsrc); err != nil {
+		d.parking = false
+		d.src.SetReadDeadline(time.Time{})
+		return false
+	}
+	// Nothing of d may be touched from here: it may already have been
+	// woken on another goroutine, or ended by abort.
+	return true
+}
+
+// resume runs a woken direction on the reactor's fresh goroutine.
+func (d *direction) resume() {
+	d.quietFrom()
+	d.run()
+}
+
+// unpark takes a parked direction back from the reactor; true means it was
+// parked and its caller now ends it. Safe to call from any goroutine (it
+// reads only the watch, bound before the directions started).
+func (d *direction) unpark() bool { return d.watch.Disarm() }
 
 // splicer is one direction's splice state, shared with the callbacks that
 // RawConn.Read and Write call on the socket descriptors.

@@ -5,10 +5,27 @@ package tcpproxy
 import (
 	"io"
 	"net"
-	"sync/atomic"
 )
 
-// copyStream copies src to dst until src's EOF.
-func copyStream(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
-	return io.Copy(dst, countingReader{src, moved})
+// copy copies d.src to d.dst until src's EOF, adding the bytes to d.n;
+// it never parks off Linux.
+func (d *direction) copy() (bool, error) {
+	n, err := io.Copy(d.dst, countingReader{d.src, &d.r.moved})
+	d.n += n
+	return false, err
 }
+
+// parker is empty off Linux: there is no reactor to park in.
+type parker struct{}
+
+// canPark is false off Linux: connections keep a goroutine per direction.
+func canPark(down, up net.Conn) bool { return false }
+
+func (r *relay) initPark() {}
+
+// relayRaw is empty off Linux: there is no splice.
+type relayRaw struct{}
+
+func (r *relay) initRaw() {}
+
+func (d *direction) unpark() bool { return false }

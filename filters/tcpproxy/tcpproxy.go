@@ -13,8 +13,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -162,82 +160,136 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 	return p, nil
 }
 
-// ServeConn implements filters.NetworkFilter.
+// ServeConn implements filters.NetworkFilter. When both sides are raw TCP
+// sockets (splice serves them) and the caller allows it
+// (filters.Downstream.Detach), it detaches the connection: it returns once
+// the direction it copies itself (upstream to client) has parked after a
+// quiet period, or ended, and the connection lives on with no goroutine
+// while idle (startRelay's park mode); the record, the access logs, the
+// closes and the caller's end function then come from whichever goroutine
+// ends the connection. Otherwise (TLS on either side, or a caller that
+// needs ServeConn to block) it returns when the connection has ended.
 func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
-	down := d.Raw()
-	defer down.Close()
-	rec := streaminfo.Conn{Start: d.Info.AcceptedAt, Filter: "tcp_proxy", StatPrefix: p.statPrefix, Info: d.Info}
-	defer p.report(&rec)
-	// The start is reported once the upstream is settled (connected, or
-	// given up on), so that its series carry the upstream's TLS identity
-	// (outbound server_id); every path out of here reports it.
-	started := false
-	start := func(up *upstream.Conn) {
-		if up != nil && up.TLS != (mtls.Identity{}) {
-			d.Info.UpstreamTLS, d.Info.UpstreamIdentity = true, up.TLS.Peer
-		}
-		streaminfo.ReportConnStart(d.Info)
-		started = true
+	s := &session{p: p, ctx: ctx, info: d.Info, down: d.Raw(),
+		rec: streaminfo.Conn{Start: d.Info.AcceptedAt, Filter: "tcp_proxy", StatPrefix: p.statPrefix, Info: d.Info}}
+	if !s.open(ctx, d) {
+		s.end()
+		return
 	}
-	defer func() {
-		if !started {
-			start(nil)
+	lim := Limits{Idle: p.idleTimeout, MaxDuration: p.maxDuration}
+	// s.up.Conn, not s.up: the embedded interface hides *net.TCPConn's
+	// ReadFrom and SyscallConn, which is where splice happens.
+	if canPark(s.down, s.up.Conn) {
+		if end, ok := d.Detach(); ok {
+			s.detachedEnd = end
+			// From here on s belongs to the relay: it may end (and s.end
+			// run) on another goroutine before this returns.
+			startRelay(ctx, s.down, s.up.Conn, lim, true, s.relayEnded)
+			return
 		}
-	}()
+	}
+	s.relayEnded(Relay(ctx, s.down, s.up.Conn, lim))
+}
+
+// session is one connection served by tcp_proxy: what ServeConn opened and
+// the record reported when it ends. It lives on the heap so that a
+// detached connection can end on any goroutine.
+type session struct {
+	p       *Proxy
+	ctx     context.Context
+	info    *filters.ConnInfo
+	down    net.Conn
+	up      *upstream.Conn // nil until connected
+	rec     streaminfo.Conn
+	started bool // the connection's start has been reported
+	// detachedEnd is the listener's end function of a detached connection.
+	detachedEnd func()
+}
+
+// open connects the upstream (or adopts the early one), writes the
+// server's greeting to the client and the peeked bytes to the upstream. It
+// returns false when the connection cannot go on (s.rec says why).
+func (s *session) open(ctx context.Context, d *filters.Downstream) bool {
+	p := s.p
 	// Attributes go on the rare log lines themselves: a logger built with
 	// With per connection would allocate on every connection.
-	remote := d.Info.RemoteAddr
-
-	var up *upstream.Conn
+	remote := s.info.RemoteAddr
 	if early := d.TakeEarly(); early != nil {
 		// Opened during detection (the server-first race) to this cluster:
 		// what the server already said goes to the client first.
-		rec.Cluster, up = early.Cluster, early.Conn.(*upstream.Conn)
-		rec.Endpoint = up.Addr
-		defer up.Close()
-		start(up)
+		s.rec.Cluster, s.up = early.Cluster, early.Conn.(*upstream.Conn)
+		s.rec.Endpoint = s.up.Addr
+		s.start()
 		if len(early.Greeting) > 0 {
-			n, err := down.Write(early.Greeting)
-			rec.BytesSent += int64(n)
+			n, err := s.down.Write(early.Greeting)
+			s.rec.BytesSent += int64(n)
 			if err != nil {
-				rec.Err = err
-				p.log.Debug("downstream write failed", "remote", remote, "cluster", rec.Cluster, "upstream", up.Addr, "err", err)
-				return
+				s.rec.Err = err
+				p.log.Debug("downstream write failed", "remote", remote, "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
+				return false
 			}
 		}
 	} else {
-		rec.Cluster = p.pickCluster()
-		var err error
-		if up, err = p.connect(ctx, rec.Cluster, d.Info, false); err != nil {
-			rec.ConnectFailed, rec.Err = true, err
-			if ctx.Err() == nil {
-				p.log.Warn("upstream connect failed; closing downstream", "remote", remote, "cluster", rec.Cluster, "err", err)
-			}
-			return
-		}
-		rec.Endpoint = up.Addr
-		defer up.Close()
-		start(up)
-	}
-
-	if peeked := d.Peeked(); len(peeked) > 0 {
-		n, err := up.Write(peeked)
-		rec.BytesReceived += int64(n)
+		s.rec.Cluster = p.pickCluster()
+		up, err := p.connect(ctx, s.rec.Cluster, s.info, false)
 		if err != nil {
-			rec.Err = err
-			p.log.Debug("upstream write failed", "remote", remote, "cluster", rec.Cluster, "upstream", up.Addr, "err", err)
-			return
+			s.rec.ConnectFailed, s.rec.Err = true, err
+			if ctx.Err() == nil {
+				p.log.Warn("upstream connect failed; closing downstream", "remote", remote, "cluster", s.rec.Cluster, "err", err)
+			}
+			return false
+		}
+		s.up = up
+		s.rec.Endpoint = up.Addr
+		s.start()
+	}
+	if peeked := d.Peeked(); len(peeked) > 0 {
+		n, err := s.up.Write(peeked)
+		s.rec.BytesReceived += int64(n)
+		if err != nil {
+			s.rec.Err = err
+			p.log.Debug("upstream write failed", "remote", remote, "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
+			return false
 		}
 	}
+	return true
+}
 
-	// up.Conn, not up: the embedded interface hides *net.TCPConn's ReadFrom,
-	// which is where splice happens.
-	counts, err := Relay(ctx, down, up.Conn, Limits{Idle: p.idleTimeout, MaxDuration: p.maxDuration})
-	rec.BytesReceived += counts.Upstream
-	rec.BytesSent += counts.Downstream
-	rec.Err = err
-	if err != nil && !expectedEnd(err) && ctx.Err() == nil {
-		p.log.Debug("connection ended with an error", "remote", remote, "cluster", rec.Cluster, "upstream", up.Addr, "err", err)
+// start reports the connection's start, once the upstream is settled
+// (connected, or given up on), so that its series carry the upstream's TLS
+// identity (outbound server_id); every path out reports it.
+func (s *session) start() {
+	if s.up != nil && s.up.TLS != (mtls.Identity{}) {
+		s.info.UpstreamTLS, s.info.UpstreamIdentity = true, s.up.TLS.Peer
+	}
+	streaminfo.ReportConnStart(s.info)
+	s.started = true
+}
+
+// relayEnded records what the relay moved and ends the connection.
+func (s *session) relayEnded(counts Counts, err error) {
+	s.rec.BytesReceived += counts.Upstream
+	s.rec.BytesSent += counts.Downstream
+	s.rec.Err = err
+	if err != nil && !expectedEnd(err) && s.ctx.Err() == nil {
+		s.p.log.Debug("connection ended with an error", "remote", s.info.RemoteAddr, "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
+	}
+	s.end()
+}
+
+// end closes both sides, reports the connection, and — for a detached
+// connection — tells the listener. It runs once per connection.
+func (s *session) end() {
+	if s.up != nil {
+		s.up.Close()
+	}
+	if !s.started {
+		s.start()
+	}
+	s.p.report(&s.rec)
+	s.down.Close()
+	if s.detachedEnd != nil {
+		s.detachedEnd()
 	}
 }
 
@@ -250,79 +302,10 @@ func (p *Proxy) report(rec *streaminfo.Conn) {
 	if !rec.Start.IsZero() {
 		rec.Duration = time.Since(rec.Start)
 	}
-	r := *rec // the hook may keep it; rec lives on ServeConn's stack
+	r := *rec // the hook may keep it; rec is reused
 	p.accessLogs.LogConn(&r)
 	streaminfo.ReportConn(&r)
 }
-
-// Limits bound a relayed connection; zero values mean none.
-type Limits struct {
-	// Idle closes both sides after this long without a byte either way
-	// (Envoy's idle_timeout).
-	Idle time.Duration
-	// MaxDuration closes both sides this long after the relay started
-	// (max_downstream_connection_duration).
-	MaxDuration time.Duration
-}
-
-// Counts are the bytes a Relay moved each way.
-type Counts struct {
-	// Upstream went from down to up; Downstream from up to down.
-	Upstream, Downstream int64
-}
-
-// Relay copies bytes both ways between down and up until both directions
-// have ended, carrying half-closes across (CloseWrite), by splice(2) when
-// both are raw *net.TCPConn. It closes both connections early when ctx is
-// done, a limit is reached, or one direction fails. It returns the bytes
-// moved and the directions' errors (nil when both ended with EOF); the
-// caller still owns and closes down and up.
-func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
-	r := &relay{down: down, up: up, done: make(chan struct{})} // one allocation for the shared state
-	stopCtx := context.AfterFunc(ctx, r.abort)
-	defer stopCtx()
-	if lim.MaxDuration > 0 {
-		t := time.AfterFunc(lim.MaxDuration, r.abort)
-		defer t.Stop()
-	}
-	if lim.Idle > 0 {
-		w := watchIdle(lim.Idle, r.abort, &r.moved, down, up)
-		defer w.stop()
-	}
-	go r.upstream()
-	var c Counts
-	var errDown error
-	c.Downstream, errDown = pipe(down, up, &r.moved)
-	if errDown != nil {
-		r.abort()
-	}
-	<-r.done
-	c.Upstream = r.upBytes
-	if r.errUp != nil || errDown != nil {
-		r.abort()
-		return c, errors.Join(r.errUp, errDown)
-	}
-	return c, nil
-}
-
-// relay is what Relay's two directions and its timers share.
-type relay struct {
-	down, up net.Conn
-	once     sync.Once
-	moved    atomic.Uint64 // bytes copied in user space (no kernel counter sees them)
-	done     chan struct{} // closed when the upstream direction has ended
-	upBytes  int64         // set before done is closed
-	errUp    error         //
-}
-
-// upstream copies down to up, on its own goroutine.
-func (r *relay) upstream() {
-	defer close(r.done)
-	r.upBytes, r.errUp = pipe(r.up, r.down, &r.moved)
-}
-
-// abort closes both connections, once.
-func (r *relay) abort() { r.once.Do(func() { r.down.Close(); r.up.Close() }) }
 
 // Preconnect implements filters.Preconnector: it opens the connection
 // ServeConn would open (a cluster picked by weight, max_connect_attempts
@@ -366,19 +349,6 @@ func writeTransportHeader(conn net.Conn, ot *upstream.OpaqueTransport, info *fil
 	}
 	_, err = conn.Write(b)
 	return err
-}
-
-// pipe copies src to dst until src ends, then half-closes dst. It returns nil
-// when src ended with EOF: the other direction may go on.
-func pipe(dst, src net.Conn, moved *atomic.Uint64) (int64, error) {
-	n, err := copyStream(dst, src, moved)
-	if err != nil {
-		return n, err
-	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		return n, cw.CloseWrite()
-	}
-	return n, nil
 }
 
 // expectedEnd reports errors that are ordinary ways for a connection to end.

@@ -108,7 +108,9 @@ type Request struct {
 	ResponseHeader http.Header
 }
 
-// ConnHook receives a Conn once the connection has ended.
+// ConnHook receives a Conn once the connection has ended, on whichever
+// goroutine ended it (for a detached tcp_proxy connection, possibly a timer's
+// or one the reactor started: see filters.Downstream.Detach).
 type ConnHook interface {
 	OnConn(c *Conn)
 }
