@@ -80,8 +80,11 @@ func runBootstrap(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	if *trustFile != "" {
-		// The bundle is public; readable by the proxy's user.
-		if err := os.WriteFile(*trustFile, authority.BundlePEM(), 0o644); err != nil {
+		// The bundle is public; readable by the proxy's user. Replaced
+		// atomically: proxies started earlier may be reading it (the mesh
+		// walkthrough bootstraps one workload while the previous one's
+		// proxy starts, and a truncated file failed its trusted_ca).
+		if err := ca.WriteFileAtomic(*trustFile, authority.BundlePEM(), 0o644); err != nil {
 			return fail(err)
 		}
 	}

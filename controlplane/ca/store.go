@@ -253,6 +253,13 @@ func trimSpace(b []byte) []byte {
 	return b
 }
 
+// WriteFileAtomic writes data to path with mode perm so that a reader sees
+// the old content or the new, never a part of it (sift-control bootstrap's
+// trust file, which running proxies may be reading).
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return writeFileAtomic(path, data, perm)
+}
+
 // writeFileAtomic writes data to path with mode 0600 (or perm) through a
 // temporary file in the same directory, synced and renamed over path.
 func writeFileAtomic(path string, data []byte, perm ...os.FileMode) error {
