@@ -355,6 +355,10 @@ type Downstream struct {
 	Info *ConnInfo
 	// Draining is closed when the connection's listener generation drains.
 	Draining <-chan struct{}
+	// DrainContext, when set, is done when Draining closes: a filter can
+	// act on the drain with context.AfterFunc instead of a goroutine
+	// waiting on Draining. nil: only Draining tells.
+	DrainContext context.Context
 }
 
 // NewDownstream wraps raw, whose first bytes are peeked (not yet delivered).

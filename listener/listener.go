@@ -70,22 +70,25 @@ type Listener struct {
 
 // generation is one Config in service and the connections accepted on it.
 type generation struct {
-	cfg      *Config
-	draining chan struct{}      // closed when the generation starts draining
-	ctx      context.Context    // cancelled when its connections must end now
-	cancel   context.CancelFunc //
-	conns    sync.WaitGroup
+	cfg        *Config
+	drainCtx   context.Context    // done when the generation starts draining
+	startDrain context.CancelFunc //
+	draining   <-chan struct{}    // drainCtx.Done()
+	ctx        context.Context    // cancelled when its connections must end now
+	cancel     context.CancelFunc //
+	conns      sync.WaitGroup
 }
 
 func newGeneration(cfg *Config) *generation {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &generation{cfg: cfg, draining: make(chan struct{}), ctx: ctx, cancel: cancel}
+	drainCtx, startDrain := context.WithCancel(context.Background())
+	return &generation{cfg: cfg, drainCtx: drainCtx, startDrain: startDrain, draining: drainCtx.Done(), ctx: ctx, cancel: cancel}
 }
 
 // drain tells the generation's connections to finish, waits up to
 // drainTime for them, then ends the rest. It blocks until all have ended.
 func (g *generation) drain(drainTime time.Duration) {
-	close(g.draining)
+	g.startDrain()
 	done := make(chan struct{})
 	go func() { g.conns.Wait(); close(done) }()
 	timer := time.NewTimer(drainTime)
@@ -294,6 +297,7 @@ func (l *Listener) dispatch(c net.Conn, g *generation, info *filters.ConnInfo, p
 		c, peeked = tc, nil
 	}
 	d := filters.NewDownstream(c, peeked, info, g.draining)
+	d.DrainContext = g.drainCtx
 	defer closeEarly(info) // a filter that can adopt it took it at once
 	if len(chain.Connection) > 0 {
 		ce.filterDone = make([]func(), 0, len(chain.Connection))

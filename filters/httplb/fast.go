@@ -75,29 +75,52 @@ func (h *HCM) serveFast(ctx context.Context, d *filters.Downstream, conn *tracke
 	f := &fastConn{h: h, conn: conn, remote: cs.remote.String()}
 	f.in = h1.NewReader(conn, fastInitialBuffer, h.cfg.maxHeaderBytes)
 	f.out = newBufferedWriter(conn)
-	stop := make(chan struct{})
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		select {
-		case <-d.Draining:
-			f.draining.Store(true)
-			if f.idle.Load() && f.served.Load() {
-				conn.SetReadDeadline(aLongTimeAgo)
-			}
+	// A drain makes an idle connection end at once (after its first
+	// request); the end of the drain time (ctx) closes it whatever it is
+	// doing. Both are callbacks (context.AfterFunc), not a goroutine per
+	// connection; once serveFast returns, neither acts any more.
+	var hooks sync.Mutex
+	returned := false
+	onDrain := func() {
+		hooks.Lock()
+		defer hooks.Unlock()
+		if returned {
+			return
+		}
+		f.draining.Store(true)
+		if f.idle.Load() && f.served.Load() {
+			conn.SetReadDeadline(aLongTimeAgo)
+		}
+	}
+	var stopDrain func() bool
+	if d.DrainContext != nil {
+		stopDrain = context.AfterFunc(d.DrainContext, onDrain)
+	} else if d.Draining != nil {
+		stop := make(chan struct{})
+		go func() {
 			select {
-			case <-ctx.Done():
-				conn.Close()
+			case <-d.Draining:
+				onDrain()
 			case <-stop:
 			}
-		case <-ctx.Done():
+		}()
+		stopDrain = func() bool { close(stop); return true }
+	}
+	stopEnd := context.AfterFunc(ctx, func() {
+		hooks.Lock()
+		defer hooks.Unlock()
+		if !returned {
 			conn.Close()
-		case <-stop:
 		}
-	}()
+	})
 	defer func() {
-		close(stop)
-		<-watched
+		if stopDrain != nil {
+			stopDrain()
+		}
+		stopEnd()
+		hooks.Lock()
+		returned = true
+		hooks.Unlock()
 		if !handOff {
 			conn.Close()
 		}
