@@ -22,10 +22,11 @@ import (
 // aborting the response — without ReverseProxy's per-request costs: its
 // deep request clone, its 1xx trace hooks (the HTTP/1 pool absorbs interim
 // responses; a request with Expect keeps ReverseProxy), and its flush timer
-// for responses of known length. Such a response is flushed after a read
-// that did not complete it (the upstream has nothing more at once) and at
-// its end, so a complete small response leaves in one write with its head
-// and a trickling one is never held back.
+// for responses of known length. The head is flushed at once unless the
+// body's first bytes are already buffered (bodyReady); a response of known
+// length is flushed after a read that did not complete it (the upstream has
+// nothing more at once) and at its end, so a complete small response leaves
+// in one write with its head and nothing that trickles is ever held back.
 //
 // Requests that ask for an upgrade, CONNECT and Expect stay with
 // httputil.ReverseProxy (see serveHTTP), which owns hijacking and
@@ -84,6 +85,13 @@ func (p *reverseProxy) forward(w http.ResponseWriter, in *http.Request) {
 	w.WriteHeader(res.StatusCode)
 
 	streamed := res.ContentLength == -1 || isEventStream(res.Header)
+	if streamed || announced > 0 || !bodyReady(res.Body) {
+		// The head goes out now: a streamed body (gRPC, events) may come
+		// much later, or only after the client has spoken, and a body
+		// that is not here yet must not hold the head back. (A body that
+		// is already buffered goes out with the head in one write.)
+		flush(w)
+	}
 	if err := copyBody(w, res.Body, res.ContentLength, streamed); err != nil {
 		res.Body.Close()
 		if in.Context().Value(http.ServerContextKey) != nil {
@@ -144,6 +152,19 @@ func copyBody(w http.ResponseWriter, body io.Reader, length int64, streamed bool
 			return rerr
 		}
 	}
+}
+
+// bodyReady reports whether reading body would return bytes (or its end)
+// without waiting: true for an empty body and for a body that says so
+// (the HTTP/1 pool's, which knows what its connection has buffered).
+func bodyReady(body io.Reader) bool {
+	switch b := body.(type) {
+	case nil:
+		return true
+	case interface{ Ready() bool }:
+		return b.Ready()
+	}
+	return body == http.NoBody
 }
 
 // flush sends what w buffers, if it can.

@@ -138,6 +138,49 @@ func TestForwardNeverHoldsBack(t *testing.T) {
 	}
 }
 
+// TestForwardHeadNotHeldForTheBody: a response head reaches the client
+// while the upstream has not sent any body yet — streamed (as gRPC, whose
+// server may wait for the client) or of known length.
+func TestForwardHeadNotHeldForTheBody(t *testing.T) {
+	for _, known := range []bool{false, true} {
+		name := "streamed"
+		if known {
+			name = "known length"
+		}
+		t.Run(name, func(t *testing.T) {
+			got := make(chan struct{})
+			addr := startForwardProxy(t, func(w http.ResponseWriter, r *http.Request) {
+				if known {
+					w.Header().Set("Content-Length", "4")
+				}
+				w.WriteHeader(http.StatusOK)
+				w.(http.Flusher).Flush()
+				select {
+				case <-got:
+				case <-r.Context().Done():
+					return
+				}
+				io.WriteString(w, "body")
+			})
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("head: %v (held back by the proxy?)", err)
+			}
+			close(got)
+			if b, err := io.ReadAll(resp.Body); err != nil || string(b) != "body" {
+				t.Fatalf("body %q, %v", b, err)
+			}
+		})
+	}
+}
+
 // TestForwardTrailers: an HTTP/1.1 upstream's trailers reach the client,
 // announced or not.
 func TestForwardTrailers(t *testing.T) {

@@ -401,6 +401,12 @@ type h1Body struct {
 	done    bool
 }
 
+// Ready reports whether Read returns without waiting for the connection:
+// the body is over, or bytes of it are buffered (forward's bodyReady).
+func (b *h1Body) Ready() bool {
+	return b.body == nil || b.eof || b.done || len(b.cc.in.Buffered()) > 0
+}
+
 func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, errors.New("httplb: read of a closed body")

@@ -244,6 +244,13 @@ func (b *doneBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Ready is the wrapped body's (forward's bodyReady); false when it cannot
+// tell.
+func (b *doneBody) Ready() bool {
+	r, ok := b.ReadCloser.(interface{ Ready() bool })
+	return ok && r.Ready()
+}
+
 func (b *doneBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.done()
