@@ -6,6 +6,8 @@
 #   1. read(2)/write(2) calls of the proxy and of the backend, from
 #      /proc/<pid>/io syscr/syscw deltas (no tracer attached: batching depends
 #      on timing, and strace would change it) — load-independent counts;
+#      PROFILE_STRACE=1 adds every system call by name (strace -f -c; it
+#      slows the proxy, and HAProxy's recv/send are not in /proc/<pid>/io);
 #   2. optionally (PROFILE_PERF=1) a perf CPU profile of sift-proxy under
 #      the gRPC unary load, top symbols by self and cumulative time.
 #
@@ -113,7 +115,16 @@ wait_listen "$HPORT"; wait_listen "$GPORT"
 per_call() {
   local name=$1 bp=$2; shift 2
   read -r pr0 pw0 < <(io "$PX"); read -r br0 bw0 < <(io "$bp"); local c0; c0=$(cpu "$PX")
+  local ST=""
+  if [ "${PROFILE_STRACE:-0}" = 1 ]; then # all system calls, by name (strace slows the proxy)
+    strace -f -c -p "$PX" -o "$WORK/strace-$name.txt" 2>/dev/null & ST=$!
+    sleep 0.5
+  fi
   local n; n=$("$@")
+  if [ -n "$ST" ]; then
+    kill -INT "$ST"; wait "$ST" 2>/dev/null || true
+    awk -v n="$n" 'NR>2 && $1 !~ /^-/ && NF>=5 && $NF!="total" && $4/n >= 0.05 { printf "    %s %.2f", $NF, $4/n } END { print "" }' "$WORK/strace-$name.txt"
+  fi
   read -r pr1 pw1 < <(io "$PX"); read -r br1 bw1 < <(io "$bp"); local c1; c1=$(cpu "$PX")
   awk -v name="$name" -v n="$n" -v pr=$((pr1 - pr0)) -v pw=$((pw1 - pw0)) -v br=$((br1 - br0)) -v bw=$((bw1 - bw0)) -v s="$SECS" \
     -v cpu=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" \
