@@ -35,8 +35,9 @@ const (
 	// closeFlushTimeout bounds how long Close and CloseWrite wait for
 	// pending bytes to reach the socket when the peer does not read.
 	closeFlushTimeout = time.Second
-	// readBuf is the size of the read buffer (see New).
-	readBuf = 8 << 10
+	// readBuf is the size of the read buffer (see New): a batch of small
+	// frames fits; a server connection waiting for its next frame holds it.
+	readBuf = 4 << 10
 )
 
 var (
@@ -56,7 +57,7 @@ var (
 // most a second) — bytes are never dropped silently while the peer reads.
 //
 // With read buffering (see New), a Read smaller than the buffer reads up to
-// 8 KiB from the connection and serves later Reads from what is left; the
+// 4 KiB from the connection and serves later Reads from what is left; the
 // buffer is held only while a Read waits or bytes are left.
 //
 // Safe for concurrent use. An idle Conn holds no goroutine, and no buffer
