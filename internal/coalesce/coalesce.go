@@ -180,6 +180,7 @@ func (c *Conn) flush() {
 		c.mu.Lock()
 		out := c.buf
 		c.buf = nil
+		c.cond.Broadcast() // room again for writers waiting on maxPending
 		c.mu.Unlock()
 		_, err := c.Conn.Write(*out)
 		*out = (*out)[:0]
