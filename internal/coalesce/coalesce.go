@@ -17,9 +17,12 @@
 package coalesce
 
 import (
+	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -58,17 +61,19 @@ var (
 //
 // With read buffering (see New), a Read smaller than the buffer reads up to
 // 4 KiB from the connection and serves later Reads from what is left; the
-// buffer is held only while a Read waits or bytes are left.
+// buffer is held while bytes are left, and while a Read waits unless the
+// connection is a socket (then the buffer is taken once it is readable).
 //
-// Safe for concurrent use. An idle Conn holds no goroutine, and no buffer
-// unless a buffered Read is waiting.
+// Safe for concurrent use. An idle Conn on a socket holds no goroutine and
+// no buffer.
 type Conn struct {
 	net.Conn
 
 	bufferReads bool
-	rmu         sync.Mutex // serialises Reads
-	rbuf        *[]byte    // read buffer; nil when empty
-	rpos, rend  int        // unread bytes are (*rbuf)[rpos:rend]
+	rmu         sync.Mutex      // serialises Reads
+	rbuf        *[]byte         // read buffer; nil when empty
+	rpos, rend  int             // unread bytes are (*rbuf)[rpos:rend]
+	raw         syscall.RawConn // the socket, when c is one: reads wait without a buffer
 
 	mu      sync.Mutex
 	cond    sync.Cond // signalled when the flusher wrote or stopped
@@ -83,6 +88,11 @@ type Conn struct {
 func New(c net.Conn, bufferReads bool) *Conn {
 	bc := &Conn{Conn: c, bufferReads: bufferReads}
 	bc.cond.L = &bc.mu
+	if sc, ok := c.(syscall.Conn); ok && bufferReads {
+		if rc, err := sc.SyscallConn(); err == nil {
+			bc.raw = rc
+		}
+	}
 	return bc
 }
 
@@ -98,12 +108,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if len(p) >= readBuf {
 			return c.Conn.Read(p)
 		}
-		c.rbuf = readPool.Get().(*[]byte)
-		n, err := c.Conn.Read(*c.rbuf)
-		c.rpos, c.rend = 0, n
+		n, err := c.fill()
 		if n == 0 {
-			readPool.Put(c.rbuf)
-			c.rbuf = nil
 			return 0, err
 		}
 		// An error with bytes is reported by the next Read, which meets
@@ -115,6 +121,54 @@ func (c *Conn) Read(p []byte) (int, error) {
 		readPool.Put(c.rbuf)
 		c.rbuf = nil
 	}
+	return n, nil
+}
+
+// fill reads into a new read buffer, which it keeps when bytes came. When
+// the connection is a socket (syscall.Conn), the buffer is taken only once
+// the socket is readable: a connection waiting for its peer holds none.
+// c.rmu is held.
+func (c *Conn) fill() (int, error) {
+	if c.raw == nil {
+		b := readPool.Get().(*[]byte)
+		n, err := c.Conn.Read(*b)
+		if n == 0 {
+			readPool.Put(b)
+			return 0, err
+		}
+		c.rbuf, c.rpos, c.rend = b, 0, n
+		return n, err
+	}
+	var (
+		b    *[]byte
+		n    int
+		rerr error
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		b = readPool.Get().(*[]byte)
+		for {
+			n, rerr = syscall.Read(int(fd), *b)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			readPool.Put(b)
+			return false // wait until readable, then call again
+		}
+		return true
+	})
+	switch {
+	case err != nil: // closed, or a deadline passed
+		return 0, err
+	case rerr != nil:
+		readPool.Put(b)
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case n == 0:
+		readPool.Put(b)
+		return 0, io.EOF
+	}
+	c.rbuf, c.rpos, c.rend = b, 0, n
 	return n, nil
 }
 

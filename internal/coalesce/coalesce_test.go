@@ -348,3 +348,50 @@ func TestBufferedReads(t *testing.T) {
 var aLongTimeAgo = time.Unix(1, 0)
 
 func runtimeYield() { runtime.Gosched() }
+
+// TestBufferedReadWaits: a buffered Read waiting on a socket ends with the
+// connection's read deadline, or with Close, as a plain Read would; and a
+// reset peer is an error, not the end of the stream.
+func TestBufferedReadWaits(t *testing.T) {
+	t.Run("deadline", func(t *testing.T) {
+		a, _ := tcpPair(t)
+		c := New(a, true)
+		defer c.Close()
+		c.SetReadDeadline(aLongTimeAgo)
+		if _, err := c.Read(make([]byte, 9)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read past the deadline: %v", err)
+		}
+	})
+	t.Run("close", func(t *testing.T) {
+		a, _ := tcpPair(t)
+		c := New(a, true)
+		done := make(chan error)
+		go func() {
+			_, err := c.Read(make([]byte, 9))
+			done <- err
+		}()
+		c.Close()
+		if err := <-done; !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Read on a closed connection: %v", err)
+		}
+	})
+	t.Run("reset", func(t *testing.T) {
+		a, b := tcpPair(t)
+		c := New(a, true)
+		defer c.Close()
+		b.Write([]byte("last"))
+		b.SetLinger(0)
+		b.Close()
+		var got []byte
+		var err error
+		for err == nil {
+			p := make([]byte, 9)
+			var n int
+			n, err = c.Read(p)
+			got = append(got, p[:n]...)
+		}
+		if err == io.EOF {
+			t.Fatalf("a reset read as the end of the stream (after %q)", got)
+		}
+	})
+}
