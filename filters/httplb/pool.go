@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/siftmesh/sift/internal/coalesce"
 	"github.com/siftmesh/sift/upstream"
 	"github.com/siftmesh/sift/upstream/balancer"
 )
@@ -204,7 +205,13 @@ func (p *clusterPool) h1Pool(ep *endpoint) *h1Pool {
 func (p *clusterPool) newTransport(addr string, h2 bool) *http.Transport {
 	t := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return p.c.DialEndpoint(ctx, addr)
+			c, err := p.c.DialEndpoint(ctx, addr)
+			if err != nil || !h2 {
+				return c, err
+			}
+			// net/http's HTTP/2 client flushes a request's HEADERS and
+			// each DATA frame on its own: coalesce (performance.md).
+			return coalesce.New(c, false), nil
 		},
 		// A proxy passes encodings through: never ask for gzip itself.
 		DisableCompression:     true,

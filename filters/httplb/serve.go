@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/http2/h2c"
 
 	"github.com/siftmesh/sift/filters"
+	"github.com/siftmesh/sift/internal/coalesce"
 	"github.com/siftmesh/sift/telemetry/streaminfo"
 )
 
@@ -36,7 +37,19 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // ends, the connection closes at once. ServeConn returns once the connection
 // is closed and every request handler on it has returned.
 func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
-	conn := &trackedConn{Conn: d.Conn(), closed: make(chan struct{})}
+	// Over TLS the codec follows ALPN: "h2" means HTTP/2 (the preface was
+	// not peeked, it is inside TLS).
+	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto &&
+		(bytes.HasPrefix(d.Peeked(), []byte(h2Preface)) || d.Info.NegotiatedProtocol == "h2"))
+	raw := d.Conn()
+	if useH2 {
+		// The HTTP/2 server flushes each frame group on its own and reads
+		// each frame header and payload with reads of their own: coalesce
+		// writes into one per batch of ready frames, and buffer reads
+		// (performance.md).
+		raw = coalesce.New(raw, true)
+	}
+	conn := &trackedConn{Conn: raw, closed: make(chan struct{})}
 	if streaminfo.HasConnHook() {
 		// The connection-level record (tcp_* metrics count HTTP connections
 		// too, as Linkerd's do); requests have their own records.
@@ -46,10 +59,6 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	cs := &connState{info: d.Info, remote: d.Info.RemoteAddr, tls: d.Info.TLS, peer: d.Info.PeerIdentity, local: d.Info.LocalIdentity}
 	cs.external = !isInternal(cs.remote.Addr())
 
-	// Over TLS the codec follows ALPN: "h2" means HTTP/2 (the preface was
-	// not peeked, it is inside TLS).
-	useH2 := h.cfg.codec == codecHTTP2 || (h.cfg.codec == codecAuto &&
-		(bytes.HasPrefix(d.Peeked(), []byte(h2Preface)) || d.Info.NegotiatedProtocol == "h2"))
 	var nc net.Conn = conn
 	if !useH2 && !d.Info.TLS {
 		// Plaintext HTTP/1.1: the fast path (fast.go), until a request
@@ -57,6 +66,15 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 		rest, handOff := h.serveFast(ctx, d, conn, cs)
 		if !handOff {
 			return
+		}
+		if h.cfg.codec == codecAuto && bytes.HasPrefix(rest, []byte(h2Preface[:16])) {
+			// HTTP/2 with prior knowledge (the listener did not peek):
+			// straight to the HTTP/2 server, as if it had been peeked
+			// (net/http's h2c handler would hijack the connection and
+			// hand it to the same server). The fast path is done with
+			// conn.
+			useH2 = true
+			conn.Conn = coalesce.New(conn.Conn, true)
 		}
 		nc = &replayConn{trackedConn: conn, pending: rest}
 	}
@@ -104,7 +122,7 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 	case useH2:
 		go func() {
 			defer close(served)
-			h2s.ServeConn(conn, &http2.ServeConnOpts{Context: ctx, BaseConfig: srv, Handler: handler})
+			h2s.ServeConn(nc, &http2.ServeConnOpts{Context: ctx, BaseConfig: srv, Handler: handler})
 			conn.Close()
 		}()
 	default:
