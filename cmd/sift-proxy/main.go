@@ -143,6 +143,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	} else if limit > 0 {
 		log.Info("memory limit set below the container's (GOMEMLIMIT overrides it)", "limit_bytes", limit, "cgroup", source)
 	}
+	// Signals are caught before the listeners open: a SIGTERM that came
+	// between the two (a supervisor stopping a proxy it just started)
+	// killed the process without a drain, and the connections it had
+	// accepted with it.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	reopen := make(chan os.Signal, 1)
+	signal.Notify(reopen, syscall.SIGUSR1) // Envoy's: reopen the access logs
 	if err := srv.Start(); err != nil {
 		log.Error("start failed", "err", err)
 		srv.Shutdown(context.Background())
@@ -153,8 +161,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("sift-proxy started", "node", b.GetNode().GetId(), "pid", os.Getpid(), "drain_time", o.drainTime)
 
-	reopen := make(chan os.Signal, 1)
-	signal.Notify(reopen, syscall.SIGUSR1) // Envoy's: reopen the access logs
 	stopReopen := make(chan struct{})
 	defer func() { signal.Stop(reopen); close(stopReopen) }()
 	go func() {
@@ -168,8 +174,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
 	log.Info("draining", "signal", s.String(), "drain_time", o.drainTime)
 	ctx, cancel := context.WithCancel(context.Background())
