@@ -104,26 +104,20 @@ func ParseHead(buf []byte, h *Head, maxBytes int) (int, error) {
 	if err := parseRequestLine(buf[:line], i, h); err != nil {
 		return 0, err
 	}
-	clSeen := false
-	teSeen := false
+	var fr framing
 	for next < headEnd-2 {
 		var f Field
 		if f, next, err = parseField(buf, next, headEnd); err != nil {
 			return 0, err
 		}
 		name, value := buf[f.NameStart:f.NameEnd], buf[f.ValueStart:f.ValueEnd]
+		if isFraming, err := fr.field(name, value); err != nil {
+			return 0, err
+		} else if isFraming {
+			h.Fields = append(h.Fields, f)
+			continue
+		}
 		switch {
-		case equalFold(name, "content-length"):
-			n, ok := parseContentLength(value)
-			if !ok || (clSeen && n != h.ContentLength) {
-				return 0, ErrContentLength
-			}
-			clSeen, h.ContentLength = true, n
-		case equalFold(name, "transfer-encoding"):
-			if teSeen || !equalFold(value, "chunked") {
-				return 0, ErrTransferEncoding
-			}
-			teSeen, h.Chunked = true, true
 		case equalFold(name, "host"):
 			if h.Host >= 0 {
 				return 0, ErrHost
@@ -137,13 +131,54 @@ func ParseHead(buf []byte, h *Head, maxBytes int) (int, error) {
 		}
 		h.Fields = append(h.Fields, f)
 	}
-	if clSeen && teSeen {
-		return 0, ErrCLAndTE
+	if h.ContentLength, h.Chunked, err = fr.result(); err != nil {
+		return 0, err
 	}
 	if h.Host < 0 && h.Minor == 1 {
 		return 0, ErrHost
 	}
 	return headEnd, nil
+}
+
+// framing applies RFC 9112's message framing rules, the same for requests
+// and responses, to a head's fields: Content-Length values of digits only
+// and equal when repeated, Transfer-Encoding only a single "chunked",
+// never both.
+type framing struct {
+	cl, te bool
+	length int64
+}
+
+// field checks one field; it reports whether the field is a framing one.
+func (fr *framing) field(name, value []byte) (bool, error) {
+	switch {
+	case equalFold(name, "content-length"):
+		n, ok := parseContentLength(value)
+		if !ok || (fr.cl && n != fr.length) {
+			return true, ErrContentLength
+		}
+		fr.cl, fr.length = true, n
+		return true, nil
+	case equalFold(name, "transfer-encoding"):
+		if fr.te || !equalFold(value, "chunked") {
+			return true, ErrTransferEncoding
+		}
+		fr.te = true
+		return true, nil
+	}
+	return false, nil
+}
+
+// result is the head's framing: its Content-Length (-1: none) and whether
+// it is chunked.
+func (fr *framing) result() (length int64, chunked bool, err error) {
+	if fr.cl && fr.te {
+		return 0, false, ErrCLAndTE
+	}
+	if !fr.cl {
+		return -1, fr.te, nil
+	}
+	return fr.length, false, nil
 }
 
 // findHeadEnd returns the end of the head that starts at buf[start]: the
@@ -269,22 +304,14 @@ func parseContentLength(v []byte) (int64, bool) {
 // connectionTokens reads a Connection field's tokens: close, and upgrade
 // (Special).
 func connectionTokens(v []byte, h *Head) {
-	for len(v) > 0 {
-		i := bytes.IndexByte(v, ',')
-		tok := v
-		if i >= 0 {
-			tok, v = v[:i], v[i+1:]
-		} else {
-			v = nil
-		}
-		tok = bytes.Trim(tok, " \t")
+	forEachToken(v, func(tok []byte) {
 		switch {
 		case equalFold(tok, "close"):
 			h.Close = true
 		case equalFold(tok, "upgrade"):
 			h.Special = true
 		}
-	}
+	})
 }
 
 // equalFold reports whether b equals the lower-case ASCII string s,

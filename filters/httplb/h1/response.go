@@ -46,25 +46,17 @@ func ParseResponseHead(buf []byte, h *ResponseHead, maxBytes int) (int, error) {
 	if err := parseStatusLine(buf[:line], h); err != nil {
 		return 0, err
 	}
-	clSeen, teSeen := false, false
+	var fr framing
 	for next < headEnd-2 {
 		var f Field
 		if f, next, err = parseField(buf, next, headEnd); err != nil {
 			return 0, err
 		}
 		name, value := buf[f.NameStart:f.NameEnd], buf[f.ValueStart:f.ValueEnd]
+		if _, err := fr.field(name, value); err != nil {
+			return 0, err
+		}
 		switch {
-		case equalFold(name, "content-length"):
-			n, ok := parseContentLength(value)
-			if !ok || (clSeen && n != h.ContentLength) {
-				return 0, ErrContentLength
-			}
-			clSeen, h.ContentLength = true, n
-		case equalFold(name, "transfer-encoding"):
-			if teSeen || !equalFold(value, "chunked") {
-				return 0, ErrTransferEncoding
-			}
-			teSeen, h.Chunked = true, true
 		case equalFold(name, "connection"):
 			forEachToken(value, func(tok []byte) {
 				switch {
@@ -79,8 +71,8 @@ func ParseResponseHead(buf []byte, h *ResponseHead, maxBytes int) (int, error) {
 		}
 		h.Fields = append(h.Fields, f)
 	}
-	if clSeen && teSeen {
-		return 0, ErrCLAndTE
+	if h.ContentLength, h.Chunked, err = fr.result(); err != nil {
+		return 0, err
 	}
 	return headEnd, nil
 }
