@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -32,7 +31,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"k8s.io/client-go/rest"
 )
 
 // The control plane at scale (issue 15; docs/kubernetes.md, "Scale"): a real
@@ -111,37 +110,10 @@ const (
 // cluster is thousands of objects).
 func startKubeQuick(t *testing.T) (*kubernetes.Clientset, string) {
 	t.Helper()
-	// A loaded machine starts kube-apiserver slowly (envtest's default: 20 s).
-	env := &envtest.Environment{BinaryAssetsDirectory: kubeAssets(t), ControlPlaneStartTimeout: 3 * time.Minute}
+	env := newKubeEnv(t)
 	// envtest's default range, a /24, holds 254 services.
 	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.0.0.0/16")
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("envtest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("envtest stop: %v", err)
-		}
-	})
-	cfg.QPS, cfg.Burst = 5000, 10000
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	user, err := env.AddUser(envtest.User{Name: controlUser}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(path, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return client, path
+	return startKubeEnv(t, env, func(cfg *rest.Config) { cfg.QPS, cfg.Burst = 5000, 10000 })
 }
 
 type scaleCluster struct {

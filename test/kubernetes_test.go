@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 )
@@ -57,7 +58,20 @@ const controlUser = "system:serviceaccount:sift-system:sift-control"
 // examples/kubernetes' RBAC grants it (applyManifest).
 func startKube(t *testing.T) (*kubernetes.Clientset, string) {
 	t.Helper()
-	env := &envtest.Environment{BinaryAssetsDirectory: kubeAssets(t)}
+	return startKubeEnv(t, newKubeEnv(t), nil)
+}
+
+// newKubeEnv is the envtest environment every test starts from: the
+// binaries test/k8stools builds, and time for a loaded machine to start
+// kube-apiserver (envtest's default is 20 s).
+func newKubeEnv(t *testing.T) *envtest.Environment {
+	return &envtest.Environment{BinaryAssetsDirectory: kubeAssets(t), ControlPlaneStartTimeout: 3 * time.Minute}
+}
+
+// startKubeEnv starts env and returns startKube's results; tune, when set,
+// adjusts the admin client's configuration.
+func startKubeEnv(t *testing.T, env *envtest.Environment, tune func(*rest.Config)) (*kubernetes.Clientset, string) {
+	t.Helper()
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("envtest: %v", err)
@@ -67,6 +81,9 @@ func startKube(t *testing.T) (*kubernetes.Clientset, string) {
 			t.Errorf("envtest stop: %v", err)
 		}
 	})
+	if tune != nil {
+		tune(cfg)
+	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
