@@ -453,8 +453,7 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 	// timeouts, and one timer (st.timer) the first two: the route timeout
 	// cancels with cause context.DeadlineExceeded (classify reads it).
 	ctx, cancelCause := context.WithCancelCause(context.WithValue(r.Context(), stateKey{}, st))
-	cancel := func() { cancelCause(nil) }
-	defer cancel()
+	defer cancelCause(nil)
 	route := time.Duration(0)
 	if upgrade == "" {
 		route = h.routeTimeout(rt, r)
@@ -474,7 +473,7 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		t := time.AfterFunc(d, func() {
 			if !body.eof.Load() && rw.status.Load() == 0 {
 				st.reqTOFired.Store(true)
-				cancel()
+				cancelCause(nil)
 			}
 		})
 		defer t.Stop()
