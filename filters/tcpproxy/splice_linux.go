@@ -36,6 +36,19 @@ import (
 // rounds ran, the deadline moves on by parkQuiet. A busy direction pays one
 // deadline reset per parkQuiet, nothing per round or byte.
 //
+// The first warmBytes of bulk data (rounds larger than warmChunk) go out in
+// splice calls of at most warmChunk bytes, the size HAProxy sends; then a
+// round goes out in as few calls as the destination takes. Linux sizes a
+// receiver's buffer (receive-buffer autotuning) from how long one window of
+// data takes to arrive; a proxy that delivers each window in one burst, the
+// moment the receiver opens it, makes that time a few microseconds on
+// loopback — where a sidecar meets its application — and the receiver's
+// window never grows beyond its initial 64 KiB: an ordinary Go reader then
+// took 0.6× the throughput it gets behind HAProxy (docs/performance.md,
+// "Receive windows"). Smaller calls at the start let the receiver's window
+// grow, which it never gives back; the cost is at most warmBytes/warmChunk
+// extra calls per direction, and none for a connection whose rounds are small.
+//
 // Go's own TCPConn.ReadFrom splices too, but it holds its pipe for the whole
 // call, while it waits for data as well: a proxy whose connections are mostly
 // idle would pin two descriptors and a pipe per direction per connection.
@@ -201,6 +214,7 @@ type splicer struct {
 	in, out func(fd uintptr) bool // spliceIn, spliceOut
 	p       *kpipe                // the round's pipe, nil between rounds
 	n, done int                   // bytes in the pipe; bytes moved out of it
+	warmed  int                   // bytes sent in warm-up calls (outLimit)
 	err     error                 // the callbacks' error
 }
 
@@ -255,7 +269,8 @@ func (sp *splicer) drain(dst syscall.RawConn, n int) (int, error) {
 
 func (sp *splicer) spliceOut(fd uintptr) bool {
 	for sp.done < sp.n {
-		m, err := splice(int(fd), sp.p.r, sp.n-sp.done)
+		max := sp.outLimit(sp.n - sp.done)
+		m, err := splice(int(fd), sp.p.r, max)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -269,8 +284,28 @@ func (sp *splicer) spliceOut(fd uintptr) bool {
 			return true
 		}
 		sp.done += m
+		if max == warmChunk {
+			sp.warmed += m
+		}
 	}
 	return true
+}
+
+// Receive-window warm-up (see copy): the first warmBytes of a direction's
+// bulk rounds are sent in calls of warmChunk bytes.
+const (
+	warmChunk = 16 << 10
+	warmBytes = 4 << 20
+)
+
+// outLimit is the most the next splice out of a round with left bytes in
+// the pipe moves: all of them, or warmChunk while the direction is warming
+// up and more than that is left.
+func (sp *splicer) outLimit(left int) int {
+	if left > warmChunk && sp.warmed < warmBytes {
+		return warmChunk
+	}
+	return left
 }
 
 func splice(out, in, max int) (int, error) {
