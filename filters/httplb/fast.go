@@ -53,9 +53,21 @@ type fastConn struct {
 	head     h1.Head
 	headLen  int // the parsed head's length in bytes
 	remote   string
-	pending  []byte // a response's first bytes while its framing is open
-	idle     atomic.Bool
+	pending  []byte     // a response's first bytes while its framing is open
+	w        fastWriter // the current request's response writer
 	draining atomic.Bool
+	// wait is connBusy, connWaiting (for a request's first byte: the
+	// connection is idle) or connWoken (a drain or the idle timeout set a
+	// read deadline in the past to end the wait); waits counts the changes
+	// between busy and waiting, the idle timeout's activity. wakeMu orders
+	// a wake against readHead clearing the deadline of one that raced a
+	// request's arrival, and guards the fields below it.
+	wait      atomic.Int32
+	waits     atomic.Uint64
+	wakeMu    sync.Mutex
+	idleTimer *time.Timer // the connection idle timeout; nil: none, or no wait yet
+	idleWatch quietWatch
+	ended     bool // serveFast returned: no more wakes
 	// served: a request was served. A drain closes an idle connection at
 	// once only after that: a new connection's first request may be on its
 	// way (its client has no reason to retry it), so it is served first,
@@ -87,8 +99,8 @@ func (h *HCM) serveFast(ctx context.Context, d *filters.Downstream, conn *tracke
 			return
 		}
 		f.draining.Store(true)
-		if f.idle.Load() && f.served.Load() {
-			conn.SetReadDeadline(aLongTimeAgo)
+		if f.served.Load() {
+			f.wake()
 		}
 	}
 	var stopDrain func() bool
@@ -120,6 +132,12 @@ func (h *HCM) serveFast(ctx context.Context, d *filters.Downstream, conn *tracke
 		hooks.Lock()
 		returned = true
 		hooks.Unlock()
+		f.wakeMu.Lock()
+		f.ended = true
+		if f.idleTimer != nil {
+			f.idleTimer.Stop()
+		}
+		f.wakeMu.Unlock()
 		if !handOff {
 			conn.Close()
 		}
@@ -141,19 +159,26 @@ func (h *HCM) serveFast(ctx context.Context, d *filters.Downstream, conn *tracke
 	}
 }
 
+// Connection states (fastConn.wait).
+const (
+	connBusy    = iota // reading or serving a request
+	connWaiting        // waiting for a request's first byte
+	connWoken          // the wait was ended by a read deadline in the past
+)
+
 // readHead waits for and parses the next request head. ok is false when
 // the connection must end (closed, timed out, draining, or a malformed
 // head, which has been answered); handOff is true when the request is one
 // for net/http.
+//
+// The connection idle timeout (idle_timeout) costs no system call per
+// request: a per-connection timer (idleCheck) wakes a wait that has lasted
+// the timeout, as a drain does. request_headers_timeout, when set, is a
+// read deadline from the head's first byte to its end.
 func (f *fastConn) readHead() (ok, handOff bool) {
 	cfg := f.h.cfg
-	deadline := false
 	if len(f.in.Buffered()) == 0 {
-		if cfg.idleTimeout > 0 {
-			f.conn.SetReadDeadline(time.Now().Add(cfg.idleTimeout))
-			deadline = true
-		}
-		f.idle.Store(true)
+		f.startWait()
 		if f.draining.Load() && f.served.Load() {
 			return false, false
 		}
@@ -161,17 +186,15 @@ func (f *fastConn) readHead() (ok, handOff bool) {
 		// h1Conn.roundTrip): with both, wrk -c32's p99 rose from 3.3 to
 		// 5 ms (docs/performance.md).
 		err := f.in.Fill()
-		f.idle.Store(false)
+		f.endWait()
 		if err != nil {
 			return false, false
 		}
 	}
+	deadline := false
 	if cfg.requestHeadersTimeout > 0 {
 		f.conn.SetReadDeadline(time.Now().Add(cfg.requestHeadersTimeout))
 		deadline = true
-	} else if deadline {
-		f.conn.SetReadDeadline(time.Time{})
-		deadline = false
 	}
 	for {
 		buf := f.in.Buffered()
@@ -201,6 +224,65 @@ func (f *fastConn) readHead() (ok, handOff bool) {
 			return false, false
 		}
 	}
+}
+
+// startWait marks the connection idle, waiting for a request, and starts
+// the idle timer with the first wait.
+func (f *fastConn) startWait() {
+	f.wait.Store(connWaiting)
+	n := f.waits.Add(1)
+	if f.idleTimer != nil || f.h.cfg.idleTimeout <= 0 {
+		return
+	}
+	f.wakeMu.Lock()
+	f.idleWatch = quietWatch{timeout: f.h.cfg.idleTimeout, last: n, since: time.Now()}
+	f.idleTimer = time.AfterFunc(f.idleWatch.tick(), f.idleCheck)
+	f.wakeMu.Unlock()
+}
+
+// endWait ends the wait: a request's first byte came, or the read failed.
+// A wake that raced the request's arrival left a deadline in the past: it
+// is cleared, and the request served (during a drain, with Connection:
+// close).
+func (f *fastConn) endWait() {
+	if !f.wait.CompareAndSwap(connWaiting, connBusy) {
+		f.wakeMu.Lock()
+		f.conn.SetReadDeadline(time.Time{})
+		f.wait.Store(connBusy)
+		f.wakeMu.Unlock()
+	}
+	f.waits.Add(1)
+}
+
+// wake ends a wait for a request, if the connection is waiting, with a
+// read deadline in the past.
+func (f *fastConn) wake() {
+	f.wakeMu.Lock()
+	defer f.wakeMu.Unlock()
+	if !f.ended && f.wait.CompareAndSwap(connWaiting, connWoken) {
+		f.conn.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// idleCheck is the idle timer's function: it wakes (ending the connection)
+// a wait that has lasted the whole idle timeout — between 1 and 1.25
+// timeouts after the wait began (quietWatch). A request longer than the
+// timeout is not idleness: the timer looks again a tick later.
+func (f *fastConn) idleCheck() {
+	f.wakeMu.Lock()
+	defer f.wakeMu.Unlock()
+	if f.ended {
+		return
+	}
+	expired, next := f.idleWatch.sample(time.Now(), f.waits.Load())
+	if expired {
+		if f.wait.CompareAndSwap(connWaiting, connWoken) {
+			f.conn.SetReadDeadline(aLongTimeAgo)
+			return
+		}
+		next = f.idleWatch.tick()
+	}
+	f.idleTimer.Reset(next)
 }
 
 // needsNetHTTP reports whether the parsed request is one the fast path
@@ -276,25 +358,25 @@ func (f *fastConn) serveOne(ctx context.Context, cs *connState) bool {
 		values[i] = v
 		header[key] = values[i : i+1 : i+1]
 	}
-	req := &http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: header, Host: host, RequestURI: target, RemoteAddr: f.remote, Close: hd.Close}
+	// Built on the stack: WithContext below makes the one heap copy.
+	base := http.Request{Method: method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: header, Host: host, RequestURI: target, RemoteAddr: f.remote, Close: hd.Close, Body: http.NoBody}
 	var body *fastBody
 	switch {
 	case hd.Chunked:
 		body = &fastBody{r: &h1.ChunkedBody{R: f.in}}
-		req.ContentLength, req.TransferEncoding = -1, chunkedEncoding
+		base.ContentLength, base.TransferEncoding = -1, chunkedEncoding
 	case hd.ContentLength > 0:
 		body = &fastBody{r: &h1.LengthBody{R: f.in, N: hd.ContentLength}}
-		req.ContentLength = hd.ContentLength
+		base.ContentLength = hd.ContentLength
 	}
 	if body != nil {
-		req.Body = body
-	} else {
-		req.Body = http.NoBody
+		base.Body = body
 	}
-	req = req.WithContext(ctx)
+	req := base.WithContext(ctx)
 
-	w := &fastWriter{c: f, header: make(http.Header), isHead: method == "HEAD", body: body, cl: -1}
+	w := &f.w // the connection's: one request at a time
+	*w = fastWriter{c: f, header: make(http.Header), isHead: method == "HEAD", body: body, cl: -1}
 	w.closeAfter = hd.Close || f.draining.Load()
 	if !f.serve(cs, w, req) {
 		return false
@@ -514,8 +596,7 @@ func (w *fastWriter) writeBody(p []byte) (int, error) {
 		if len(p) == 0 {
 			return 0, nil
 		}
-		var b [20]byte
-		out.Write(strconv.AppendInt(b[:0], int64(len(p)), 16))
+		out.WriteInt(int64(len(p)), 16)
 		out.WriteString("\r\n")
 		n, err := out.Write(p)
 		out.WriteString("\r\n")
@@ -575,9 +656,8 @@ func (w *fastWriter) writeHead(chunked bool) (replaced bool) {
 			writeField(out, "Content-Length", v[:1])
 		}
 	default:
-		var b [20]byte
 		out.WriteString("Content-Length: ")
-		out.Write(strconv.AppendInt(b[:0], w.cl, 10))
+		out.WriteInt(w.cl, 10)
 		out.WriteString("\r\n")
 	}
 	if w.c.draining.Load() {
@@ -658,9 +738,8 @@ func (w *fastWriter) writeTrailers() {
 }
 
 func writeStatusLine(out *bufferedWriter, code int) {
-	var b [24]byte
 	out.WriteString("HTTP/1.1 ")
-	out.Write(strconv.AppendInt(b[:0], int64(code), 10))
+	out.WriteInt(int64(code), 10)
 	out.WriteString(" ")
 	out.WriteString(http.StatusText(code))
 	out.WriteString("\r\n")
@@ -703,24 +782,25 @@ func hasToken(vs []string, tok string) bool {
 	return false
 }
 
-// httpDate is the current time in the Date header's format, formatted
-// once a second.
+// httpDate is the current time in the Date header's format. It is
+// formatted once a second, and a response reads no clock for it: a timer
+// drops the text at the start of the next second (so the text lags the
+// clock by that timer's lateness at most, milliseconds under load), and
+// the next response formats it anew. No traffic, no timer.
 func httpDate() string {
-	now := time.Now().Unix()
-	if d := cachedDate.Load(); d != nil && d.sec == now {
-		return d.s
+	if d := cachedDate.Load(); d != nil {
+		return *d
 	}
-	d := &dateCache{sec: now, s: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
-	cachedDate.Store(d)
-	return d.s
+	now := time.Now()
+	d := now.UTC().Format(http.TimeFormat)
+	if cachedDate.CompareAndSwap(nil, &d) {
+		next := now.Truncate(time.Second).Add(time.Second)
+		time.AfterFunc(next.Sub(now), func() { cachedDate.Store(nil) })
+	}
+	return d
 }
 
-type dateCache struct {
-	sec int64
-	s   string
-}
-
-var cachedDate atomic.Pointer[dateCache]
+var cachedDate atomic.Pointer[string]
 
 // bufferedWriter buffers a connection's output; a write larger than the
 // buffer goes out with what is buffered in one writev.
@@ -779,6 +859,15 @@ func (b *bufferedWriter) Write(p []byte) (int, error) {
 // buffersWriter writes several buffers at once (trackedConn).
 type buffersWriter interface {
 	writeBuffers(*net.Buffers) (int64, error)
+}
+
+// WriteInt writes n in base (strconv.AppendInt's digits) without an
+// allocation.
+func (b *bufferedWriter) WriteInt(n int64, base int) {
+	if len(b.buf)+20 > cap(b.buf) {
+		b.Flush()
+	}
+	b.buf = strconv.AppendInt(b.buf, n, base)
 }
 
 // Flush writes what is buffered.

@@ -1,6 +1,7 @@
 package httplb
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -31,9 +32,11 @@ import (
 // Requests that ask for an upgrade, CONNECT and Expect stay with
 // httputil.ReverseProxy (see serveHTTP), which owns hijacking and
 // 100-continue.
-func (p *reverseProxy) forward(w http.ResponseWriter, in *http.Request) {
-	out := new(http.Request)
-	*out = *in
+//
+// ctx is the request's context for the upstream request (the request's
+// state, its timeouts): out is in's copy with ctx, made once.
+func (p *reverseProxy) forward(w http.ResponseWriter, in *http.Request, ctx context.Context) {
+	out := in.WithContext(ctx)
 	u := *in.URL
 	out.URL = &u
 	out.Header = outboundHeader(in.Header)

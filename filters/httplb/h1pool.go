@@ -72,6 +72,8 @@ type h1Conn struct {
 	bw        *bufio.Writer
 	idleSince time.Time
 
+	unblock func() // abort, bound once: ends the read or write in progress
+
 	raw    syscall.RawConn       // nil when not a socket
 	peek   func(fd uintptr) bool // peekIdle
 	peekOK bool
@@ -85,9 +87,16 @@ var errHeadTooLarge = errors.New("httplb: upstream response headers exceed max_r
 // any response byte arrived is replaced by a new one once, for requests
 // without a body (a request with one cannot be sent again).
 func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	return p.roundTripAt(req, time.Now())
+}
+
+// roundTripAt is RoundTrip for a request sent at about now (the router's
+// reading of the clock, which it has anyway): how long a connection has
+// been idle is measured to now.
+func (p *h1Pool) roundTripAt(req *http.Request, now time.Time) (*http.Response, error) {
 	ctx := req.Context()
 	for try := 0; ; try++ {
-		cc, reused, err := p.get(ctx, try > 0)
+		cc, reused, err := p.get(ctx, try > 0, now)
 		if err != nil {
 			return nil, err
 		}
@@ -105,8 +114,9 @@ func (p *h1Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // get returns an idle connection (reused) or a new one; with forceNew it
 // takes no idle one. At max_connections it waits, until its context ends,
-// for a connection another request releases or closes.
-func (p *h1Pool) get(ctx context.Context, forceNew bool) (*h1Conn, bool, error) {
+// for a connection another request releases or closes. now is the time
+// idleness is measured to.
+func (p *h1Pool) get(ctx context.Context, forceNew bool, now time.Time) (*h1Conn, bool, error) {
 	for {
 		p.mu.Lock()
 		if !forceNew {
@@ -115,7 +125,7 @@ func (p *h1Pool) get(ctx context.Context, forceNew bool) (*h1Conn, bool, error) 
 				p.idle[n-1] = nil
 				p.idle = p.idle[:n-1]
 				p.mu.Unlock()
-				idleFor := time.Since(cc.idleSince)
+				idleFor := now.Sub(cc.idleSince)
 				if (p.idleTimeout == 0 || idleFor < p.idleTimeout) && cc.alive(idleFor) {
 					return cc, true, nil
 				}
@@ -169,6 +179,7 @@ func (p *h1Pool) connect(ctx context.Context) (*h1Conn, bool, error) {
 	cc := &h1Conn{pool: p, nc: nc}
 	cc.in = h1.NewReader(nc, 4096, int(min(p.maxHeaderBytes, math.MaxInt32)))
 	cc.bw = bufio.NewWriterSize(nc, 4096)
+	cc.unblock = cc.abort
 	if sc, ok := nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			cc.raw, cc.peek = raw, cc.peekIdle
@@ -242,9 +253,7 @@ func (cc *h1Conn) peekIdle(fd uintptr) bool {
 // the connection while it was idle.
 func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, fresh bool) {
 	ctx := req.Context()
-	stop := context.AfterFunc(ctx, func() {
-		cc.nc.SetDeadline(time.Unix(1, 0)) // unblocks the read or write in progress
-	})
+	stop := context.AfterFunc(ctx, cc.unblock)
 	if err := writeRequest(cc.bw, req); err != nil {
 		stop()
 		return nil, fmt.Errorf("httplb: writing the request upstream: %w", err), true
@@ -254,6 +263,7 @@ func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, 
 		return nil, fmt.Errorf("httplb: writing the request upstream: %w", err), true
 	}
 	var body io.Reader
+	b := new(h1Body) // its length reader is filled in by readResponse
 	// Yield before reading: the other connections' goroutines run first,
 	// and by the time this one reads, the upstream has often answered — a
 	// read that finds the response instead of EAGAIN plus a poller round
@@ -261,7 +271,7 @@ func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, 
 	// nothing else runnable, Gosched returns at once.
 	runtime.Gosched()
 	for {
-		resp, body, err = cc.readResponse(req)
+		resp, body, err = cc.readResponse(req, &b.length)
 		if err != nil {
 			stop()
 			if ctx.Err() != nil {
@@ -282,7 +292,7 @@ func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, 
 		return nil, errors.New("httplb: upstream answered 101 to a request that asked no upgrade"), false
 	}
 	keep := !resp.Close && !req.Close
-	b := &h1Body{body: body, cc: cc, stop: stop, keep: keep}
+	b.body, b.cc, b.stop, b.keep = body, cc, stop, keep
 	if body == nil {
 		b.eof, b.stopped = true, stop()
 	}
@@ -295,7 +305,9 @@ func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, 
 // the header's keys and values substrings of it (keys that are already
 // canonical, as servers send them, cost nothing more). On an error after
 // the first bytes of a response, resp is non-nil (with no body).
-func (cc *h1Conn) readResponse(req *http.Request) (resp *http.Response, body io.Reader, err error) {
+//
+// A body of known length reads through lb, the caller's storage.
+func (cc *h1Conn) readResponse(req *http.Request, lb *h1.LengthBody) (resp *http.Response, body io.Reader, err error) {
 	max := int(min(cc.pool.maxHeaderBytes, math.MaxInt32))
 	var n int
 	for {
@@ -380,7 +392,8 @@ func (cc *h1Conn) readResponse(req *http.Request) (resp *http.Response, body io.
 	case hd.ContentLength == 0:
 		resp.Body, resp.ContentLength = http.NoBody, 0
 	case hd.ContentLength > 0:
-		body, resp.ContentLength = &h1.LengthBody{R: cc.in, N: hd.ContentLength}, hd.ContentLength
+		*lb = h1.LengthBody{R: cc.in, N: hd.ContentLength}
+		body, resp.ContentLength = lb, hd.ContentLength
 	default:
 		// Neither length nor chunking: the body runs to the connection's
 		// end, which also ends the connection's use.
@@ -395,7 +408,8 @@ func (cc *h1Conn) readResponse(req *http.Request) (resp *http.Response, body io.
 // h1Body is a response body that gives its connection back to the pool
 // when it was read to its end and closed, and closes it otherwise.
 type h1Body struct {
-	body    io.Reader // nil: the response has none
+	body    io.Reader     // nil: the response has none
+	length  h1.LengthBody // body, for a response of known length
 	cc      *h1Conn
 	stop    func() bool
 	keep    bool // the response allows keep-alive
@@ -444,6 +458,10 @@ func (b *h1Body) Close() error {
 	}
 	return nil
 }
+
+// abort makes the read or write in progress, and any later one, fail: the
+// request's context ended. The connection is not reused.
+func (cc *h1Conn) abort() { cc.nc.SetDeadline(aLongTimeAgo) }
 
 // release puts the connection back in the pool.
 func (cc *h1Conn) release() {

@@ -70,7 +70,6 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	if body == http.NoBody {
 		body = nil
 	}
-	var buf [20]byte
 	switch {
 	case body == nil:
 		if req.ContentLength > 0 {
@@ -84,7 +83,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		return err
 	case req.ContentLength > 0:
 		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(buf[:0], req.ContentLength, 10))
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), req.ContentLength, 10)) // no allocation: bw's own space
 		bw.WriteString("\r\n\r\n")
 		n, err := io.CopyN(bw, body, req.ContentLength)
 		if err == io.EOF {
@@ -98,7 +97,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		for {
 			n, rerr := body.Read(*bp)
 			if n > 0 {
-				bw.Write(strconv.AppendInt(buf[:0], int64(n), 16))
+				bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(n), 16))
 				bw.WriteString("\r\n")
 				bw.Write((*bp)[:n])
 				if _, err := bw.WriteString("\r\n"); err != nil {

@@ -169,9 +169,10 @@ func (p *clusterPool) report(ep *endpoint, status int) {
 	p.cur.Store(&pickerState{version: nil}) // force a rebuild
 }
 
-// observe records a round trip, to response headers, on ep (peak EWMA).
-func (p *clusterPool) observe(ep *endpoint, rtt time.Duration) {
-	p.lb.Observe(ep.Endpoint, rtt, p.now())
+// observe records a round trip, to response headers at now, on ep (peak
+// EWMA).
+func (p *clusterPool) observe(ep *endpoint, rtt time.Duration, now time.Time) {
+	p.lb.Observe(ep.Endpoint, rtt, now)
 }
 
 // transport returns ep's connection pool for HTTP/2 or HTTP/1.

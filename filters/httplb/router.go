@@ -76,6 +76,20 @@ type stateKey struct{}
 
 func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
 
+// stateContext is context.WithValue(ctx, stateKey{}, st) that can live
+// in the request's own allocation (request.ctx).
+type stateContext struct {
+	context.Context
+	st *reqState
+}
+
+func (c *stateContext) Value(key any) any {
+	if key == (stateKey{}) {
+		return c.st
+	}
+	return c.Context.Value(key)
+}
+
 // reverseProxy forwards routed requests: httputil.ReverseProxy with the
 // router as its Transport.
 type reverseProxy struct {
@@ -142,7 +156,7 @@ func (p *reverseProxy) rewrite(pr *httputil.ProxyRequest) { p.rewriteRequest(pr.
 // rewriteRequest is rewrite for the outbound request out of in, whose
 // client forwarding headers were removed (forward, ReverseProxy).
 func (p *reverseProxy) rewriteRequest(in, out *http.Request) {
-	st := stateOf(in.Context())
+	st := stateOf(out.Context())
 	c := p.h.cfg
 	out.URL.Scheme = "http"
 	out.URL.Host = "upstream" // the router dials the endpoint it picks
@@ -326,12 +340,23 @@ type connState struct {
 	peer, local string
 }
 
+// request is one request's bookkeeping, in one allocation: its record
+// (access logs may keep it after the request: never reused), the writer and
+// body that count for it, and its routing state (set once it is routed).
+type request struct {
+	rec  Record
+	rw   recordingWriter
+	body countingBody
+	st   reqState
+	ctx  stateContext // carries st to the router and the proxy hooks
+}
+
 // serveHTTP handles one request on a downstream connection.
 func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
-	rec := &Record{Start: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
-		Info: cs.info, TLS: cs.tls, ClientID: cs.peer, ServerID: cs.local, Header: r.Header}
-	rw := &recordingWriter{ResponseWriter: w}
-	body := &countingBody{ReadCloser: r.Body}
+	q := &request{rec: Record{Start: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
+		Info: cs.info, TLS: cs.tls, ClientID: cs.peer, ServerID: cs.local, Header: r.Header}}
+	rec, rw, body := &q.rec, &q.rw, &q.body
+	rw.ResponseWriter, body.ReadCloser = w, r.Body
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = body
 	}
@@ -439,7 +464,8 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		h.localReply(w, r, rec, rt.ClusterNotFoundCode, reasonNoCluster, "")
 		return
 	}
-	st := &reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, origHTTP1: origHTTP1, external: cs.external, tls: cs.tls, span: span}
+	st := &q.st
+	*st = reqState{table: table, route: rt, pool: poolFor(cluster), rec: rec, upgrade: upgrade, downstreamH2: cs.h2, origHTTP1: origHTTP1, external: cs.external, tls: cs.tls, span: span}
 	if upgrade == "connect" {
 		if !rt.ConnectTerminate {
 			h.localReply(w, r, rec, http.StatusForbidden, reasonUpgrade, "")
@@ -452,7 +478,8 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 	// One context carries the route timeout and the idle and request
 	// timeouts, and one timer (st.timer) the first two: the route timeout
 	// cancels with cause context.DeadlineExceeded (classify reads it).
-	ctx, cancelCause := context.WithCancelCause(context.WithValue(r.Context(), stateKey{}, st))
+	q.ctx = stateContext{Context: r.Context(), st: st}
+	ctx, cancelCause := context.WithCancelCause(&q.ctx)
 	defer cancelCause(nil)
 	route := time.Duration(0)
 	if upgrade == "" {
@@ -463,7 +490,7 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		idle = rt.IdleTimeout
 	}
 	if route > 0 || idle > 0 {
-		st.timer.start(st, cancelCause, route, idle)
+		st.timer.start(st, cancelCause, rec.Start, route, idle)
 		defer st.timer.stop()
 		if idle > 0 {
 			rw.activity, body.activity = &st.timer, &st.timer
@@ -482,7 +509,7 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 		h.proxy.rp.ServeHTTP(w, r.WithContext(ctx))
 		return
 	}
-	h.proxy.forward(w, r.WithContext(ctx))
+	h.proxy.forward(w, r, ctx)
 }
 
 // routeTimeout is the route's timeout, or for gRPC with
@@ -578,40 +605,45 @@ func newUUID() string {
 type activity interface{ touch() }
 
 // streamTimer is a request's one timer for the route timeout (a deadline)
-// and the stream idle timeout (restarted by activity): whichever comes
-// first cancels the request's context — the route timeout with cause
-// context.DeadlineExceeded (classify), the idle timeout with idleFired
-// set. Touch is cheap (an atomic store); the timer re-arms itself for
-// what is left. It lives in the request's reqState (no allocation of its
-// own) and costs one runtime timer per request where a timeout context and
-// an idle timer cost two.
+// and the stream idle timeout: whichever comes first cancels the request's
+// context — the route timeout with cause context.DeadlineExceeded
+// (classify), the idle timeout with idleFired set. Activity is a counter
+// (touch is one atomic add, no clock read); the timer samples it at least
+// every quarter of the idle timeout (quietWatch), so the idle timeout
+// fires between 1 and 1.25 idle timeouts after the last activity. It lives
+// in the request's reqState (no allocation of its own) and costs one
+// runtime timer per request where a timeout context and an idle timer
+// cost two; a request shorter than a quarter of both timeouts never sees
+// it fire.
 type streamTimer struct {
-	deadline time.Time     // zero: no route timeout
-	idle     time.Duration // 0: no idle timeout
-	last     atomic.Int64  // last activity, Unix ns
+	deadline time.Time  // zero: no route timeout
+	idle     quietWatch // timeout 0: no idle timeout; only check uses it
+	active   atomic.Uint64
+	mu       sync.Mutex // orders t's setting against check's Reset
 	t        *time.Timer
 	st       *reqState
 	cancel   context.CancelCauseFunc
 	done     atomic.Bool
 }
 
-// start arms the timer; route and idle are the timeouts (0: none), at
-// least one set.
-func (s *streamTimer) start(st *reqState, cancel context.CancelCauseFunc, route, idle time.Duration) {
-	s.st, s.cancel, s.idle = st, cancel, idle
-	now := time.Now()
-	s.last.Store(now.UnixNano())
-	first := idle
+// start arms the timer at now (the request's start); route and idle are
+// the timeouts (0: none), at least one set.
+func (s *streamTimer) start(st *reqState, cancel context.CancelCauseFunc, now time.Time, route, idle time.Duration) {
+	s.st, s.cancel = st, cancel
+	s.idle = quietWatch{timeout: idle, since: now}
+	first := route
+	if idle > 0 && (route == 0 || s.idle.tick() < route) {
+		first = s.idle.tick()
+	}
 	if route > 0 {
 		s.deadline = now.Add(route)
-		if idle == 0 || route < idle {
-			first = route
-		}
 	}
+	s.mu.Lock()
 	s.t = time.AfterFunc(first, s.check)
+	s.mu.Unlock()
 }
 
-func (s *streamTimer) touch() { s.last.Store(time.Now().UnixNano()) }
+func (s *streamTimer) touch() { s.active.Add(1) }
 
 func (s *streamTimer) check() {
 	if s.done.Load() {
@@ -625,21 +657,54 @@ func (s *streamTimer) check() {
 			return
 		}
 	}
-	if s.idle > 0 {
-		left := s.idle - now.Sub(time.Unix(0, s.last.Load()))
-		if left <= 0 {
+	if s.idle.timeout > 0 {
+		expired, wait := s.idle.sample(now, s.active.Load())
+		if expired {
 			s.st.idleFired.Store(true)
 			s.cancel(errStreamIdle)
 			return
 		}
-		if next == 0 || left < next {
-			next = left
+		if next == 0 || wait < next {
+			next = wait
 		}
 	}
+	s.mu.Lock()
 	s.t.Reset(next)
+	s.mu.Unlock()
 }
 
 func (s *streamTimer) stop() { s.done.Store(true); s.t.Stop() }
+
+// quietWatch tells, from samples of an activity count, when the count has
+// not moved for a whole timeout, without a clock read per activity: the
+// caller samples when sample says (never more than a quarter of the timeout
+// apart), and sample reports expiry between 1 and 1.25 timeouts after the
+// last change of the count (plus the lateness of the caller's timer). The
+// count's first change after the watch began moves since to the sample that
+// saw it: since is never earlier than the last activity, and never more
+// than one tick later. Not safe for concurrent use (one timer samples).
+type quietWatch struct {
+	timeout time.Duration
+	last    uint64    // the count at the last sample (0 when the watch began)
+	since   time.Time // the watch's start, or the sample that saw the count change
+}
+
+// tick is the longest wait between samples: a quarter of the timeout.
+func (w *quietWatch) tick() time.Duration { return max(w.timeout/4, time.Millisecond) }
+
+// sample takes the count at now: expired when it has not changed for the
+// timeout, else next, the wait before the next sample.
+func (w *quietWatch) sample(now time.Time, count uint64) (expired bool, next time.Duration) {
+	if count != w.last {
+		w.last, w.since = count, now
+		return false, w.tick()
+	}
+	left := w.timeout - now.Sub(w.since)
+	if left <= 0 {
+		return true, 0
+	}
+	return false, min(left, w.tick())
+}
 
 // errStreamIdle is the cause of a request cancelled by its stream idle
 // timeout.

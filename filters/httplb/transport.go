@@ -122,10 +122,16 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 			perTry = time.AfterFunc(policy.PerTryTimeout, func() { tryTimedOut.Store(true); cancel() })
 		}
 		ep.Start()
-		t0 := time.Now()
+		// The attempt's start: the first attempt's is the request's (its
+		// routing, a few µs, counts in the endpoint's latency, the same
+		// for every endpoint), which saves a clock read per request.
+		t0 := st.rec.Start
+		if attempt > 1 {
+			t0 = time.Now()
+		}
 		var resp *http.Response
 		if !h2 && st.upgrade == "" && !p.c.TLS() && areq.Header.Get("Expect") == "" {
-			resp, err = p.h1Pool(ep).RoundTrip(areq)
+			resp, err = p.h1Pool(ep).roundTripAt(areq, t0)
 		} else {
 			resp, err = p.transport(ep, h2).RoundTrip(overTLS(areq, p.c.TLS()))
 		}
@@ -133,14 +139,15 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 			perTry.Stop()
 		}
 		if err == nil {
-			st.rec.UpstreamHeaders = time.Since(st.rec.Start)
+			now := time.Now() // one clock read for the record and the balancer
+			st.rec.UpstreamHeaders = now.Sub(st.rec.Start)
 			if cs := resp.TLS; cs != nil {
 				st.rec.UpstreamTLS = true
 				if len(cs.PeerCertificates) > 0 {
 					st.rec.UpstreamID = mtls.PeerIdentity(cs.PeerCertificates[0])
 				}
 			}
-			p.observe(ep, time.Since(t0))
+			p.observe(ep, now.Sub(t0), now)
 			p.report(ep, resp.StatusCode)
 			canRetry := policy != nil && attempt <= policy.NumRetries && (body == nil || body.replayable()) &&
 				resp.StatusCode != http.StatusSwitchingProtocols
@@ -155,12 +162,10 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 				continue
 			}
 			released = true
-			var once sync.Once
-			done := func() { once.Do(func() { ep.Done(); cancel(); p.inflight.Add(-1) }) }
 			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
-				resp.Body = &doneRWBody{ReadWriteCloser: rwc, done: done}
+				resp.Body = &doneRWBody{ReadWriteCloser: rwc, attemptEnd: attemptEnd{ep: ep, cancel: cancel, p: p}}
 			} else {
-				resp.Body = &doneBody{ReadCloser: resp.Body, done: done}
+				resp.Body = &doneBody{ReadCloser: resp.Body, attemptEnd: attemptEnd{ep: ep, cancel: cancel, p: p}}
 			}
 			return resp, nil
 		}
@@ -230,10 +235,29 @@ func grpcStatus(h http.Header) int {
 	return n
 }
 
-// doneBody calls done once, when the body ends or is closed.
+// attemptEnd ends an attempt that got a response, once, when its body
+// ends or is closed: the endpoint's and the cluster's in-flight counts,
+// and the attempt's context.
+type attemptEnd struct {
+	ep     *endpoint
+	cancel context.CancelFunc
+	p      *clusterPool
+	ended  atomic.Bool
+}
+
+func (e *attemptEnd) done() {
+	if e.ended.CompareAndSwap(false, true) {
+		e.ep.Done()
+		e.cancel()
+		e.p.inflight.Add(-1)
+	}
+}
+
+// doneBody is a response body that ends its attempt when it ends or is
+// closed.
 type doneBody struct {
 	io.ReadCloser
-	done func()
+	attemptEnd
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {
@@ -261,7 +285,7 @@ func (b *doneBody) Close() error {
 // connection (ReverseProxy needs it writable).
 type doneRWBody struct {
 	io.ReadWriteCloser
-	done func()
+	attemptEnd
 }
 
 func (b *doneRWBody) Close() error {
