@@ -117,11 +117,17 @@ func (h *HCM) serveFast(ctx context.Context, d *filters.Downstream, conn *tracke
 		}()
 		stopDrain = func() bool { close(stop); return true }
 	}
+	// The requests' upstream aborts (upstreamAbort) count on this hook.
+	var current atomic.Pointer[upstreamAbort]
+	cs.current = &current
 	stopEnd := context.AfterFunc(ctx, func() {
 		hooks.Lock()
 		defer hooks.Unlock()
 		if !returned {
 			conn.Close()
+			if a := current.Load(); a != nil {
+				a.end(context.Cause(ctx))
+			}
 		}
 	})
 	defer func() {

@@ -253,13 +253,13 @@ func (cc *h1Conn) peekIdle(fd uintptr) bool {
 // the connection while it was idle.
 func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, fresh bool) {
 	ctx := req.Context()
-	stop := context.AfterFunc(ctx, cc.unblock)
+	watch := watchContext(ctx, cc.unblock)
 	if err := writeRequest(cc.bw, req); err != nil {
-		stop()
+		watch.stop()
 		return nil, fmt.Errorf("httplb: writing the request upstream: %w", err), true
 	}
 	if err := cc.bw.Flush(); err != nil {
-		stop()
+		watch.stop()
 		return nil, fmt.Errorf("httplb: writing the request upstream: %w", err), true
 	}
 	var body io.Reader
@@ -273,7 +273,7 @@ func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, 
 	for {
 		resp, body, err = cc.readResponse(req, &b.length)
 		if err != nil {
-			stop()
+			watch.stop()
 			if ctx.Err() != nil {
 				err = ctx.Err()
 			}
@@ -288,13 +288,13 @@ func (cc *h1Conn) roundTrip(req *http.Request) (resp *http.Response, err error, 
 		break
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
-		stop()
+		watch.stop()
 		return nil, errors.New("httplb: upstream answered 101 to a request that asked no upgrade"), false
 	}
 	keep := !resp.Close && !req.Close
-	b.body, b.cc, b.stop, b.keep = body, cc, stop, keep
+	b.body, b.cc, b.watch, b.keep = body, cc, watch, keep
 	if body == nil {
-		b.eof, b.stopped = true, stop()
+		b.eof, b.stopped = true, watch.stop()
 	}
 	resp.Body = b
 	return resp, nil, false
@@ -411,8 +411,8 @@ type h1Body struct {
 	body    io.Reader     // nil: the response has none
 	length  h1.LengthBody // body, for a response of known length
 	cc      *h1Conn
-	stop    func() bool
-	keep    bool // the response allows keep-alive
+	watch   exchangeWatch // the request context's, over this exchange
+	keep    bool          // the response allows keep-alive
 	eof     bool
 	stopped bool // stop ran, and in time: the connection is intact
 	done    bool
@@ -436,7 +436,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 		// The exchange is over: stop watching the request's context now,
 		// since the router cancels it as soon as it sees the end.
 		b.eof = true
-		b.stopped = b.stop()
+		b.stopped = b.watch.stop()
 	} else if err != nil && err != io.EOF {
 		b.keep = false
 	}
@@ -449,7 +449,7 @@ func (b *h1Body) Close() error {
 	}
 	b.done = true
 	if !b.eof {
-		b.stop()
+		b.watch.stop()
 	}
 	if b.eof && b.keep && b.stopped {
 		b.cc.release()

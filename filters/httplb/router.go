@@ -65,7 +65,8 @@ type reqState struct {
 	span       *tracing.Span // nil when the request is not traced
 	idleFired  atomic.Bool
 	reqTOFired atomic.Bool
-	timer      streamTimer // the route and stream idle timeouts
+	timer      streamTimer   // the route and stream idle timeouts
+	abort      upstreamAbort // the upstream exchange's, when the context ends
 }
 
 // origProtoHeader is Linkerd's l5d-orig-proto header (canonical form): on a
@@ -84,8 +85,11 @@ type stateContext struct {
 }
 
 func (c *stateContext) Value(key any) any {
-	if key == (stateKey{}) {
+	switch key {
+	case stateKey{}:
 		return c.st
+	case abortKey{}:
+		return &c.st.abort
 	}
 	return c.Context.Value(key)
 }
@@ -338,6 +342,10 @@ type connState struct {
 	// tls, peer and local: the downstream transport socket's outcome.
 	tls         bool
 	peer, local string
+	// current: on the fast path, the request being served's upstream
+	// abort, which the connection's end fires (upstreamAbort); nil on
+	// other paths.
+	current *atomic.Pointer[upstreamAbort]
 }
 
 // request is one request's bookkeeping, in one allocation: its record
@@ -480,7 +488,20 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 	// cancels with cause context.DeadlineExceeded (classify reads it).
 	q.ctx = stateContext{Context: r.Context(), st: st}
 	ctx, cancelCause := context.WithCancelCause(&q.ctx)
-	defer cancelCause(nil)
+	defer func() {
+		cancelCause(nil)
+		st.abort.fire()
+	}()
+	if cs.current != nil {
+		// The fast path: the connection's end ends the request too
+		// (serveFast), so the upstream pool may use st.abort.
+		st.abort.ctx, st.abort.cancel = ctx, cancelCause
+		cs.current.Store(&st.abort)
+		defer cs.current.Store(nil)
+		if r.Context().Err() != nil {
+			st.abort.end(context.Cause(r.Context()))
+		}
+	}
 	route := time.Duration(0)
 	if upgrade == "" {
 		route = h.routeTimeout(rt, r)
@@ -501,6 +522,7 @@ func (h *HCM) serveHTTP(cs *connState, w http.ResponseWriter, r *http.Request) {
 			if !body.eof.Load() && rw.status.Load() == 0 {
 				st.reqTOFired.Store(true)
 				cancelCause(nil)
+				st.abort.fire()
 			}
 		})
 		defer t.Stop()
@@ -654,6 +676,7 @@ func (s *streamTimer) check() {
 	if !s.deadline.IsZero() {
 		if next = s.deadline.Sub(now); next <= 0 {
 			s.cancel(context.DeadlineExceeded)
+			s.st.abort.fire()
 			return
 		}
 	}
@@ -662,6 +685,7 @@ func (s *streamTimer) check() {
 		if expired {
 			s.st.idleFired.Store(true)
 			s.cancel(errStreamIdle)
+			s.st.abort.fire()
 			return
 		}
 		if next == 0 || wait < next {

@@ -67,6 +67,7 @@ func (h *HCM) ServeConn(ctx context.Context, d *filters.Downstream) {
 		if !handOff {
 			return
 		}
+		cs.current = nil // net/http's request contexts end without serveFast's hook
 		if h.cfg.codec == codecAuto && bytes.HasPrefix(rest, []byte(h2Preface[:16])) {
 			// HTTP/2 with prior knowledge (the listener did not peek):
 			// straight to the HTTP/2 server, as if it had been peeked

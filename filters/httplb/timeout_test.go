@@ -2,13 +2,19 @@ package httplb_test
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/siftmesh/sift/bootstrap"
+	"github.com/siftmesh/sift/server"
 )
 
 // TestHTTP1ConnectionIdleTimeout: a keep-alive connection on the fast path
@@ -109,5 +115,66 @@ func TestStreamIdleTimeoutActivity(t *testing.T) {
 	resp.Body.Close()
 	if err == nil && len(body) == 16 {
 		t.Errorf("stalled response completed: the stream idle timeout did not fire")
+	}
+}
+
+// TestHTTP1DrainEndAbortsUpstream: when the drain time ends, a fast-path
+// request still waiting for its upstream — with no route or stream idle
+// timeout to end it — is aborted with its connection (the upstream pool's
+// abort hangs on the connection's end, upstreamAbort), so that the
+// shutdown completes.
+func TestHTTP1DrainEndAbortsUpstream(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	upstreamGone := make(chan struct{}, 1)
+	release := make(chan struct{})
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-r.Context().Done(): // the proxy closed the upstream connection
+			upstreamGone <- struct{}{}
+		case <-release:
+		}
+	}))
+	defer backend.Close()
+	defer close(release)
+	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
+	yaml := strings.Replace(fmt.Sprintf(benchBootstrap, port), "codec_type: AUTO\n", "codec_type: AUTO\n          stream_idle_timeout: 0s\n", 1)
+	yaml = strings.Replace(yaml, "route: {cluster: c}", "route: {cluster: c, timeout: 0s}", 1)
+	bs, err := bootstrap.Parse([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.Build(bs, server.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DrainTime: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", srv.Listeners().Get("http").Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /hang HTTP/1.1\r\nHost: a\r\n\r\n")
+	select {
+	case <-arrived:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the request did not reach the backend")
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(context.Background()) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown still waits 10 s after the drain time: the request waiting upstream was not aborted")
+	}
+	select {
+	case <-upstreamGone:
+	case <-time.After(5 * time.Second):
+		t.Error("the upstream connection stayed open after the drain time")
 	}
 }
