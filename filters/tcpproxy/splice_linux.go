@@ -36,18 +36,10 @@ import (
 // rounds ran, the deadline moves on by parkQuiet. A busy direction pays one
 // deadline reset per parkQuiet, nothing per round or byte.
 //
-// The first warmBytes of bulk data (rounds larger than warmChunk) go out in
-// splice calls of at most warmChunk bytes, the size HAProxy sends; then a
-// round goes out in as few calls as the destination takes. Linux sizes a
-// receiver's buffer (receive-buffer autotuning) from how long one window of
-// data takes to arrive; a proxy that delivers each window in one burst, the
-// moment the receiver opens it, makes that time a few microseconds on
-// loopback — where a sidecar meets its application — and the receiver's
-// window never grows beyond its initial 64 KiB: an ordinary Go reader then
-// took 0.6× the throughput it gets behind HAProxy (docs/performance.md,
-// "Receive windows"). Smaller calls at the start let the receiver's window
-// grow, which it never gives back; the cost is at most warmBytes/warmChunk
-// extra calls per direction, and none for a connection whose rounds are small.
+// At a direction's first bulk round (more than pacedRound bytes) the
+// destination socket gets TCP_NOTSENT_LOWAT (see notSentLowat): from then on
+// a splice out stops, and the socket waits to be writable, while that much is
+// queued unsent.
 //
 // Go's own TCPConn.ReadFrom splices too, but it holds its pipe for the whole
 // call, while it waits for data as well: a proxy whose connections are mostly
@@ -214,7 +206,7 @@ type splicer struct {
 	in, out func(fd uintptr) bool // spliceIn, spliceOut
 	p       *kpipe                // the round's pipe, nil between rounds
 	n, done int                   // bytes in the pipe; bytes moved out of it
-	warmed  int                   // bytes sent in warm-up calls (outLimit)
+	paced   bool                  // notSentLowat set on the destination
 	err     error                 // the callbacks' error
 }
 
@@ -268,9 +260,13 @@ func (sp *splicer) drain(dst syscall.RawConn, n int) (int, error) {
 }
 
 func (sp *splicer) spliceOut(fd uintptr) bool {
+	if !sp.paced && sp.n > pacedRound {
+		// Best effort: an error leaves the socket as it was.
+		sp.paced = true
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
+	}
 	for sp.done < sp.n {
-		max := sp.outLimit(sp.n - sp.done)
-		m, err := splice(int(fd), sp.p.r, max)
+		m, err := splice(int(fd), sp.p.r, sp.n-sp.done)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -284,29 +280,30 @@ func (sp *splicer) spliceOut(fd uintptr) bool {
 			return true
 		}
 		sp.done += m
-		if max == warmChunk {
-			sp.warmed += m
-		}
 	}
 	return true
 }
 
-// Receive-window warm-up (see copy): the first warmBytes of a direction's
-// bulk rounds are sent in calls of warmChunk bytes.
+// notSentLowat is the TCP_NOTSENT_LOWAT a direction sets on its destination
+// socket at its first round of more than pacedRound bytes.
+//
+// Without it a round handed the socket up to a whole pipe (1 MiB) that the
+// receiver's window could not take yet (3.4 MB were seen queued unsent), and
+// that data left later from the receiver's acknowledgements: on the
+// receiver's CPU, in its ACK processing, with the pages gone cold. Worse, each
+// window the receiver opened was filled in one burst, microseconds later, so
+// the receiver's kernel measured a window's round trip in microseconds and its
+// receive-buffer autotuning never grew the window past its initial 64 KiB. On
+// loopback, where a sidecar meets its application, an ordinary Go reader (8 KiB
+// reads) ran at 0.6× the throughput it reached behind HAProxy. Handing TCP
+// only what it can send soon keeps the sending on the proxy's CPU and lets the
+// receiver's window grow (docs/performance.md, "Receive windows"). The cost
+// is more splice calls and writability waits per byte on the proxy; short
+// exchanges (rounds of at most pacedRound) never set it.
 const (
-	warmChunk = 16 << 10
-	warmBytes = 4 << 20
+	notSentLowat = 32 << 10
+	pacedRound   = 16 << 10
 )
-
-// outLimit is the most the next splice out of a round with left bytes in
-// the pipe moves: all of them, or warmChunk while the direction is warming
-// up and more than that is left.
-func (sp *splicer) outLimit(left int) int {
-	if left > warmChunk && sp.warmed < warmBytes {
-		return warmChunk
-	}
-	return left
-}
 
 func splice(out, in, max int) (int, error) {
 	n, err := unix.Splice(in, nil, out, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
