@@ -94,10 +94,13 @@ func (p *reverseProxy) forward(w http.ResponseWriter, in *http.Request) {
 	}
 	if err := copyBody(w, res.Body, res.ContentLength, streamed); err != nil {
 		res.Body.Close()
-		if in.Context().Value(http.ServerContextKey) != nil {
-			// Under net/http's server: abort the response, so the client
-			// sees a reset rather than a body that ends cleanly short.
-			// The fast path sees the short body itself (fastWriter.finish).
+		if in.Context().Value(http.ServerContextKey) != nil || res.ContentLength < 0 {
+			// Abort the response, so the client sees a reset rather than
+			// a body that ends cleanly short: under net/http's server, and
+			// on the fast path for a body of unknown length (it would end
+			// the chunked body with its last chunk; fastConn.serve ends
+			// the connection instead). The fast path sees a short body of
+			// known length itself (fastWriter.finish).
 			panic(http.ErrAbortHandler)
 		}
 		return

@@ -606,12 +606,22 @@ func encodeFields(enc *hpack.Encoder, h http.Header, trailers bool) error {
 			if !httpguts.ValidHeaderFieldValue(v) {
 				return &h2InvalidHeader{"value of " + k}
 			}
-			// A request id is new on every request: indexing it would only
-			// evict the fields that repeat.
-			enc.WriteField(hpack.HeaderField{Name: name, Value: v, Sensitive: k == "X-Request-Id"})
+			enc.WriteField(hpack.HeaderField{Name: name, Value: v, Sensitive: neverIndex(k)})
 		}
 	}
 	return nil
+}
+
+// neverIndex reports the fields whose values are new on every request (a
+// request id, a deadline, trace and span ids): adding them to the HPACK
+// dynamic table would only evict the fields that repeat, so they are sent
+// as literals that are never indexed (RFC 7541 section 6.2.3).
+func neverIndex(k string) bool {
+	switch k {
+	case "X-Request-Id", "Grpc-Timeout", "Traceparent", "B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid":
+		return true
+	}
+	return false
 }
 
 // writeHeaderBlock writes cc.hbuf as HEADERS and CONTINUATION frames of at
@@ -1182,8 +1192,9 @@ func (cc *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		fields := f.RegularFields()
 		hdr := make(http.Header, len(fields))
+		vals := make([]string, len(fields)) // one array for every field's first value
 		var trailer http.Header
-		for _, hf := range fields {
+		for i, hf := range fields {
 			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
 			if k == "Trailer" {
 				for name := range strings.SplitSeq(hf.Value, ",") {
@@ -1195,7 +1206,12 @@ func (cc *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 					}
 				}
 			}
-			hdr[k] = append(hdr[k], hf.Value)
+			if prior, ok := hdr[k]; ok {
+				hdr[k] = append(prior, hf.Value)
+			} else {
+				vals[i] = hf.Value
+				hdr[k] = vals[i : i+1 : i+1]
+			}
 		}
 		res := &http.Response{Status: status, StatusCode: code, Proto: "HTTP/2.0", ProtoMajor: 2,
 			Header: hdr, Trailer: trailer, ContentLength: -1, Body: s, Request: s.req}
@@ -1223,10 +1239,17 @@ func (cc *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 			s.abort(errors.New("httplb: http2 upstream: trailers without END_STREAM"), http2.ErrCodeProtocol)
 			return nil
 		}
-		s.trailer = make(http.Header)
-		for _, hf := range f.RegularFields() {
+		fields := f.RegularFields()
+		s.trailer = make(http.Header, len(fields))
+		vals := make([]string, len(fields))
+		for i, hf := range fields {
 			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
-			s.trailer[k] = append(s.trailer[k], hf.Value)
+			if prior, ok := s.trailer[k]; ok {
+				s.trailer[k] = append(prior, hf.Value)
+			} else {
+				vals[i] = hf.Value
+				s.trailer[k] = vals[i : i+1 : i+1]
+			}
 		}
 	}
 	if f.StreamEnded() {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -587,5 +589,175 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// rawH2Backend serves HTTP/2 with prior knowledge from a bare framer:
+// onHeaders is called for every request HEADERS frame with the
+// connection's number (from 1) and may answer with respond, reset the
+// stream, or send GOAWAY.
+type rawH2Backend struct {
+	l         *countingListener
+	onHeaders func(conn int, id uint32, fr *rawH2Conn)
+	n         atomic.Int32
+}
+
+type rawH2Conn struct {
+	mu sync.Mutex
+	fr *http2.Framer
+	nc net.Conn
+}
+
+// respond answers stream id with 200 and body.
+func (c *rawH2Conn) respond(id uint32, body string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var buf bytes.Buffer
+	enc := hpack.NewEncoder(&buf)
+	enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndHeaders: true})
+	c.fr.WriteData(id, true, []byte(body))
+}
+
+func (c *rawH2Conn) write(f func(fr *http2.Framer)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f(c.fr)
+}
+
+func startRawH2Backend(t *testing.T, onHeaders func(conn int, id uint32, c *rawH2Conn)) *rawH2Backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &rawH2Backend{l: &countingListener{Listener: ln}, onHeaders: onHeaders}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			nc, err := b.l.Accept()
+			if err != nil {
+				return
+			}
+			go b.serve(nc)
+		}
+	}()
+	return b
+}
+
+func (b *rawH2Backend) serve(nc net.Conn) {
+	defer nc.Close()
+	n := int(b.n.Add(1))
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(nc, preface); err != nil {
+		return
+	}
+	c := &rawH2Conn{fr: http2.NewFramer(nc, nc), nc: nc}
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.write(func(fr *http2.Framer) { fr.WriteSettings() })
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				c.write(func(fr *http2.Framer) { fr.WriteSettingsAck() })
+			}
+		case *http2.MetaHeadersFrame:
+			b.onHeaders(n, f.StreamID, c)
+		}
+	}
+}
+
+// TestH2ClientGoAwayUnprocessed: the backend answers a request with GOAWAY
+// whose last stream id is below it (not processed): the request goes
+// again, on a new connection, and succeeds.
+func TestH2ClientGoAwayUnprocessed(t *testing.T) {
+	t.Parallel()
+	b := startRawH2Backend(t, func(conn int, id uint32, c *rawH2Conn) {
+		if conn == 1 {
+			c.write(func(fr *http2.Framer) { fr.WriteGoAway(0, http2.ErrCodeNo, nil) })
+			return
+		}
+		c.respond(id, fmt.Sprintf("conn %d", conn))
+	})
+	addr := startH2ClusterProxy(t, b.l.Addr().String(), "", "", "")
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "conn 2" {
+		t.Errorf("got %d %q, want 200 \"conn 2\"", resp.StatusCode, body)
+	}
+}
+
+// TestH2ClientRefusedStream: a stream refused (RST_STREAM REFUSED_STREAM)
+// is sent again; the connection stays in use.
+func TestH2ClientRefusedStream(t *testing.T) {
+	t.Parallel()
+	var refused atomic.Bool
+	b := startRawH2Backend(t, func(conn int, id uint32, c *rawH2Conn) {
+		if !refused.Swap(true) {
+			c.write(func(fr *http2.Framer) { fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+			return
+		}
+		c.respond(id, fmt.Sprintf("conn %d stream %d", conn, id))
+	})
+	addr := startH2ClusterProxy(t, b.l.Addr().String(), "", "", "")
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "conn 1 stream 3" {
+		t.Errorf("got %d %q, want 200 \"conn 1 stream 3\"", resp.StatusCode, body)
+	}
+}
+
+// TestH2ClientUpstreamConnectionLost: the backend closes the connection
+// while a response is in progress: the client's response (HTTP/1.1,
+// chunked: the body's length is unknown) fails — the connection ends
+// without the last chunk, where it used to end cleanly short — and the
+// next request opens a new upstream connection.
+func TestH2ClientUpstreamConnectionLost(t *testing.T) {
+	t.Parallel()
+	b := startRawH2Backend(t, func(conn int, id uint32, c *rawH2Conn) {
+		if conn == 1 {
+			c.write(func(fr *http2.Framer) {
+				var buf bytes.Buffer
+				enc := hpack.NewEncoder(&buf)
+				enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: buf.Bytes(), EndHeaders: true})
+				fr.WriteData(id, false, []byte("partial"))
+			})
+			time.Sleep(20 * time.Millisecond)
+			c.nc.Close()
+			return
+		}
+		c.respond(id, "fine")
+	})
+	addr := startH2ClusterProxy(t, b.l.Addr().String(), "", "", "")
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Error("a response cut by the upstream's close ended cleanly")
+	}
+	resp, err = http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "fine" {
+		t.Errorf("then %d %q", resp.StatusCode, body)
 	}
 }
