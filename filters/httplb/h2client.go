@@ -116,6 +116,9 @@ const h2MaxUnprocessedRetries = 4
 // RoundTrip sends req on a connection with a free stream and returns the
 // response once its head arrived.
 func (p *h2Pool) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := validateRequest(req); err != nil {
+		return nil, err
+	}
 	ctx := req.Context()
 	for try := 0; ; try++ {
 		cc, err := p.get(ctx)
@@ -503,11 +506,6 @@ func (cc *h2Conn) roundTrip(req *http.Request) (res *http.Response, bodyRead boo
 	err = cc.writeHeaders(s.id, req, endStream)
 	cc.wmu.Unlock()
 	if err != nil {
-		var ve *h2InvalidHeader
-		if errors.As(err, &ve) {
-			s.abort(err, http2.ErrCodeInternal)
-			return nil, false, err
-		}
 		cc.close(err)
 		return nil, false, &errH2Unprocessed{err}
 	}
@@ -540,10 +538,10 @@ type h2InvalidHeader struct{ what string }
 
 func (e *h2InvalidHeader) Error() string { return "httplb: http2 upstream: invalid request " + e.what }
 
-// writeHeaders encodes req's head (or, with trailer set, the request
-// trailers) and writes it as HEADERS and CONTINUATION frames. cc.wmu held.
-func (cc *h2Conn) writeHeaders(id uint32, req *http.Request, endStream bool) error {
-	cc.hbuf.Reset()
+// validateRequest checks that HTTP/2 can carry req's head and trailers,
+// before anything is encoded: a field rejected halfway through a header
+// block would leave the HPACK encoder's table ahead of the server's.
+func validateRequest(req *http.Request) error {
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
@@ -551,25 +549,46 @@ func (cc *h2Conn) writeHeaders(id uint32, req *http.Request, endStream bool) err
 	if !httpguts.ValidHostHeader(host) {
 		return &h2InvalidHeader{"host " + strconv.Quote(host)}
 	}
+	if req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method) {
+		return &h2InvalidHeader{"method"}
+	}
+	if path := req.URL.RequestURI(); !validPseudoPath(path) {
+		return &h2InvalidHeader{"path " + strconv.Quote(path)}
+	}
+	for _, h := range []http.Header{req.Header, req.Trailer} {
+		for k, vs := range h {
+			if !httpguts.ValidHeaderFieldName(k) {
+				return &h2InvalidHeader{"field name " + strconv.Quote(k)}
+			}
+			for _, v := range vs {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					return &h2InvalidHeader{"value of " + k}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// writeHeaders encodes req's head (validateRequest accepted it) and
+// writes it as HEADERS and CONTINUATION frames. cc.wmu held.
+func (cc *h2Conn) writeHeaders(id uint32, req *http.Request, endStream bool) error {
+	cc.hbuf.Reset()
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
 	method := req.Method
 	if method == "" {
 		method = http.MethodGet
 	}
-	if !httpguts.ValidHeaderFieldName(method) {
-		return &h2InvalidHeader{"method"}
-	}
 	path := req.URL.RequestURI()
-	if !validPseudoPath(path) {
-		return &h2InvalidHeader{"path " + strconv.Quote(path)}
-	}
 	enc := cc.henc
 	enc.WriteField(hpack.HeaderField{Name: ":authority", Value: host})
 	enc.WriteField(hpack.HeaderField{Name: ":method", Value: method})
 	enc.WriteField(hpack.HeaderField{Name: ":path", Value: path})
 	enc.WriteField(hpack.HeaderField{Name: ":scheme", Value: "http"})
-	if err := encodeFields(enc, req.Header, false); err != nil {
-		return err
-	}
+	encodeFields(enc, req.Header, false)
 	if len(req.Trailer) > 0 {
 		names := make([]string, 0, len(req.Trailer))
 		for k := range req.Trailer {
@@ -583,14 +602,11 @@ func (cc *h2Conn) writeHeaders(id uint32, req *http.Request, endStream bool) err
 	return cc.writeHeaderBlock(id, endStream)
 }
 
-// encodeFields encodes a header map's fields, lower-cased, without the
-// ones HTTP/2 forbids (RFC 9113 section 8.2.2) and those the pseudo-header
-// fields carry. cc.wmu held.
-func encodeFields(enc *hpack.Encoder, h http.Header, trailers bool) error {
+// encodeFields encodes a header map's fields (validateRequest accepted
+// them), lower-cased, without the ones HTTP/2 forbids (RFC 9113 section
+// 8.2.2) and those the pseudo-header fields carry. cc.wmu held.
+func encodeFields(enc *hpack.Encoder, h http.Header, trailers bool) {
 	for k, vs := range h {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return &h2InvalidHeader{"field name " + strconv.Quote(k)}
-		}
 		switch k {
 		case "Connection", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Keep-Alive", "Host", "Content-Length", "Trailer":
 			continue
@@ -603,13 +619,9 @@ func encodeFields(enc *hpack.Encoder, h http.Header, trailers bool) error {
 		}
 		name := lowerHeader(k)
 		for _, v := range vs {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return &h2InvalidHeader{"value of " + k}
-			}
 			enc.WriteField(hpack.HeaderField{Name: name, Value: v, Sensitive: neverIndex(k)})
 		}
 	}
-	return nil
 }
 
 // neverIndex reports the fields whose values are new on every request (a
@@ -746,18 +758,11 @@ func (s *h2Stream) writeBody(body io.ReadCloser) {
 		return
 	}
 	cc.hbuf.Reset()
-	err := encodeFields(cc.henc, s.req.Trailer, true)
-	if err == nil {
-		err = cc.writeHeaderBlock(s.id, true)
-	}
+	encodeFields(cc.henc, s.req.Trailer, true)
+	err := cc.writeHeaderBlock(s.id, true)
 	cc.wmu.Unlock()
 	if err != nil {
-		var ve *h2InvalidHeader
-		if errors.As(err, &ve) {
-			s.abort(err, http2.ErrCodeInternal)
-		} else {
-			cc.close(err)
-		}
+		cc.close(err)
 		return
 	}
 	s.sentEnd()

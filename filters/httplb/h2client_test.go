@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -761,3 +762,43 @@ func TestH2ClientUpstreamConnectionLost(t *testing.T) {
 		t.Errorf("then %d %q", resp.StatusCode, body)
 	}
 }
+
+// TestH2ClientRequestTrailers: request trailers travel upstream after the
+// body (HEADERS with END_STREAM), announced in the request head.
+func TestH2ClientRequestTrailers(t *testing.T) {
+	t.Parallel()
+	addr, client := startH2Proxy(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s|%s", body, r.Trailer.Get("X-Checksum"))
+	}))
+	req, _ := http.NewRequest("POST", "http://"+addr+"/", nil)
+	req.Trailer = http.Header{"X-Checksum": nil}
+	req.ContentLength = -1
+	req.Body = &trailerBody{r: strings.NewReader("payload"), req: req}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(got) != "payload|abc" {
+		t.Errorf("backend saw %q, want payload|abc", got)
+	}
+}
+
+// trailerBody sets the request's trailer when its body ends (as a client
+// computing a checksum would).
+type trailerBody struct {
+	r   io.Reader
+	req *http.Request
+}
+
+func (b *trailerBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.req.Trailer.Set("X-Checksum", "abc")
+	}
+	return n, err
+}
+
+func (b *trailerBody) Close() error { return nil }
