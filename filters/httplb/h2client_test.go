@@ -802,3 +802,30 @@ func (b *trailerBody) Read(p []byte) (int, error) {
 }
 
 func (b *trailerBody) Close() error { return nil }
+
+// TestH2ClientConnectFailure: an HTTP/2 endpoint that refuses connections
+// is a connect failure: 502 with upstream_connect_failure, and for gRPC a
+// trailers-only UNAVAILABLE.
+func TestH2ClientConnectFailure(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	addr := startH2ClusterProxy(t, dead, "", "", "")
+	resp, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("X-Sift-Error") != "upstream_connect_failure" {
+		t.Errorf("got %d %q, want 502 upstream_connect_failure", resp.StatusCode, resp.Header.Get("X-Sift-Error"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := unary(ctx, grpcClient(t, addr), "/t/Unary", []byte("x")); status.Code(err) != codes.Unavailable {
+		t.Errorf("gRPC: %v, want Unavailable", err)
+	}
+}
