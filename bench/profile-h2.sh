@@ -137,8 +137,11 @@ per_call() {
     -v cpu=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf "%-15s %7d ops (%6.0f/s)  proxy: %5.2f read %5.2f write %5.1f CPU-us  backend: %5.2f read %5.2f write  per op\n", name, n, n/s, pr/n, pw/n, cpu/hz*1e6/n, br/n, bw/n }'
 }
-h2load_ops() { taskset -c "$LCPU" h2load -c 32 -m 10 -t 1 -D "$SECS" "http://127.0.0.1:$HPORT/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p'; }
-grpc_ops() { taskset -c "$LCPU" "$SB" load grpc -addr "127.0.0.1:$GPORT" -mode "$1" -conns 4 -c 32 -d "${SECS}s" | sed -n 's/.*"ops":\([0-9]*\).*/\1/p'; }
+h2load_ops() { taskset -c "$LCPU" h2load -c 32 -m 10 -t 1 -D "$SECS" ${PROFILE_RATE:+--rps=$((PROFILE_RATE / 32))} "http://127.0.0.1:$HPORT/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p'; }
+# PROFILE_RATE=N: every load at N requests (calls, streamed messages) per
+# second instead of as fast as it goes (CPU per call compared at the same
+# load; h2load: N/32 per client).
+grpc_ops() { taskset -c "$LCPU" "$SB" load grpc -addr "127.0.0.1:$GPORT" -mode "$1" -conns 4 -c 32 -d "${SECS}s" -rate "${PROFILE_RATE:-0}" | sed -n 's/.*"ops":\([0-9]*\).*/\1/p'; }
 
 grpc_ops unary >/dev/null # warm up (connections, pools)
 echo "== $TARGET: read/write system calls per request (/proc/<pid>/io), ${SECS}s each"
