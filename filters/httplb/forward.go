@@ -118,11 +118,27 @@ func (p *reverseProxy) forward(w http.ResponseWriter, in *http.Request) {
 		return
 	}
 	for k, vs := range res.Trailer {
-		k = http.TrailerPrefix + k
-		for _, v := range vs {
-			h.Add(k, v)
+		k = trailerKey(k)
+		if prior, ok := h[k]; ok {
+			h[k] = append(prior, vs...)
+		} else {
+			h[k] = vs // res is this request's own: its slices can move
 		}
 	}
+}
+
+// trailerKey is http.TrailerPrefix + k, without an allocation for gRPC's
+// trailers (every gRPC response has them, unannounced).
+func trailerKey(k string) string {
+	switch k {
+	case "Grpc-Status":
+		return http.TrailerPrefix + "Grpc-Status"
+	case "Grpc-Message":
+		return http.TrailerPrefix + "Grpc-Message"
+	case "Grpc-Status-Details-Bin":
+		return http.TrailerPrefix + "Grpc-Status-Details-Bin"
+	}
+	return http.TrailerPrefix + k
 }
 
 // copyBody copies a response body to w from a pooled buffer. A streamed

@@ -957,10 +957,11 @@ func (s *h2Stream) Read(p []byte) (int, error) {
 			// On the reader's goroutine, as net/http's bodies do: the
 			// caller reads res.Trailer after io.EOF.
 			if s.res.Trailer == nil {
-				s.res.Trailer = make(http.Header, len(s.trailer))
-			}
-			for k, vs := range s.trailer {
-				s.res.Trailer[k] = vs
+				s.res.Trailer = s.trailer
+			} else {
+				for k, vs := range s.trailer {
+					s.res.Trailer[k] = vs
+				}
 			}
 			s.trailer = nil
 		}
