@@ -447,12 +447,10 @@ type h2Stream struct {
 	req  *http.Request
 	stop func() bool // the context.AfterFunc registration; guarded by cc.mu
 
-	head chan struct{} // closed once res or headErr is set
-	res  *http.Response
-
 	// Guarded by cc.mu.
-	cond       sync.Cond // response data, its end, or the stream's end
-	headDone   bool
+	cond       sync.Cond // the response head, data, its end, or the stream's end
+	res        *http.Response
+	headDone   bool // res or headErr is set
 	headErr    error
 	buf        []byte // response data not yet read: buf[rd:]
 	rd         int
@@ -473,7 +471,7 @@ type h2Stream struct {
 // response head. bodyRead reports that the request body was read from, so
 // that the request cannot be sent again.
 func (cc *h2Conn) roundTrip(req *http.Request) (res *http.Response, bodyRead bool, err error) {
-	s := &h2Stream{cc: cc, req: req, head: make(chan struct{})}
+	s := &h2Stream{cc: cc, req: req}
 	s.cond.L = &cc.mu
 	body := req.Body
 	if body == http.NoBody {
@@ -523,14 +521,18 @@ func (cc *h2Conn) roundTrip(req *http.Request) (res *http.Response, bodyRead boo
 	} else if !endStream {
 		go s.writeBody(nil) // trailers only
 	}
-	<-s.head
+	// The head, or the stream's failure (its context's end included:
+	// cancel aborts the stream).
 	cc.mu.Lock()
-	herr, bodyRead := s.headErr, s.bodyRead
+	for !s.headDone {
+		s.cond.Wait()
+	}
+	herr, bodyRead, res := s.headErr, s.bodyRead, s.res
 	cc.mu.Unlock()
 	if herr != nil {
 		return nil, bodyRead, herr
 	}
-	return s.res, bodyRead, nil
+	return res, bodyRead, nil
 }
 
 // h2InvalidHeader: a request field that HTTP/2 cannot carry.
@@ -848,7 +850,7 @@ func (s *h2Stream) failLocked(err error) {
 	if !s.headDone {
 		s.headDone = true
 		s.headErr = err
-		close(s.head)
+		s.cond.Broadcast()
 	}
 	if !s.remoteDone && s.readErr == nil {
 		s.readErr = err
@@ -1237,7 +1239,7 @@ func (cc *h2Conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		s.res = res
 		s.headDone = true
-		close(s.head)
+		s.cond.Broadcast()
 	} else {
 		// Trailers: they end the stream (RFC 9113 section 8.1).
 		if !f.StreamEnded() {
