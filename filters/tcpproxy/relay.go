@@ -54,7 +54,7 @@ func (r *relayResult) set(c Counts, err error) { r.c, r.err = c, err; close(r.do
 // caller's, before startRelay returns), with what Relay would return.
 //
 // With park (Linux, both sides *net.TCPConn, canPark), a direction that
-// has moved nothing for a quiet period (between parkQuiet and twice that)
+// has moved nothing for a quiet period (parkQuiet)
 // gives up its goroutine: its source socket is armed in the reactor
 // (internal/reactor) and a fresh goroutine resumes the splice rounds when
 // bytes, a FIN, a reset or an error arrive. An idle connection then holds
@@ -71,7 +71,7 @@ func startRelay(ctx context.Context, down, up net.Conn, lim Limits, park bool, o
 	if park {
 		r.initPark()
 	}
-	r.stopCtx = context.AfterFunc(ctx, r.abort)
+	r.join(ctx)
 	if lim.MaxDuration > 0 {
 		r.maxTimer = time.AfterFunc(lim.MaxDuration, r.abort)
 	}
@@ -97,10 +97,10 @@ type relay struct {
 	moved    atomic.Uint64 // bytes copied in user space (no kernel counter sees them)
 	onEnd    func(Counts, error)
 	// Set before the directions start; stopped by finish.
-	stopCtx  func() bool
-	maxTimer *time.Timer
-	idle     idleWatch
-	relayRaw // splice_linux.go
+	maxTimer    *time.Timer
+	idle        idleWatch
+	groupMember // aborted when the context ends (group.go)
+	relayRaw    // splice_linux.go
 }
 
 // direction is one way of a relay. Its fields belong to the goroutine
@@ -162,7 +162,7 @@ func (r *relay) abort() {
 
 // finish stops the relay's timers and reports its outcome.
 func (r *relay) finish() {
-	r.stopCtx()
+	r.leave()
 	if r.maxTimer != nil {
 		r.maxTimer.Stop()
 	}

@@ -1,0 +1,131 @@
+//go:build linux
+
+package tcpproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/siftmesh/sift/internal/testnet"
+)
+
+// relayEnds starts n relays between fresh TCP pairs with ctx (in park mode
+// when park: the up→down direction returns once it has parked) and
+// returns a channel receiving each relay's error when it ends.
+func relayEnds(t *testing.T, ctx context.Context, n int, park bool) (<-chan error, []*net.TCPConn) {
+	t.Helper()
+	ends := make(chan error, n)
+	var clients []*net.TCPConn
+	for range n {
+		client, down := testnet.Pair(t)
+		up, server := testnet.Pair(t)
+		clients = append(clients, client, server)
+		go startRelay(ctx, down, up, Limits{}, park, func(_ Counts, err error) {
+			down.Close()
+			up.Close()
+			ends <- err
+		})
+	}
+	return ends, clients
+}
+
+func TestRelayGroupAbortsMembersWhenContextEnds(t *testing.T) {
+	for _, park := range []bool{false, true} {
+		name := "waiting"
+		if park {
+			name = "parked"
+		}
+		t.Run(name, func(t *testing.T) {
+			const n = 50
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			ends, clients := relayEnds(t, ctx, n, park)
+			waitFor(t, "every relay to join the group", func() bool {
+				v, ok := groups.Load(ctx)
+				return ok && v.(*relayGroup).size() == n
+			})
+			if park {
+				// Parked or not, the group reaches them (the park tests
+				// check parking itself).
+				time.Sleep(2 * parkQuiet)
+			}
+			cancel()
+			for i := range n {
+				select {
+				case err := <-ends:
+					if !errors.Is(err, net.ErrClosed) {
+						t.Errorf("relay ended with %v, want the connections closed", err)
+					}
+				case <-time.After(testnet.Limit):
+					t.Fatalf("%d of %d relays still running after their context ended", n-i, n)
+				}
+			}
+			for _, c := range clients {
+				c.SetDeadline(time.Now().Add(testnet.Limit))
+				if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+					t.Errorf("peer after the relay's abort: %q, %v; want EOF", b, err)
+				}
+			}
+			if _, ok := groups.Load(ctx); ok {
+				t.Error("the ended context's group is still registered")
+			}
+		})
+	}
+}
+
+func TestRelayGroupLeaveOnEnd(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ends, clients := relayEnds(t, ctx, 3, false)
+	waitFor(t, "the relays to join", func() bool {
+		v, ok := groups.Load(ctx)
+		return ok && v.(*relayGroup).size() == 3
+	})
+	// The middle relay's peers close: it ends and leaves; the others stay.
+	clients[2].Close()
+	clients[3].Close()
+	if err := <-ends; err != nil {
+		t.Fatalf("relay ended with %v, want a clean end", err)
+	}
+	v, _ := groups.Load(ctx)
+	if got := v.(*relayGroup).size(); got != 2 {
+		t.Fatalf("group has %d members after one relay ended, want 2", got)
+	}
+	cancel()
+	for range 2 {
+		<-ends
+	}
+}
+
+func TestRelayJoiningAnEndedContextAborts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ends, _ := relayEnds(t, ctx, 5, true)
+	for range 5 {
+		select {
+		case err := <-ends:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("relay on an ended context: %v, want the connections closed", err)
+			}
+		case <-time.After(testnet.Limit):
+			t.Fatal("a relay started on an ended context keeps running")
+		}
+	}
+	waitFor(t, "the ended context's group to go", func() bool { _, ok := groups.Load(ctx); return !ok })
+}
+
+func TestRelayWithoutCancelHasNoGroup(t *testing.T) {
+	ends, clients := relayEnds(t, context.Background(), 1, false)
+	if _, ok := groups.Load(context.Background()); ok {
+		t.Error("a context that never ends got a group")
+	}
+	clients[0].Close()
+	clients[1].Close()
+	if err := <-ends; err != nil {
+		t.Errorf("relay: %v", err)
+	}
+}
