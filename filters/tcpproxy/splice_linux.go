@@ -32,9 +32,10 @@ import (
 // FIONREAD, no peek.
 //
 // In park mode the wait has a read deadline: when it passes and no round
-// ran since the deadline was set, the direction is quiet and parks; when
-// rounds ran, the deadline moves on by parkQuiet. A busy direction pays one
-// deadline reset per parkQuiet, nothing per round or byte.
+// ran for parkQuiet, the direction is quiet and parks; when rounds ran, the
+// deadline moves to parkQuiet after the last one. A busy direction pays one
+// deadline reset per parkQuiet and a clock reading per round, nothing per
+// byte.
 //
 // Go's own TCPConn.ReadFrom splices too, but it holds its pipe for the whole
 // call, while it waits for data as well: a proxy whose connections are mostly
@@ -60,8 +61,10 @@ func (d *direction) copy() (parked bool, err error) {
 		n, err := sp.fill(rsrc)
 		if err != nil {
 			if d.parking && errors.Is(err, os.ErrDeadlineExceeded) {
-				if d.rounds != d.seen {
-					d.quietFrom() // busy since the deadline was set
+				if rest := d.lastRound + parkQuiet - monoNow(); rest > 0 {
+					// Busy since the deadline was set: wait for the rest
+					// of the quiet period after the last round.
+					d.src.SetReadDeadline(time.Now().Add(rest))
 					continue
 				}
 				if d.park() {
@@ -83,12 +86,12 @@ func (d *direction) copy() (parked bool, err error) {
 		}
 		putPipe(sp.p)
 		sp.p = nil
-		d.rounds++
+		d.lastRound = monoNow()
 	}
 }
 
 // parkQuiet is how long a direction waits without a round before it
-// parks; it parks between parkQuiet and twice that after its last bytes.
+// parks: it parks parkQuiet after its last bytes (or after it started).
 // Long enough that a request/response exchange keeps its goroutines (a
 // park and wake cost an epoll_ctl and a goroutine start), short next to an
 // idle connection's life.
@@ -96,10 +99,10 @@ const parkQuiet = 150 * time.Millisecond
 
 // parker is a direction's park-mode state.
 type parker struct {
-	sp           splicer
-	parking      bool   // park mode (initPark)
-	rounds, seen uint32 // rounds run; rounds when the deadline was last set
-	watch        reactor.Watch
+	sp        splicer
+	parking   bool          // park mode (initPark)
+	lastRound time.Duration // monoNow at the last round (or the quiet period's start)
+	watch     reactor.Watch
 }
 
 // relayRaw is the relay's view of its sockets' descriptors, for splice.
@@ -165,7 +168,7 @@ func (r *relay) initPark() {
 
 // quietFrom starts a quiet period now.
 func (d *direction) quietFrom() {
-	d.seen = d.rounds
+	d.lastRound = monoNow()
 	d.src.SetReadDeadline(time.Now().Add(parkQuiet)) // an error (closed) shows in the next read
 }
 
