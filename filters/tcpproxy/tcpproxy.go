@@ -202,6 +202,8 @@ type session struct {
 	up      *upstream.Conn // nil until connected
 	rec     streaminfo.Conn
 	started bool // the connection's start has been reported
+	// unreported: nothing reads the record (start dropped info).
+	unreported bool
 	// detachedEnd is the listener's end function of a detached connection.
 	detachedEnd func()
 }
@@ -264,6 +266,12 @@ func (s *session) start() {
 	}
 	streaminfo.ReportConnStart(s.info)
 	s.started = true
+	if len(s.p.accessLogs) == 0 && !streaminfo.HasConnHook() {
+		// Nothing will read the record (no access log, no metrics): the
+		// connection keeps no ConnInfo for its life. A hook set later
+		// sees neither this connection's start nor its end.
+		s.info, s.rec.Info, s.unreported = nil, nil, true
+	}
 }
 
 // relayEnded records what the relay moved and ends the connection.
@@ -272,7 +280,7 @@ func (s *session) relayEnded(counts Counts, err error) {
 	s.rec.BytesSent += counts.Downstream
 	s.rec.Err = err
 	if err != nil && !expectedEnd(err) && s.ctx.Err() == nil {
-		s.p.log.Debug("connection ended with an error", "remote", s.info.RemoteAddr, "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
+		s.p.log.Debug("connection ended with an error", "remote", s.down.RemoteAddr(), "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
 	}
 	s.end()
 }
@@ -286,7 +294,9 @@ func (s *session) end() {
 	if !s.started {
 		s.start()
 	}
-	s.p.report(&s.rec)
+	if !s.unreported {
+		s.p.report(&s.rec)
+	}
 	s.down.Close()
 	if s.detachedEnd != nil {
 		s.detachedEnd()
