@@ -45,7 +45,7 @@ func TestRelayGroupAbortsMembersWhenContextEnds(t *testing.T) {
 			defer cancel()
 			ends, clients := relayEnds(t, ctx, n, park)
 			waitFor(t, "every relay to join the group", func() bool {
-				v, ok := groups.Load(ctx)
+				v, ok := groups.Load(groupKey{ctx, 0})
 				return ok && v.(*relayGroup).size() == n
 			})
 			if park {
@@ -70,7 +70,7 @@ func TestRelayGroupAbortsMembersWhenContextEnds(t *testing.T) {
 					t.Errorf("peer after the relay's abort: %q, %v; want EOF", b, err)
 				}
 			}
-			if _, ok := groups.Load(ctx); ok {
+			if _, ok := groups.Load(groupKey{ctx, 0}); ok {
 				t.Error("the ended context's group is still registered")
 			}
 		})
@@ -82,7 +82,7 @@ func TestRelayGroupLeaveOnEnd(t *testing.T) {
 	defer cancel()
 	ends, clients := relayEnds(t, ctx, 3, false)
 	waitFor(t, "the relays to join", func() bool {
-		v, ok := groups.Load(ctx)
+		v, ok := groups.Load(groupKey{ctx, 0})
 		return ok && v.(*relayGroup).size() == 3
 	})
 	// The middle relay's peers close: it ends and leaves; the others stay.
@@ -91,7 +91,7 @@ func TestRelayGroupLeaveOnEnd(t *testing.T) {
 	if err := <-ends; err != nil {
 		t.Fatalf("relay ended with %v, want a clean end", err)
 	}
-	v, _ := groups.Load(ctx)
+	v, _ := groups.Load(groupKey{ctx, 0})
 	if got := v.(*relayGroup).size(); got != 2 {
 		t.Fatalf("group has %d members after one relay ended, want 2", got)
 	}
@@ -115,12 +115,12 @@ func TestRelayJoiningAnEndedContextAborts(t *testing.T) {
 			t.Fatal("a relay started on an ended context keeps running")
 		}
 	}
-	waitFor(t, "the ended context's group to go", func() bool { _, ok := groups.Load(ctx); return !ok })
+	waitFor(t, "the ended context's group to go", func() bool { _, ok := groups.Load(groupKey{ctx, 0}); return !ok })
 }
 
 func TestRelayWithoutCancelHasNoGroup(t *testing.T) {
 	ends, clients := relayEnds(t, context.Background(), 1, false)
-	if _, ok := groups.Load(context.Background()); ok {
+	if _, ok := groups.Load(groupKey{context.Background(), 0}); ok {
 		t.Error("a context that never ends got a group")
 	}
 	clients[0].Close()
@@ -128,4 +128,78 @@ func TestRelayWithoutCancelHasNoGroup(t *testing.T) {
 	if err := <-ends; err != nil {
 		t.Errorf("relay: %v", err)
 	}
+}
+
+func TestRelayGroupIdleSweep(t *testing.T) {
+	// Three relays share one group (context, 1 s idle timeout) and its one
+	// timer: the two quiet ones are closed, the busy one is not, and the
+	// timer stops once the group is empty.
+	const idle = time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ends := make(chan int, 3)
+	var clients []*net.TCPConn
+	for i := range 3 {
+		client, down := testnet.Pair(t)
+		up, server := testnet.Pair(t)
+		clients = append(clients, client, server)
+		go startRelay(ctx, down, up, Limits{Idle: idle}, true, func(_ Counts, _ error) {
+			down.Close()
+			up.Close()
+			ends <- i
+		})
+	}
+	key := groupKey{ctx, idle}
+	waitFor(t, "the relays to join one group", func() bool {
+		v, ok := groups.Load(key)
+		return ok && v.(*relayGroup).size() == 3
+	})
+	stop := make(chan struct{})
+	busy := make(chan struct{})
+	go func() { // relay 0 carries a byte every 50 ms, far under the timeout
+		defer close(busy)
+		b := make([]byte, 1)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			clients[0].Write(b)
+			clients[1].SetReadDeadline(time.Now().Add(testnet.Limit))
+			if _, err := io.ReadFull(clients[1], b); err != nil {
+				return
+			}
+		}
+	}()
+	for range 2 {
+		select {
+		case i := <-ends:
+			if i == 0 {
+				t.Fatal("the busy relay was closed as idle")
+			}
+		case <-time.After(testnet.Limit):
+			t.Fatal("quiet relays outlived their idle timeout")
+		}
+	}
+	v, _ := groups.Load(key)
+	g := v.(*relayGroup)
+	if got := g.size(); got != 1 {
+		t.Errorf("group has %d members, want the busy one", got)
+	}
+	close(stop)
+	<-busy
+	select {
+	case i := <-ends:
+		if i != 0 {
+			t.Fatalf("relay %d ended twice", i)
+		}
+	case <-time.After(testnet.Limit):
+		t.Fatal("the relay gone quiet outlived its idle timeout")
+	}
+	waitFor(t, "the group's timer to stop", func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return !g.ticking && g.n == 0
+	})
 }

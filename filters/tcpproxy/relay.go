@@ -71,12 +71,9 @@ func startRelay(ctx context.Context, down, up net.Conn, lim Limits, park bool, o
 	if park {
 		r.initPark()
 	}
-	r.join(ctx)
+	r.join(ctx, lim.Idle)
 	if lim.MaxDuration > 0 {
 		r.maxTimer = time.AfterFunc(lim.MaxDuration, r.abort)
-	}
-	if lim.Idle > 0 {
-		r.watchIdle(lim.Idle)
 	}
 	go r.dirs[toUp].run()
 	r.dirs[toDown].run()
@@ -98,9 +95,9 @@ type relay struct {
 	onEnd    func(Counts, error)
 	// Set before the directions start; stopped by finish.
 	maxTimer    *time.Timer
-	idle        idleWatch
-	groupMember // aborted when the context ends (group.go)
-	relayRaw    // splice_linux.go
+	idle        idleWatch // sampled by the group (idle.go)
+	groupMember           // aborted when the context ends or idle (group.go)
+	relayRaw              // splice_linux.go
 }
 
 // direction is one way of a relay. Its fields belong to the goroutine
@@ -166,7 +163,6 @@ func (r *relay) finish() {
 	if r.maxTimer != nil {
 		r.maxTimer.Stop()
 	}
-	r.idle.stop()
 	up, down := &r.dirs[toUp], &r.dirs[toDown]
 	err := errors.Join(up.err, down.err)
 	if err != nil {
