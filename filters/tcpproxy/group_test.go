@@ -203,3 +203,17 @@ func TestRelayGroupIdleSweep(t *testing.T) {
 		return !g.ticking && g.n == 0
 	})
 }
+
+// startRelay starts a relay that calls onEnd when it has ended (see
+// relay.start).
+func startRelay(ctx context.Context, down, up net.Conn, lim Limits, park bool, onEnd func(Counts, error)) {
+	o := &funcRelay{onEnd: onEnd}
+	o.r.start(ctx, down, up, lim, park, o)
+}
+
+type funcRelay struct {
+	r     relay
+	onEnd func(Counts, error)
+}
+
+func (o *funcRelay) relayEnded(c Counts, err error) { o.onEnd(c, err) }

@@ -165,13 +165,14 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 // (filters.Downstream.Detach), it detaches the connection: it returns once
 // the direction it copies itself (upstream to client) has parked after a
 // quiet period, or ended, and the connection lives on with no goroutine
-// while idle (startRelay's park mode); the record, the access logs, the
+// while idle (relay.start's park mode); the record, the access logs, the
 // closes and the caller's end function then come from whichever goroutine
 // ends the connection. Otherwise (TLS on either side, or a caller that
 // needs ServeConn to block) it returns when the connection has ended.
 func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
-	s := &session{p: p, ctx: ctx, info: d.Info, down: d.Raw(),
+	s := &session{p: p, ctx: ctx, info: d.Info,
 		rec: streaminfo.Conn{Start: d.Info.AcceptedAt, Filter: "tcp_proxy", StatPrefix: p.statPrefix, Info: d.Info}}
+	s.r.down = d.Raw()
 	if !s.open(ctx, d) {
 		s.end()
 		return
@@ -179,16 +180,16 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	lim := Limits{Idle: p.idleTimeout, MaxDuration: p.maxDuration}
 	// s.up.Conn, not s.up: the embedded interface hides *net.TCPConn's
 	// ReadFrom and SyscallConn, which is where splice happens.
-	if canPark(s.down, s.up.Conn) {
+	if canPark(s.r.down, s.up.Conn) {
 		if end, ok := d.Detach(); ok {
 			s.detachedEnd = end
 			// From here on s belongs to the relay: it may end (and s.end
 			// run) on another goroutine before this returns.
-			startRelay(ctx, s.down, s.up.Conn, lim, true, s.relayEnded)
+			s.r.start(ctx, s.r.down, s.up.Conn, lim, true, s)
 			return
 		}
 	}
-	s.relayEnded(Relay(ctx, s.down, s.up.Conn, lim))
+	s.relayEnded(Relay(ctx, s.r.down, s.up.Conn, lim))
 }
 
 // session is one connection served by tcp_proxy: what ServeConn opened and
@@ -198,7 +199,6 @@ type session struct {
 	p       *Proxy
 	ctx     context.Context
 	info    *filters.ConnInfo
-	down    net.Conn
 	up      *upstream.Conn // nil until connected
 	rec     streaminfo.Conn
 	started bool // the connection's start has been reported
@@ -206,6 +206,9 @@ type session struct {
 	unreported bool
 	// detachedEnd is the listener's end function of a detached connection.
 	detachedEnd func()
+	// r relays a detached connection (one allocation for both); r.down is
+	// the downstream connection from the start.
+	r relay
 }
 
 // open connects the upstream (or adopts the early one), writes the
@@ -223,7 +226,7 @@ func (s *session) open(ctx context.Context, d *filters.Downstream) bool {
 		s.rec.Endpoint = s.up.Addr
 		s.start()
 		if len(early.Greeting) > 0 {
-			n, err := s.down.Write(early.Greeting)
+			n, err := s.r.down.Write(early.Greeting)
 			s.rec.BytesSent += int64(n)
 			if err != nil {
 				s.rec.Err = err
@@ -280,7 +283,7 @@ func (s *session) relayEnded(counts Counts, err error) {
 	s.rec.BytesSent += counts.Downstream
 	s.rec.Err = err
 	if err != nil && !expectedEnd(err) && s.ctx.Err() == nil {
-		s.p.log.Debug("connection ended with an error", "remote", s.down.RemoteAddr(), "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
+		s.p.log.Debug("connection ended with an error", "remote", s.r.down.RemoteAddr(), "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
 	}
 	s.end()
 }
@@ -297,7 +300,7 @@ func (s *session) end() {
 	if !s.unreported {
 		s.p.report(&s.rec)
 	}
-	s.down.Close()
+	s.r.down.Close()
 	if s.detachedEnd != nil {
 		s.detachedEnd()
 	}
