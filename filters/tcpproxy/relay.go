@@ -58,14 +58,13 @@ type relayOwner interface {
 
 // start is Relay's engine; r is zero and becomes owner's. It starts the
 // down→up direction on a new goroutine and runs up→down on the caller's,
-// and returns when that one has ended — or, with park, has gone quiet and
-// been parked; owner.relayEnded is called once, on whichever goroutine
-// ends the last direction (possibly the caller's, before start returns),
-// with what Relay would return.
+// and returns when that one has ended — with park, it starts both on new
+// goroutines and returns at once; owner.relayEnded is called once, on
+// whichever goroutine ends the last direction (possibly the caller's,
+// before start returns), with what Relay would return.
 //
 // With park (Linux, both sides *net.TCPConn, canPark), a direction that
-// has moved nothing for a quiet period (parkQuiet)
-// gives up its goroutine: its source socket is armed in the reactor
+// has moved nothing for a quiet period (parkQuiet) gives up its goroutine: its source socket is armed in the reactor
 // (internal/reactor) and a fresh goroutine resumes the splice rounds when
 // bytes, a FIN, a reset or an error arrive. An idle connection then holds
 // no goroutine at all. The limits keep working on parked directions:
@@ -86,6 +85,14 @@ func (r *relay) start(ctx context.Context, down, up net.Conn, lim Limits, park b
 		r.maxTimer = time.AfterFunc(lim.MaxDuration, r.abort)
 	}
 	go r.dirs[toUp].run()
+	if park {
+		// The caller's goroutine has the deep stack of accepting and
+		// connecting (8 KiB after a dial); fresh goroutines start small.
+		// Many connections open at once each wait with two small stacks
+		// until they park, not a large one and a small one.
+		go r.dirs[toDown].run()
+		return
+	}
 	r.dirs[toDown].run()
 }
 

@@ -162,10 +162,10 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 
 // ServeConn implements filters.NetworkFilter. When both sides are raw TCP
 // sockets (splice serves them) and the caller allows it
-// (filters.Downstream.Detach), it detaches the connection: it returns once
-// the direction it copies itself (upstream to client) has parked after a
-// quiet period, or ended, and the connection lives on with no goroutine
-// while idle (relay.start's park mode); the record, the access logs, the
+// (filters.Downstream.Detach), it detaches the connection: it returns as
+// soon as the upstream is connected and both directions run on goroutines
+// of their own, and the connection lives on with no goroutine while idle
+// (relay.start's park mode); the record, the access logs, the
 // closes and the caller's end function then come from whichever goroutine
 // ends the connection. Otherwise (TLS on either side, or a caller that
 // needs ServeConn to block) it returns when the connection has ended.
