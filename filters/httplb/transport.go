@@ -124,8 +124,10 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 		ep.Start()
 		t0 := time.Now()
 		var resp *http.Response
-		if !h2 && st.upgrade == "" && !p.c.TLS() && areq.Header.Get("Expect") == "" {
+		if st.upgrade == "" && !p.c.TLS() && areq.Header.Get("Expect") == "" && !h2 {
 			resp, err = p.h1Pool(ep).RoundTrip(areq)
+		} else if st.upgrade == "" && areq.Header.Get("Expect") == "" && h2 && p.ownH2() {
+			resp, err = p.h2Pool(ep).RoundTrip(areq)
 		} else {
 			resp, err = p.transport(ep, h2).RoundTrip(overTLS(areq, p.c.TLS()))
 		}
