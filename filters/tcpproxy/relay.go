@@ -32,6 +32,12 @@ type Counts struct {
 // moved and the directions' errors (nil when both ended with EOF); the
 // caller still owns and closes down and up. It blocks until both directions
 // have ended, holding a goroutine per direction (the caller's and one more).
+//
+// ctx is meant to be long-lived and shared by many relays (a listener
+// generation's): relays with the same ctx and idle timeout share one drain
+// registration and one idle timer (relayGroup), which stays until ctx ends.
+// A context made per connection works, but keeps its small group entry
+// until that context is done — cancel it when the relay returns.
 func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
 	res := &relayResult{done: make(chan struct{})}
 	res.r.start(ctx, down, up, lim, false, res)
