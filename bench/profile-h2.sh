@@ -9,7 +9,11 @@
 #      PROFILE_STRACE=1 adds every system call by name (strace -f -c; it
 #      slows the proxy, and HAProxy's recv/send are not in /proc/<pid>/io);
 #   2. optionally (PROFILE_PERF=1) a perf CPU profile of sift-proxy under
-#      the gRPC unary load, top symbols by self and cumulative time.
+#      the gRPC unary load, top symbols by self and cumulative time;
+#   3. optionally (PROFILE_PPROF=DIR) Go CPU profiles of sift-proxy under the
+#      gRPC unary and h2c loads from its admin server's /debug/pprof/profile
+#      (admin on BENCH_PORT_BASE+56), written to DIR/{grpc,h2c}.pprof, with
+#      their top entries printed.
 #
 #   bash bench/profile-h2.sh [sift|haproxy] [sift-proxy] [siftbench]
 #
@@ -20,7 +24,7 @@ TARGET=${1:-sift}
 SIFT=${2:-bench/.bin/sift-proxy}
 SB=${3:-bench/.bin/siftbench}
 BASE=${BENCH_PORT_BASE:-15000}
-HPORT=$((BASE + 54)) GPORT=$((BASE + 55)) HB=$((BASE + 154)) GB=$((BASE + 155))
+HPORT=$((BASE + 54)) GPORT=$((BASE + 55)) HB=$((BASE + 154)) GB=$((BASE + 155)) APORT=$((BASE + 56))
 SECS=${PROFILE_SECONDS:-5}
 PCPU=${BENCH_PROXY_CPU:-1} LCPU=${BENCH_LOAD_CPU:-0}
 WORK=$(mktemp -d)
@@ -67,6 +71,9 @@ YAML
 }
 {
   echo "node: {id: profile, cluster: bench}"
+  if [ -n "${PROFILE_PPROF:-}" ]; then
+    echo "admin: {address: {socket_address: {address: 127.0.0.1, port_value: $APORT}}}"
+  fi
   echo "static_resources:"
   echo "  listeners:"
   listener h2 "$HPORT" c_h2
@@ -130,8 +137,11 @@ per_call() {
     -v cpu=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" \
     'BEGIN { printf "%-15s %7d ops (%6.0f/s)  proxy: %5.2f read %5.2f write %5.1f CPU-us  backend: %5.2f read %5.2f write  per op\n", name, n, n/s, pr/n, pw/n, cpu/hz*1e6/n, br/n, bw/n }'
 }
-h2load_ops() { taskset -c "$LCPU" h2load -c 32 -m 10 -t 1 -D "$SECS" "http://127.0.0.1:$HPORT/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p'; }
-grpc_ops() { taskset -c "$LCPU" "$SB" load grpc -addr "127.0.0.1:$GPORT" -mode "$1" -conns 4 -c 32 -d "${SECS}s" | sed -n 's/.*"ops":\([0-9]*\).*/\1/p'; }
+h2load_ops() { taskset -c "$LCPU" h2load -c 32 -m 10 -t 1 -D "$SECS" ${PROFILE_RATE:+--rps=$((PROFILE_RATE / 32))} "http://127.0.0.1:$HPORT/" | sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p'; }
+# PROFILE_RATE=N: every load at N requests (calls, streamed messages) per
+# second instead of as fast as it goes (CPU per call compared at the same
+# load; h2load: N/32 per client).
+grpc_ops() { taskset -c "$LCPU" "$SB" load grpc -addr "127.0.0.1:$GPORT" -mode "$1" -conns 4 -c 32 -d "${SECS}s" -rate "${PROFILE_RATE:-0}" | sed -n 's/.*"ops":\([0-9]*\).*/\1/p'; }
 
 grpc_ops unary >/dev/null # warm up (connections, pools)
 echo "== $TARGET: read/write system calls per request (/proc/<pid>/io), ${SECS}s each"
@@ -149,4 +159,23 @@ if [ "${PROFILE_PERF:-0}" = 1 ] && [ "$TARGET" = sift ] && command -v perf >/dev
   perf report -i "$WORK/perf.data" --no-children --stdio --sort sym --percent-limit 1.5 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -30
   echo "-- cumulative (Go functions) --"
   perf report -i "$WORK/perf.data" --children --stdio --sort sym --percent-limit 4 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | grep -v '\[k\]' | head -30
+fi
+
+if [ -n "${PROFILE_PPROF:-}" ] && [ "$TARGET" = sift ]; then
+  mkdir -p "$PROFILE_PPROF"
+  for what in grpc h2c; do
+    echo
+    echo "== sift-proxy Go CPU profile under $what (${SECS}s): $PROFILE_PPROF/$what.pprof"
+    curl -s -o "$PROFILE_PPROF/$what.pprof" "http://127.0.0.1:$APORT/debug/pprof/profile?seconds=$SECS" & CP=$!
+    curl -s -o "$PROFILE_PPROF/$what.allocs" "http://127.0.0.1:$APORT/debug/pprof/allocs?seconds=$SECS" & AP=$!
+    sleep 0.2
+    if [ "$what" = grpc ]; then n=$(grpc_ops unary); else n=$(h2load_ops); fi
+    wait "$CP" "$AP" || true
+    # Allocations (sampled every 512 KiB, scaled) per operation; the
+    # profiles cover the load's window within 0.2 s.
+    objs=$(go tool pprof -sample_index=alloc_objects -top -nodecount=1 "$PROFILE_PPROF/$what.allocs" 2>/dev/null |
+      sed -n 's/.* of \([0-9]*\) total.*/\1/p' | head -1)
+    echo "ops: $n, allocations per op (sampled): $(awk -v o="$objs" -v n="$n" 'BEGIN {printf "%.0f", o/n}')"
+    go tool pprof -top -cum -nodecount=40 "$SIFT" "$PROFILE_PPROF/$what.pprof" 2>/dev/null | sed -n '1,50p'
+  done
 fi

@@ -309,8 +309,25 @@ func (m *Mesh) Services() []*Service {
 	for _, ns := range m.Namespaces {
 		out = append(out, ns.Services...)
 	}
-	slices.SortFunc(out, func(a, b *Service) int { return strings.Compare(a.Key(), b.Key()) })
+	sortByKey(out, (*Service).Key)
 	return out
+}
+
+// sortByKey sorts items by key, building each key once rather than once per
+// comparison (10 000 workloads: 10 000 strings instead of about 270 000).
+func sortByKey[T any](items []T, key func(T) string) {
+	type keyed struct {
+		key  string
+		item T
+	}
+	ks := make([]keyed, len(items))
+	for i, it := range items {
+		ks[i] = keyed{key(it), it}
+	}
+	slices.SortFunc(ks, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
+	for i, k := range ks {
+		items[i] = k.item
+	}
 }
 
 // Workloads returns every workload, sorted by namespace then name.
@@ -319,7 +336,7 @@ func (m *Mesh) Workloads() []*Workload {
 	for _, ns := range m.Namespaces {
 		out = append(out, ns.Workloads...)
 	}
-	slices.SortFunc(out, func(a, b *Workload) int { return strings.Compare(a.Key(), b.Key()) })
+	sortByKey(out, (*Workload).Key)
 	return out
 }
 

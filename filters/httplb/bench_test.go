@@ -1,6 +1,7 @@
 package httplb_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,7 +11,10 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+
+	"google.golang.org/grpc"
 
 	"github.com/siftmesh/sift/bootstrap"
 	"github.com/siftmesh/sift/server"
@@ -159,6 +163,46 @@ func benchKeepAlive32(b *testing.B, addr string) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			benchGet(b, client, url)
+		}
+	})
+}
+
+// BenchmarkGRPCUnary is s5's gRPC unary shape: a grpc-go client (4
+// connections, 32 calls in flight) through sift-proxy (HTTP/2 both sides)
+// to a grpc-go backend, 64-byte messages, all in one process.
+func BenchmarkGRPCUnary(b *testing.B) {
+	be := startGRPCBackend(b)
+	benchGRPCUnary(b, startH2ClusterProxy(b, be.l.Addr().String(), "", "", ""))
+}
+
+// BenchmarkGRPCUnaryDirect is BenchmarkGRPCUnary without the proxy: the
+// difference between the two is the proxy's share (allocations per call).
+func BenchmarkGRPCUnaryDirect(b *testing.B) {
+	benchGRPCUnary(b, startGRPCBackend(b).l.Addr().String())
+}
+
+func benchGRPCUnary(b *testing.B, addr string) {
+	var ccs [4]*grpc.ClientConn
+	for i := range ccs {
+		ccs[i] = grpcClient(b, addr)
+	}
+	ctx := context.Background()
+	in := bytes.Repeat([]byte{'x'}, 64)
+	for _, cc := range ccs {
+		if _, err := unary(ctx, cc, "/t/Unary", in); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Int32
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.SetParallelism(16) // 32 callers on 2 CPUs
+	b.RunParallel(func(pb *testing.PB) {
+		cc := ccs[next.Add(1)%4]
+		for pb.Next() {
+			if _, err := unary(ctx, cc, "/t/Unary", in); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }

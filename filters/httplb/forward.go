@@ -97,10 +97,13 @@ func (p *reverseProxy) forward(w http.ResponseWriter, in *http.Request, ctx cont
 	}
 	if err := copyBody(w, res.Body, res.ContentLength, streamed); err != nil {
 		res.Body.Close()
-		if in.Context().Value(http.ServerContextKey) != nil {
-			// Under net/http's server: abort the response, so the client
-			// sees a reset rather than a body that ends cleanly short.
-			// The fast path sees the short body itself (fastWriter.finish).
+		if in.Context().Value(http.ServerContextKey) != nil || res.ContentLength < 0 {
+			// Abort the response, so the client sees a reset rather than
+			// a body that ends cleanly short: under net/http's server, and
+			// on the fast path for a body of unknown length (it would end
+			// the chunked body with its last chunk; fastConn.serve ends
+			// the connection instead). The fast path sees a short body of
+			// known length itself (fastWriter.finish).
 			panic(http.ErrAbortHandler)
 		}
 		return
@@ -118,11 +121,27 @@ func (p *reverseProxy) forward(w http.ResponseWriter, in *http.Request, ctx cont
 		return
 	}
 	for k, vs := range res.Trailer {
-		k = http.TrailerPrefix + k
-		for _, v := range vs {
-			h.Add(k, v)
+		k = trailerKey(k)
+		if prior, ok := h[k]; ok {
+			h[k] = append(prior, vs...)
+		} else {
+			h[k] = vs // res is this request's own: its slices can move
 		}
 	}
+}
+
+// trailerKey is http.TrailerPrefix + k, without an allocation for gRPC's
+// trailers (every gRPC response has them, unannounced).
+func trailerKey(k string) string {
+	switch k {
+	case "Grpc-Status":
+		return http.TrailerPrefix + "Grpc-Status"
+	case "Grpc-Message":
+		return http.TrailerPrefix + "Grpc-Message"
+	case "Grpc-Status-Details-Bin":
+		return http.TrailerPrefix + "Grpc-Status-Details-Bin"
+	}
+	return http.TrailerPrefix + k
 }
 
 // copyBody copies a response body to w from a pooled buffer. A streamed

@@ -11,14 +11,16 @@
 //
 // # Shape
 //
-// Serving uses net/http's server on the one downstream connection (HTTP/2 by
-// golang.org/x/net/http2's server, which also drains with GOAWAY), and
-// net/http/httputil.ReverseProxy for forwarding: it already does what a
-// proxy must about hop-by-hop headers, trailers, 101 upgrades and flushing
-// streamed responses (gRPC), and its hooks fit the router — Rewrite applies
-// the route, Transport is the router's RoundTripper (balancing, retries,
-// timeouts), ModifyResponse edits response headers, ErrorHandler writes
-// Envoy-style local replies. A custom proxy would re-implement all of that.
+// Serving uses the HTTP/1 fast path (fast.go) on plaintext HTTP/1.1
+// connections and net/http's server otherwise (HTTP/2 by
+// golang.org/x/net/http2's server, which also drains with GOAWAY).
+// Requests that ask for no protocol change are forwarded by forward.go;
+// upgrades, CONNECT and Expect by net/http/httputil.ReverseProxy, whose
+// hooks fit the router — Rewrite applies the route, Transport is the
+// router's RoundTripper (balancing, retries, timeouts), ModifyResponse
+// edits response headers, ErrorHandler writes Envoy-style local replies.
+// Upstream, plaintext HTTP/1.1 goes through h1pool.go, plaintext HTTP/2
+// through h2client.go, the rest through net/http's Transport.
 //
 // See config.go for the configuration Sift accepts field by field.
 package httplb

@@ -63,6 +63,7 @@ type endpoint struct {
 	mu     sync.Mutex
 	h1, h2 *http.Transport
 	h1p    *h1Pool // plaintext HTTP/1.1 without upgrade (h1pool.go)
+	h2p    *h2Pool // plaintext HTTP/2 without upgrade or pings (h2client.go)
 }
 
 func poolFor(c *upstream.Cluster) *clusterPool {
@@ -126,7 +127,7 @@ func (p *clusterPool) rebuild() *pickerState {
 			ep = &endpoint{Endpoint: p.lb.NewEndpoint(e.Addr, e.Weight, now), hostname: e.Hostname}
 			if old != nil { // a new weight or name: keep the pools and the estimate
 				old.mu.Lock()
-				ep.h1, ep.h2, ep.h1p = old.h1, old.h2, old.h1p
+				ep.h1, ep.h2, ep.h1p, ep.h2p = old.h1, old.h2, old.h1p, old.h2p
 				old.mu.Unlock()
 				ep.Endpoint = old.Endpoint.WithWeight(e.Weight)
 			}
@@ -203,6 +204,25 @@ func (p *clusterPool) h1Pool(ep *endpoint) *h1Pool {
 	return ep.h1p
 }
 
+// h2Pool returns ep's pool of plaintext HTTP/2 connections (h2client.go).
+func (p *clusterPool) h2Pool(ep *endpoint) *h2Pool {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if ep.h2p == nil {
+		addr := ep.Addr
+		ep.h2p = newH2Pool(func(ctx context.Context) (net.Conn, error) { return p.c.DialEndpoint(ctx, addr) },
+			p.opts.MaxConnections, p.opts.IdleTimeout, p.opts.MaxResponseHeaderBytes, p.opts.H2StreamWindow, p.opts.H2ConnWindow)
+	}
+	return ep.h2p
+}
+
+// ownH2 reports whether plaintext HTTP/2 requests to the cluster go through
+// h2Pool: not with TLS, nor with keep-alive pings (connection_keepalive),
+// which only net/http's Transport sends.
+func (p *clusterPool) ownH2() bool {
+	return !p.c.TLS() && p.opts.H2PingInterval == 0 && p.opts.H2PingTimeout == 0
+}
+
 func (p *clusterPool) newTransport(addr string, h2 bool) *http.Transport {
 	t := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -252,6 +272,9 @@ func (ep *endpoint) closeIdle() {
 	}
 	if ep.h1p != nil {
 		ep.h1p.closeIdle(true)
+	}
+	if ep.h2p != nil {
+		ep.h2p.closeIdle(true)
 	}
 }
 

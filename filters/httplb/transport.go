@@ -130,8 +130,10 @@ func (rp *reverseProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 			t0 = time.Now()
 		}
 		var resp *http.Response
-		if !h2 && st.upgrade == "" && !p.c.TLS() && areq.Header.Get("Expect") == "" {
+		if st.upgrade == "" && !p.c.TLS() && areq.Header.Get("Expect") == "" && !h2 {
 			resp, err = p.h1Pool(ep).roundTripAt(areq, t0)
+		} else if st.upgrade == "" && areq.Header.Get("Expect") == "" && h2 && p.ownH2() {
+			resp, err = p.h2Pool(ep).RoundTrip(areq)
 		} else {
 			resp, err = p.transport(ep, h2).RoundTrip(overTLS(areq, p.c.TLS()))
 		}

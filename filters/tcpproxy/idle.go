@@ -3,31 +3,27 @@ package tcpproxy
 import (
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// idleWatch implements Envoy's tcp_proxy idle_timeout — "the period in which
-// there are no bytes sent or received on either the upstream or downstream
-// connection" — without touching the splice path: splice moves the bytes in
-// the kernel, so instead of counting them in user space, a timer samples the
-// sockets' kernel byte counters (TCP_INFO; for TLS, its TCP socket's) every
-// quarter of the timeout, plus moved, the bytes copied in user space where
-// no socket counts them (a unix socket). The connection is closed once
-// nothing has moved for the whole timeout; it ends between 1 and 1.25
-// timeouts after the last byte.
+// idleWatch is one relay's part of Envoy's tcp_proxy idle_timeout — "the
+// period in which there are no bytes sent or received on either the
+// upstream or downstream connection" — implemented without touching the
+// splice path: splice moves the bytes in the kernel, so instead of counting
+// them in user space, the relay's group (group.go: the relays of one
+// context with one timeout) samples every member's sockets' kernel byte
+// counters (TCP_INFO; for TLS, its TCP socket's) every quarter of the
+// timeout, plus moved, the bytes copied in user space where no socket
+// counts them (a unix socket). A connection is closed once nothing has
+// moved for the whole timeout; it ends between 1 and 1.25 timeouts after
+// the last byte. The sampling goes on while a connection is parked.
 //
-// Its state lives in the relay (one allocation per connection, and no
-// closure: the timer calls relay.checkIdle); the timer keeps running while
-// a connection is parked.
+// One timer per group, not per connection: an idle connection holds 16
+// bytes here instead of a timer and its callback.
 type idleWatch struct {
-	mu         sync.Mutex
-	timer      *time.Timer
-	timeout    time.Duration
-	last       uint64        // activity at the last check
+	last       uint64        // activity at the last sample (notSampled before the first)
 	quietSince time.Duration // when activity last changed (monoNow)
-	stopped    bool
 }
 
 // monoBase anchors monoNow: a Duration is a third of a time.Time in the
@@ -37,56 +33,27 @@ var monoBase = time.Now()
 // monoNow is the monotonic clock's reading as a Duration since monoBase.
 func monoNow() time.Duration { return time.Since(monoBase) }
 
-// watchIdle starts r's idle_timeout: r.abort after timeout without a byte.
-func (r *relay) watchIdle(timeout time.Duration) {
-	w := &r.idle
-	w.timeout = timeout
-	// The first sample is taken at the first tick, not now: a connection
-	// that ends sooner (most do; Envoy's default timeout is an hour) never
-	// pays for reading the counters. Until then any count is news, so a
-	// silent connection still ends between 1 and 1.25 timeouts after its
-	// last byte.
-	w.last = notSampled
-	w.quietSince = monoNow()
-	w.mu.Lock()
-	w.timer = time.AfterFunc(w.tick(), r.checkIdle)
-	w.mu.Unlock()
-}
-
-// notSampled is idleWatch's last count before its first sample.
+// notSampled is idleWatch's last count before its first sample. The first
+// sample is taken at the group's first tick after the relay joined, not at
+// its start: a connection that ends sooner (most do; Envoy's default
+// timeout is an hour) never pays for reading the counters. Until then any
+// count is news, so a silent connection still ends between 1 and 1.25
+// timeouts after its last byte.
 const notSampled = ^uint64(0)
 
-// tick is how often the counters are sampled: a quarter of the timeout.
-func (w *idleWatch) tick() time.Duration { return max(w.timeout/4, time.Millisecond) }
+// idleTick is how often a group with idle timeout d samples its members.
+func idleTick(d time.Duration) time.Duration { return max(d/4, time.Millisecond) }
 
-// checkIdle is the idle timer's function: it samples the counters and
-// closes the connection once they have not moved for the whole timeout.
-func (r *relay) checkIdle() {
+// checkIdle samples r's counters at now and reports whether r has been
+// idle for timeout. Only r's group's sweep calls it (one at a time).
+func (r *relay) checkIdle(now, timeout time.Duration) bool {
 	w := &r.idle
-	now := monoNow()
 	cur := r.activity()
-	w.mu.Lock()
-	idle := cur == w.last && now-w.quietSince >= w.timeout
 	if cur != w.last {
 		w.last, w.quietSince = cur, now
+		return false
 	}
-	if !idle && !w.stopped {
-		w.timer.Reset(w.tick())
-	}
-	w.mu.Unlock()
-	if idle {
-		r.abort() // may finish the relay, which stops w: not under w.mu
-	}
-}
-
-// stop stops the watch, if it was started.
-func (w *idleWatch) stop() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.stopped = true
-	if w.timer != nil {
-		w.timer.Stop()
-	}
+	return now-w.quietSince >= timeout
 }
 
 // activity is what the idle watch samples for r's two connections.

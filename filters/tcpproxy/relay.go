@@ -32,53 +32,73 @@ type Counts struct {
 // moved and the directions' errors (nil when both ended with EOF); the
 // caller still owns and closes down and up. It blocks until both directions
 // have ended, holding a goroutine per direction (the caller's and one more).
+//
+// ctx is meant to be long-lived and shared by many relays (a listener
+// generation's): relays with the same ctx and idle timeout share one drain
+// registration and one idle timer (relayGroup), which stays until ctx ends.
+// A context made per connection works, but keeps its small group entry
+// until that context is done — cancel it when the relay returns.
 func Relay(ctx context.Context, down, up net.Conn, lim Limits) (Counts, error) {
 	res := &relayResult{done: make(chan struct{})}
-	startRelay(ctx, down, up, lim, false, res.set)
+	res.r.start(ctx, down, up, lim, false, res)
 	<-res.done
 	return res.c, res.err
 }
 
+// relayResult is Relay's relay and what it reports.
 type relayResult struct {
+	r    relay
 	c    Counts
 	err  error
 	done chan struct{}
 }
 
-func (r *relayResult) set(c Counts, err error) { r.c, r.err = c, err; close(r.done) }
+func (r *relayResult) relayEnded(c Counts, err error) { r.c, r.err = c, err; close(r.done) }
 
-// startRelay is Relay's engine. It starts the down→up direction on a new
-// goroutine and runs up→down on the caller's, and returns when that one has
-// ended — or, with park, has gone quiet and been parked; onEnd is called
-// once, on whichever goroutine ends the last direction (possibly the
-// caller's, before startRelay returns), with what Relay would return.
+// relayOwner is what a relay tells, once, when it has ended: its owner,
+// which holds it (a session, a relayResult), so that the relay and what
+// reports it are one allocation.
+type relayOwner interface {
+	relayEnded(Counts, error)
+}
+
+// start is Relay's engine; r is zero and becomes owner's. It starts the
+// down→up direction on a new goroutine and runs up→down on the caller's,
+// and returns when that one has ended — with park, it starts both on new
+// goroutines and returns at once; owner.relayEnded is called once, on
+// whichever goroutine ends the last direction (possibly the caller's,
+// before start returns), with what Relay would return.
 //
 // With park (Linux, both sides *net.TCPConn, canPark), a direction that
-// has moved nothing for a quiet period (between parkQuiet and twice that)
-// gives up its goroutine: its source socket is armed in the reactor
+// has moved nothing for a quiet period (parkQuiet) gives up its goroutine: its source socket is armed in the reactor
 // (internal/reactor) and a fresh goroutine resumes the splice rounds when
 // bytes, a FIN, a reset or an error arrive. An idle connection then holds
 // no goroutine at all. The limits keep working on parked directions:
 // idle_timeout samples the sockets' kernel counters, and whatever closes
 // the connection (ctx, a limit, the other direction's failure) takes the
 // parked directions back from the reactor and ends them.
-func startRelay(ctx context.Context, down, up net.Conn, lim Limits, park bool, onEnd func(Counts, error)) {
-	r := &relay{down: down, up: up, onEnd: onEnd} // one allocation for the shared state
+func (r *relay) start(ctx context.Context, down, up net.Conn, lim Limits, park bool, owner relayOwner) {
+	r.down, r.up, r.owner = down, up, owner
 	r.pending.Store(2)
-	r.dirs[toUp] = direction{r: r, src: down, dst: up}
-	r.dirs[toDown] = direction{r: r, src: up, dst: down}
+	r.dirs[toUp] = direction{r: r}
+	r.dirs[toDown] = direction{r: r}
 	r.initRaw()
 	if park {
 		r.initPark()
 	}
-	r.stopCtx = context.AfterFunc(ctx, r.abort)
+	r.join(ctx, lim.Idle)
 	if lim.MaxDuration > 0 {
 		r.maxTimer = time.AfterFunc(lim.MaxDuration, r.abort)
 	}
-	if lim.Idle > 0 {
-		r.watchIdle(lim.Idle)
-	}
 	go r.dirs[toUp].run()
+	if park {
+		// The caller's goroutine has the deep stack of accepting and
+		// connecting (8 KiB after a dial); fresh goroutines start small.
+		// Many connections open at once each wait with two small stacks
+		// until they park, not a large one and a small one.
+		go r.dirs[toDown].run()
+		return
+	}
 	r.dirs[toDown].run()
 }
 
@@ -95,24 +115,34 @@ type relay struct {
 	pending  atomic.Int32  // directions not yet ended
 	aborted  atomic.Bool   // both connections closed by abort
 	moved    atomic.Uint64 // bytes copied in user space (no kernel counter sees them)
-	onEnd    func(Counts, error)
+	owner    relayOwner
 	// Set before the directions start; stopped by finish.
-	stopCtx  func() bool
-	maxTimer *time.Timer
-	idle     idleWatch
-	relayRaw // splice_linux.go
+	maxTimer    *time.Timer
+	idle        idleWatch // sampled by the group (idle.go)
+	groupMember           // aborted when the context ends or idle (group.go)
+	relayRaw              // splice_linux.go
 }
 
 // direction is one way of a relay. Its fields belong to the goroutine
 // running it (a parked direction's, to whoever wakes or disarms it); n and
 // err are read by finish after the direction has ended.
 type direction struct {
-	r        *relay
-	src, dst net.Conn
-	n        int64 // bytes moved
-	err      error // why it ended; nil for EOF
-	parker         // park-mode state (splice_linux.go)
+	r      *relay
+	n      int64 // bytes moved
+	err    error // why it ended; nil for EOF
+	parker       // park-mode state (splice_linux.go)
 }
+
+// conns returns d's source and destination connections.
+func (d *direction) conns() (src, dst net.Conn) {
+	if d == &d.r.dirs[toUp] {
+		return d.r.down, d.r.up
+	}
+	return d.r.up, d.r.down
+}
+
+func (d *direction) srcConn() net.Conn { src, _ := d.conns(); return src }
+func (d *direction) dstConn() net.Conn { _, dst := d.conns(); return dst }
 
 // run copies until the direction ends (then ends it) or parks.
 func (d *direction) run() {
@@ -122,7 +152,7 @@ func (d *direction) run() {
 	}
 	if err == nil {
 		// src ended: half-close dst; the other direction may go on.
-		if cw, ok := d.dst.(interface{ CloseWrite() error }); ok {
+		if cw, ok := d.dstConn().(interface{ CloseWrite() error }); ok {
 			err = cw.CloseWrite()
 		}
 	}
@@ -162,15 +192,14 @@ func (r *relay) abort() {
 
 // finish stops the relay's timers and reports its outcome.
 func (r *relay) finish() {
-	r.stopCtx()
+	r.leave()
 	if r.maxTimer != nil {
 		r.maxTimer.Stop()
 	}
-	r.idle.stop()
 	up, down := &r.dirs[toUp], &r.dirs[toDown]
 	err := errors.Join(up.err, down.err)
 	if err != nil {
 		r.abort()
 	}
-	r.onEnd(Counts{Upstream: up.n, Downstream: down.n}, err)
+	r.owner.relayEnded(Counts{Upstream: up.n, Downstream: down.n}, err)
 }

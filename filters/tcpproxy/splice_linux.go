@@ -18,7 +18,7 @@ import (
 // copy copies d.src to d.dst until src's EOF, by splice(2) through a
 // kernel pipe when both are TCP sockets, adding the bytes it moves to d.n.
 // It returns parked == true when it gave up its goroutine to the reactor
-// (park mode: see startRelay) instead of ending. Bytes copied in user space
+// (park mode: see relay.start) instead of ending. Bytes copied in user space
 // (not both TCP) are also added to r.moved as they go, for idle_timeout.
 //
 // The copy runs in rounds, each one the way HAProxy splices: splice from src
@@ -32,38 +32,32 @@ import (
 // FIONREAD, no peek.
 //
 // In park mode the wait has a read deadline: when it passes and no round
-// ran since the deadline was set, the direction is quiet and parks; when
-// rounds ran, the deadline moves on by parkQuiet. A busy direction pays one
-// deadline reset per parkQuiet, nothing per round or byte.
+// ran for parkQuiet, the direction is quiet and parks; when rounds ran, the
+// deadline moves to parkQuiet after the last one. A busy direction pays one
+// deadline reset per parkQuiet and a clock reading per round, nothing per
+// byte.
 //
-// The first warmBytes of bulk data (rounds larger than warmChunk) go out in
-// splice calls of at most warmChunk bytes, the size HAProxy sends; then a
-// round goes out in as few calls as the destination takes. Linux sizes a
-// receiver's buffer (receive-buffer autotuning) from how long one window of
-// data takes to arrive; a proxy that delivers each window in one burst, the
-// moment the receiver opens it, makes that time a few microseconds on
-// loopback — where a sidecar meets its application — and the receiver's
-// window never grows beyond its initial 64 KiB: an ordinary Go reader then
-// took 0.6× the throughput it gets behind HAProxy (docs/performance.md,
-// "Receive windows"). Smaller calls at the start let the receiver's window
-// grow, which it never gives back; the cost is at most warmBytes/warmChunk
-// extra calls per direction, and none for a connection whose rounds are small.
+// At a direction's first bulk round (more than pacedRound bytes) the
+// destination socket gets TCP_NOTSENT_LOWAT (see notSentLowat): from then on
+// a splice out stops, and the socket waits to be writable, while that much is
+// queued unsent.
 //
 // Go's own TCPConn.ReadFrom splices too, but it holds its pipe for the whole
 // call, while it waits for data as well: a proxy whose connections are mostly
 // idle would pin two descriptors and a pipe per direction per connection.
 func (d *direction) copy() (parked bool, err error) {
 	rsrc, rdst := d.rawConns()
-	if d.sp.in == nil {
+	if d.sp.step == nil {
 		if rsrc == nil {
 			if err := d.r.rawErr; err != nil {
 				return false, err
 			}
-			d.n, err = io.Copy(d.dst, countingReader{d.src, &d.r.moved})
+			src, dst := d.conns()
+			d.n, err = io.Copy(dst, countingReader{src, &d.r.moved})
 			return false, err
 		}
 		// Bound once: a func literal per round would be an allocation per round.
-		d.sp.in, d.sp.out = d.sp.spliceIn, d.sp.spliceOut
+		d.sp.step = d.sp.spliceStep
 		if d.parking {
 			d.quietFrom()
 		}
@@ -73,8 +67,10 @@ func (d *direction) copy() (parked bool, err error) {
 		n, err := sp.fill(rsrc)
 		if err != nil {
 			if d.parking && errors.Is(err, os.ErrDeadlineExceeded) {
-				if d.rounds != d.seen {
-					d.quietFrom() // busy since the deadline was set
+				if rest := d.lastRound + parkQuiet - monoNow(); rest > 0 {
+					// Busy since the deadline was set: wait for the rest
+					// of the quiet period after the last round.
+					d.srcConn().SetReadDeadline(time.Now().Add(rest))
 					continue
 				}
 				if d.park() {
@@ -96,12 +92,12 @@ func (d *direction) copy() (parked bool, err error) {
 		}
 		putPipe(sp.p)
 		sp.p = nil
-		d.rounds++
+		d.lastRound = monoNow()
 	}
 }
 
 // parkQuiet is how long a direction waits without a round before it
-// parks; it parks between parkQuiet and twice that after its last bytes.
+// parks: it parks parkQuiet after its last bytes (or after it started).
 // Long enough that a request/response exchange keeps its goroutines (a
 // park and wake cost an epoll_ctl and a goroutine start), short next to an
 // idle connection's life.
@@ -109,10 +105,10 @@ const parkQuiet = 150 * time.Millisecond
 
 // parker is a direction's park-mode state.
 type parker struct {
-	sp           splicer
-	parking      bool   // park mode (initPark)
-	rounds, seen uint32 // rounds run; rounds when the deadline was last set
-	watch        reactor.Watch
+	sp        splicer
+	parking   bool          // park mode (initPark)
+	lastRound time.Duration // monoNow at the last round (or the quiet period's start)
+	watch     reactor.Watch
 }
 
 // relayRaw is the relay's view of its sockets' descriptors, for splice.
@@ -178,8 +174,8 @@ func (r *relay) initPark() {
 
 // quietFrom starts a quiet period now.
 func (d *direction) quietFrom() {
-	d.seen = d.rounds
-	d.src.SetReadDeadline(time.Now().Add(parkQuiet)) // an error (closed) shows in the next read
+	d.lastRound = monoNow()
+	d.srcConn().SetReadDeadline(time.Now().Add(parkQuiet)) // an error (closed) shows in the next read
 }
 
 // park arms d's source socket in the reactor. It returns false when the
@@ -189,7 +185,7 @@ func (d *direction) park() bool {
 	rsrc, _ := d.rawConns()
 	if err := d.watch.Arm(rsrc); err != nil {
 		d.parking = false
-		d.src.SetReadDeadline(time.Time{})
+		d.srcConn().SetReadDeadline(time.Time{})
 		return false
 	}
 	// Nothing of d may be touched from here: it may already have been
@@ -211,10 +207,11 @@ func (d *direction) unpark() bool { return d.watch.Disarm() }
 // splicer is one direction's splice state, shared with the callbacks that
 // RawConn.Read and Write call on the socket descriptors.
 type splicer struct {
-	in, out func(fd uintptr) bool // spliceIn, spliceOut
+	step    func(fd uintptr) bool // spliceStep, bound once
+	out     bool                  // step is splicing out of the pipe (drain), not in (fill)
 	p       *kpipe                // the round's pipe, nil between rounds
 	n, done int                   // bytes in the pipe; bytes moved out of it
-	warmed  int                   // bytes sent in warm-up calls (outLimit)
+	paced   bool                  // notSentLowat set on the destination
 	err     error                 // the callbacks' error
 }
 
@@ -222,8 +219,8 @@ type splicer struct {
 // queued into a pipe from the pool (sp.p). It returns n > 0 bytes in the
 // pipe, or n == 0 and no pipe at end of stream or on error.
 func (sp *splicer) fill(src syscall.RawConn) (int, error) {
-	sp.n, sp.err = 0, nil
-	err := src.Read(sp.in)
+	sp.n, sp.err, sp.out = 0, nil, false
+	err := src.Read(sp.step)
 	if err == nil {
 		err = sp.err
 	}
@@ -235,6 +232,15 @@ func (sp *splicer) fill(src syscall.RawConn) (int, error) {
 		return 0, err
 	}
 	return sp.n, nil
+}
+
+// spliceStep is the callback of RawConn.Read (fill) and Write (drain):
+// one func value per direction instead of two.
+func (sp *splicer) spliceStep(fd uintptr) bool {
+	if sp.out {
+		return sp.spliceOut(fd)
+	}
+	return sp.spliceIn(fd)
 }
 
 func (sp *splicer) spliceIn(fd uintptr) bool {
@@ -259,8 +265,8 @@ func (sp *splicer) spliceIn(fd uintptr) bool {
 // drain moves the n bytes in sp.p to dst, waiting for dst to be writable as
 // needed, and returns how many it moved.
 func (sp *splicer) drain(dst syscall.RawConn, n int) (int, error) {
-	sp.n, sp.done, sp.err = n, 0, nil
-	err := dst.Write(sp.out)
+	sp.n, sp.done, sp.err, sp.out = n, 0, nil, true
+	err := dst.Write(sp.step)
 	if err == nil {
 		err = sp.err
 	}
@@ -268,9 +274,13 @@ func (sp *splicer) drain(dst syscall.RawConn, n int) (int, error) {
 }
 
 func (sp *splicer) spliceOut(fd uintptr) bool {
+	if !sp.paced && sp.n > pacedRound {
+		// Best effort: an error leaves the socket as it was.
+		sp.paced = true
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
+	}
 	for sp.done < sp.n {
-		max := sp.outLimit(sp.n - sp.done)
-		m, err := splice(int(fd), sp.p.r, max)
+		m, err := splice(int(fd), sp.p.r, sp.n-sp.done)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -284,29 +294,30 @@ func (sp *splicer) spliceOut(fd uintptr) bool {
 			return true
 		}
 		sp.done += m
-		if max == warmChunk {
-			sp.warmed += m
-		}
 	}
 	return true
 }
 
-// Receive-window warm-up (see copy): the first warmBytes of a direction's
-// bulk rounds are sent in calls of warmChunk bytes.
+// notSentLowat is the TCP_NOTSENT_LOWAT a direction sets on its destination
+// socket at its first round of more than pacedRound bytes.
+//
+// Without it a round handed the socket up to a whole pipe (1 MiB) that the
+// receiver's window could not take yet (3.4 MB were seen queued unsent), and
+// that data left later from the receiver's acknowledgements: on the
+// receiver's CPU, in its ACK processing, with the pages gone cold. Worse, each
+// window the receiver opened was filled in one burst, microseconds later, so
+// the receiver's kernel measured a window's round trip in microseconds and its
+// receive-buffer autotuning never grew the window past its initial 64 KiB. On
+// loopback, where a sidecar meets its application, an ordinary Go reader (8 KiB
+// reads) ran at 0.6× the throughput it reached behind HAProxy. Handing TCP
+// only what it can send soon keeps the sending on the proxy's CPU and lets the
+// receiver's window grow (docs/performance.md, "Receive windows"). The cost
+// is more splice calls and writability waits per byte on the proxy; short
+// exchanges (rounds of at most pacedRound) never set it.
 const (
-	warmChunk = 16 << 10
-	warmBytes = 4 << 20
+	notSentLowat = 32 << 10
+	pacedRound   = 16 << 10
 )
-
-// outLimit is the most the next splice out of a round with left bytes in
-// the pipe moves: all of them, or warmChunk while the direction is warming
-// up and more than that is left.
-func (sp *splicer) outLimit(left int) int {
-	if left > warmChunk && sp.warmed < warmBytes {
-		return warmChunk
-	}
-	return left
-}
 
 func splice(out, in, max int) (int, error) {
 	n, err := unix.Splice(in, nil, out, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)

@@ -10,7 +10,8 @@ import (
 // copy copies d.src to d.dst until src's EOF, adding the bytes to d.n;
 // it never parks off Linux.
 func (d *direction) copy() (bool, error) {
-	n, err := io.Copy(d.dst, countingReader{d.src, &d.r.moved})
+	src, dst := d.conns()
+	n, err := io.Copy(dst, countingReader{src, &d.r.moved})
 	d.n += n
 	return false, err
 }

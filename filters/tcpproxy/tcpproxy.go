@@ -162,16 +162,17 @@ func New(cfg *tcpproxyv3.TcpProxy, bc filters.BuildContext) (*Proxy, error) {
 
 // ServeConn implements filters.NetworkFilter. When both sides are raw TCP
 // sockets (splice serves them) and the caller allows it
-// (filters.Downstream.Detach), it detaches the connection: it returns once
-// the direction it copies itself (upstream to client) has parked after a
-// quiet period, or ended, and the connection lives on with no goroutine
-// while idle (startRelay's park mode); the record, the access logs, the
+// (filters.Downstream.Detach), it detaches the connection: it returns as
+// soon as the upstream is connected and both directions run on goroutines
+// of their own, and the connection lives on with no goroutine while idle
+// (relay.start's park mode); the record, the access logs, the
 // closes and the caller's end function then come from whichever goroutine
 // ends the connection. Otherwise (TLS on either side, or a caller that
 // needs ServeConn to block) it returns when the connection has ended.
 func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
-	s := &session{p: p, ctx: ctx, info: d.Info, down: d.Raw(),
+	s := &session{p: p, ctx: ctx, info: d.Info,
 		rec: streaminfo.Conn{Start: d.Info.AcceptedAt, Filter: "tcp_proxy", StatPrefix: p.statPrefix, Info: d.Info}}
+	s.r.down = d.Raw()
 	if !s.open(ctx, d) {
 		s.end()
 		return
@@ -179,16 +180,16 @@ func (p *Proxy) ServeConn(ctx context.Context, d *filters.Downstream) {
 	lim := Limits{Idle: p.idleTimeout, MaxDuration: p.maxDuration}
 	// s.up.Conn, not s.up: the embedded interface hides *net.TCPConn's
 	// ReadFrom and SyscallConn, which is where splice happens.
-	if canPark(s.down, s.up.Conn) {
+	if canPark(s.r.down, s.up.Conn) {
 		if end, ok := d.Detach(); ok {
 			s.detachedEnd = end
 			// From here on s belongs to the relay: it may end (and s.end
 			// run) on another goroutine before this returns.
-			startRelay(ctx, s.down, s.up.Conn, lim, true, s.relayEnded)
+			s.r.start(ctx, s.r.down, s.up.Conn, lim, true, s)
 			return
 		}
 	}
-	s.relayEnded(Relay(ctx, s.down, s.up.Conn, lim))
+	s.relayEnded(Relay(ctx, s.r.down, s.up.Conn, lim))
 }
 
 // session is one connection served by tcp_proxy: what ServeConn opened and
@@ -198,12 +199,16 @@ type session struct {
 	p       *Proxy
 	ctx     context.Context
 	info    *filters.ConnInfo
-	down    net.Conn
 	up      *upstream.Conn // nil until connected
 	rec     streaminfo.Conn
 	started bool // the connection's start has been reported
+	// unreported: nothing reads the record (start dropped info).
+	unreported bool
 	// detachedEnd is the listener's end function of a detached connection.
 	detachedEnd func()
+	// r relays a detached connection (one allocation for both); r.down is
+	// the downstream connection from the start.
+	r relay
 }
 
 // open connects the upstream (or adopts the early one), writes the
@@ -221,7 +226,7 @@ func (s *session) open(ctx context.Context, d *filters.Downstream) bool {
 		s.rec.Endpoint = s.up.Addr
 		s.start()
 		if len(early.Greeting) > 0 {
-			n, err := s.down.Write(early.Greeting)
+			n, err := s.r.down.Write(early.Greeting)
 			s.rec.BytesSent += int64(n)
 			if err != nil {
 				s.rec.Err = err
@@ -264,6 +269,12 @@ func (s *session) start() {
 	}
 	streaminfo.ReportConnStart(s.info)
 	s.started = true
+	if len(s.p.accessLogs) == 0 && !streaminfo.HasConnHook() {
+		// Nothing will read the record (no access log, no metrics): the
+		// connection keeps no ConnInfo for its life. A hook set later
+		// sees neither this connection's start nor its end.
+		s.info, s.rec.Info, s.unreported = nil, nil, true
+	}
 }
 
 // relayEnded records what the relay moved and ends the connection.
@@ -272,7 +283,7 @@ func (s *session) relayEnded(counts Counts, err error) {
 	s.rec.BytesSent += counts.Downstream
 	s.rec.Err = err
 	if err != nil && !expectedEnd(err) && s.ctx.Err() == nil {
-		s.p.log.Debug("connection ended with an error", "remote", s.info.RemoteAddr, "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
+		s.p.log.Debug("connection ended with an error", "remote", s.r.down.RemoteAddr(), "cluster", s.rec.Cluster, "upstream", s.up.Addr, "err", err)
 	}
 	s.end()
 }
@@ -286,8 +297,10 @@ func (s *session) end() {
 	if !s.started {
 		s.start()
 	}
-	s.p.report(&s.rec)
-	s.down.Close()
+	if !s.unreported {
+		s.p.report(&s.rec)
+	}
+	s.r.down.Close()
 	if s.detachedEnd != nil {
 		s.detachedEnd()
 	}

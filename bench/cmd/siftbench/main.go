@@ -97,6 +97,7 @@ func load(args []string) error {
 	conns := fs.Int("conns", 4, "grpc: client connections")
 	mode := fs.String("mode", "unary", "grpc: unary | stream")
 	payload := fs.Int("payload", 64, "grpc: payload bytes")
+	rate := fs.Float64("rate", 0, "grpc: calls (or streamed messages) per second across workers; 0: as fast as they go")
 	bufSize := fs.Int("buf", 128<<10, "bulk: bytes per Write")
 	timeout := fs.Duration("timeout", 15*time.Second, "greet/idle: per-run bound")
 	fs.Parse(args[1:])
@@ -111,7 +112,7 @@ func load(args []string) error {
 		r = loadgen.Greet(strings.Split(*addr, ","), *n, *c, *timeout)
 	case "grpc":
 		var err error
-		if r, err = loadgen.GRPC(*addr, *mode, *conns, *c, *d, *n, *payload); err != nil {
+		if r, err = loadgen.GRPCRate(*addr, *mode, *conns, *c, *d, *n, *payload, *rate); err != nil {
 			return err
 		}
 	case "bulk":

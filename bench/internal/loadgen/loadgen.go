@@ -185,6 +185,14 @@ func Greet(addrs []string, n, c int, timeout time.Duration) Result {
 // "stream" does ping-pong on one StreamingCall per worker. conns client
 // connections are shared round-robin by c concurrent workers.
 func GRPC(addr, mode string, conns, c int, d time.Duration, max, payload int) (Result, error) {
+	return GRPCRate(addr, mode, conns, c, d, max, payload, 0)
+}
+
+// GRPCRate is GRPC at a fixed rate of rate calls (or streamed messages) per
+// second across all workers (0: as fast as they go): call n starts no
+// earlier than n/rate seconds after the first, so that a proxy's CPU per
+// call can be compared at the same load.
+func GRPCRate(addr, mode string, conns, c int, d time.Duration, max, payload int, rate float64) (Result, error) {
 	if conns < 1 {
 		conns = 1
 	}
@@ -212,7 +220,15 @@ func GRPC(addr, mode string, conns, c int, d time.Duration, max, payload int) (R
 	var mu sync.Mutex
 	next := 0
 	streams := map[*worker]grpc.BidiStreamingClient[testpb.SimpleRequest, testpb.SimpleResponse]{}
+	var started atomic.Int64
+	start := time.Now()
 	r := run(c, d, max, func(w *worker) error {
+		if rate > 0 {
+			n := started.Add(1) - 1
+			if wait := time.Until(start.Add(time.Duration(float64(n) / rate * float64(time.Second)))); wait > 0 {
+				time.Sleep(wait)
+			}
+		}
 		mu.Lock()
 		st, ok := streams[w]
 		cc := ccs[next%len(ccs)]
