@@ -83,23 +83,33 @@ func startBenchWith(b testing.TB, port string, admin bool, hcm string, clusters 
 	if admin {
 		yaml = "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\n" + yaml
 	}
+	return startServer(b, yaml, server.Options{}).Listeners().Get("http").Addr().String()
+}
+
+// startServer parses and validates the bootstrap yaml and starts an
+// in-process sift-proxy from it, shut down when the test ends (Shutdown
+// may also be called earlier). A nil opts.Logger discards the log.
+func startServer(t testing.TB, yaml string, opts server.Options) *server.Server {
+	t.Helper()
 	bs, err := bootstrap.Parse([]byte(yaml))
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	if err := bootstrap.Validate(bs); err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := server.Build(bs, server.Options{Logger: log})
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	srv, err := server.Build(bs, opts)
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	if err := srv.Start(); err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	b.Cleanup(func() { srv.Shutdown(context.Background()) })
-	return srv.Listeners().Get("http").Addr().String()
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	return srv
 }
 
 func benchGet(b *testing.B, client *http.Client, url string) {

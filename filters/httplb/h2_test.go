@@ -2,19 +2,16 @@ package httplb_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 
-	"github.com/siftmesh/sift/bootstrap"
 	"github.com/siftmesh/sift/server"
 )
 
@@ -34,18 +31,7 @@ func startH2Proxy(t *testing.T, backend http.Handler) (string, *http.Client) {
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	h2 := `typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {"@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}, `
 	yaml := strings.Replace(fmt.Sprintf(benchBootstrap, port), "lb_policy: ROUND_ROBIN, ", "lb_policy: ROUND_ROBIN, "+h2, 1)
-	b, err := bootstrap.Parse([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.Build(b, server.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	srv := startServer(t, yaml, server.Options{})
 	tr := &http.Transport{Protocols: new(http.Protocols)}
 	tr.Protocols.SetUnencryptedHTTP2(true)
 	t.Cleanup(tr.CloseIdleConnections)

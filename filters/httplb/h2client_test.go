@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -24,7 +23,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/siftmesh/sift/bootstrap"
 	"github.com/siftmesh/sift/server"
 )
 
@@ -203,22 +201,7 @@ static_resources:
         explicit_http_config: {http2_protocol_options: {%s}}
     load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]}
 `, cluster, common, h2opts, host, port)
-	bs, err := bootstrap.Parse([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := bootstrap.Validate(bs); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.Build(bs, server.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	return srv.Listeners().Get("http").Addr().String()
+	return startServer(t, yaml, server.Options{}).Listeners().Get("http").Addr().String()
 }
 
 func grpcClient(t testing.TB, addr string) *grpc.ClientConn {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/siftmesh/sift/bootstrap"
 	"github.com/siftmesh/sift/server"
 )
 
@@ -140,17 +138,7 @@ func TestHTTP1DrainEndAbortsUpstream(t *testing.T) {
 	_, port, _ := net.SplitHostPort(backend.Listener.Addr().String())
 	yaml := strings.Replace(fmt.Sprintf(benchBootstrap, port), "codec_type: AUTO\n", "codec_type: AUTO\n          stream_idle_timeout: 0s\n", 1)
 	yaml = strings.Replace(yaml, "route: {cluster: c}", "route: {cluster: c, timeout: 0s}", 1)
-	bs, err := bootstrap.Parse([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.Build(bs, server.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DrainTime: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
+	srv := startServer(t, yaml, server.Options{DrainTime: 200 * time.Millisecond})
 	c, err := net.Dial("tcp", srv.Listeners().Get("http").Addr().String())
 	if err != nil {
 		t.Fatal(err)
