@@ -1047,26 +1047,26 @@ func (cc *h2Conn) readLoop() {
 				cc.streamError(se.StreamID, se.Code, se)
 				continue
 			}
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
-				cc.wmu.Lock()
-				cc.fr.WriteGoAway(0, http2.ErrCode(ce), nil)
-				cc.wmu.Unlock()
-			}
-			cc.close(fmt.Errorf("httplb: http2 upstream: %w", err))
+			cc.fail(err)
 			return
 		}
 		if err := cc.handle(f); err != nil {
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
-				cc.wmu.Lock()
-				cc.fr.WriteGoAway(0, http2.ErrCode(ce), nil)
-				cc.wmu.Unlock()
-			}
-			cc.close(fmt.Errorf("httplb: http2 upstream: %w", err))
+			cc.fail(err)
 			return
 		}
 	}
+}
+
+// fail ends the connection after a read or protocol error, telling the
+// server with GOAWAY when it is a connection error.
+func (cc *h2Conn) fail(err error) {
+	var ce http2.ConnectionError
+	if errors.As(err, &ce) {
+		cc.wmu.Lock()
+		cc.fr.WriteGoAway(0, http2.ErrCode(ce), nil)
+		cc.wmu.Unlock()
+	}
+	cc.close(fmt.Errorf("httplb: http2 upstream: %w", err))
 }
 
 // streamError resets one stream for a protocol error in its frames.
