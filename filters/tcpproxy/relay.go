@@ -70,8 +70,9 @@ type relayOwner interface {
 // before start returns), with what Relay would return.
 //
 // With park (Linux, both sides *net.TCPConn, canPark), a direction that
-// has moved nothing for a quiet period (parkQuiet) gives up its goroutine: its source socket is armed in the reactor
-// (internal/reactor) and a fresh goroutine resumes the splice rounds when
+// has moved nothing for a quiet period (parkQuiet) gives up its
+// goroutine: its source socket is armed in the reactor (internal/reactor)
+// and a fresh goroutine resumes the splice rounds when
 // bytes, a FIN, a reset or an error arrive. An idle connection then holds
 // no goroutine at all. The limits keep working on parked directions:
 // idle_timeout samples the sockets' kernel counters, and whatever closes
