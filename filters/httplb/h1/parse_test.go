@@ -189,20 +189,7 @@ func FuzzParseHead(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if n > len(in) || n < 4 || string(in[n-4:n]) != "\r\n\r\n" {
-			t.Fatalf("head length %d", n)
-		}
-		if h.Chunked && h.ContentLength >= 0 {
-			t.Fatal("both framings accepted")
-		}
-		for _, fl := range h.Fields {
-			if fl.NameStart >= fl.NameEnd || fl.NameEnd >= fl.ValueStart || fl.ValueStart > fl.ValueEnd || fl.ValueEnd > n {
-				t.Fatalf("field offsets %+v", fl)
-			}
-			if bytes.ContainsAny(in[fl.NameStart:fl.ValueEnd], "\r\n") {
-				t.Fatalf("field spans lines: %q", in[fl.NameStart:fl.ValueEnd])
-			}
-		}
+		checkAccepted(t, in, n, h.Chunked, h.ContentLength, h.Fields)
 		if bytes.ContainsAny(in[h.TargetStart:h.TargetEnd], " \r\n") {
 			t.Fatalf("target %q", in[h.TargetStart:h.TargetEnd])
 		}
@@ -240,4 +227,25 @@ func FuzzChunkedBody(f *testing.F) {
 			t.Fatalf("decoded %q, net/http %q", got, want)
 		}
 	})
+}
+
+// checkAccepted checks what any accepted head (request or response) must
+// satisfy: it ends with its blank line within in, has at most one framing,
+// and every field's offsets lie on one line of the head.
+func checkAccepted(t *testing.T, in []byte, n int, chunked bool, contentLength int64, fields []Field) {
+	t.Helper()
+	if n > len(in) || n < 4 || string(in[n-4:n]) != "\r\n\r\n" {
+		t.Fatalf("head length %d", n)
+	}
+	if chunked && contentLength >= 0 {
+		t.Fatal("both framings accepted")
+	}
+	for _, fl := range fields {
+		if fl.NameStart >= fl.NameEnd || fl.NameEnd >= fl.ValueStart || fl.ValueStart > fl.ValueEnd || fl.ValueEnd > n {
+			t.Fatalf("field offsets %+v", fl)
+		}
+		if bytes.ContainsAny(in[fl.NameStart:fl.ValueEnd], "\r\n") {
+			t.Fatalf("field spans lines: %q", in[fl.NameStart:fl.ValueEnd])
+		}
+	}
 }
