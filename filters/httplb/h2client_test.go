@@ -668,15 +668,7 @@ func TestH2ClientGoAwayUnprocessed(t *testing.T) {
 		c.respond(id, fmt.Sprintf("conn %d", conn))
 	})
 	addr := startH2ClusterProxy(t, b.l.Addr().String(), "", "", "")
-	resp, err := http.Get("http://" + addr + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(body) != "conn 2" {
-		t.Errorf("got %d %q, want 200 \"conn 2\"", resp.StatusCode, body)
-	}
+	expectBody(t, "http://"+addr+"/", "conn 2")
 }
 
 // TestH2ClientRefusedStream: a stream refused (RST_STREAM REFUSED_STREAM)
@@ -692,15 +684,7 @@ func TestH2ClientRefusedStream(t *testing.T) {
 		c.respond(id, fmt.Sprintf("conn %d stream %d", conn, id))
 	})
 	addr := startH2ClusterProxy(t, b.l.Addr().String(), "", "", "")
-	resp, err := http.Get("http://" + addr + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(body) != "conn 1 stream 3" {
-		t.Errorf("got %d %q, want 200 \"conn 1 stream 3\"", resp.StatusCode, body)
-	}
+	expectBody(t, "http://"+addr+"/", "conn 1 stream 3")
 }
 
 // TestH2ClientUpstreamConnectionLost: the backend closes the connection
@@ -735,15 +719,7 @@ func TestH2ClientUpstreamConnectionLost(t *testing.T) {
 	if err == nil {
 		t.Error("a response cut by the upstream's close ended cleanly")
 	}
-	resp, err = http.Get("http://" + addr + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(body) != "fine" {
-		t.Errorf("then %d %q", resp.StatusCode, body)
-	}
+	expectBody(t, "http://"+addr+"/", "fine")
 }
 
 // TestH2ClientRequestTrailers: request trailers travel upstream after the
@@ -810,5 +786,19 @@ func TestH2ClientConnectFailure(t *testing.T) {
 	defer cancel()
 	if _, err := unary(ctx, grpcClient(t, addr), "/t/Unary", []byte("x")); status.Code(err) != codes.Unavailable {
 		t.Errorf("gRPC: %v, want Unavailable", err)
+	}
+}
+
+// expectBody GETs url and expects 200 with body want.
+func expectBody(t *testing.T, url, want string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != want {
+		t.Errorf("GET %s: %d %q, want 200 %q", url, resp.StatusCode, body, want)
 	}
 }
